@@ -1,0 +1,1 @@
+"""The `slipway` command line (also the kubectl plugin `kubectl-slipway`)."""

@@ -1,0 +1,1 @@
+"""kopf decorators only: the glue between events and reconcilers."""

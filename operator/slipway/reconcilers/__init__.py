@@ -1,0 +1,1 @@
+"""Observe, build, diff, apply and write status: one reconciler per kind."""

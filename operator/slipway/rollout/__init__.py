@@ -1,0 +1,1 @@
+"""The rollout state machine: phases, transitions and analysis decisions, all pure."""
