@@ -60,9 +60,11 @@ KWOK_STAGES = (
     "pod/fast/pod-complete.yaml",
     "pod/fast/pod-delete.yaml",
 )
-KSERVE_CRDS = ("config/crd/full/serving.kserve.io_inferenceservices.yaml",
-               "config/crd/full/serving.kserve.io_servingruntimes.yaml",
-               "config/crd/full/serving.kserve.io_clusterservingruntimes.yaml")
+KSERVE_CRDS = (
+    "config/crd/full/serving.kserve.io_inferenceservices.yaml",
+    "config/crd/full/serving.kserve.io_servingruntimes.yaml",
+    "config/crd/full/serving.kserve.io_clusterservingruntimes.yaml",
+)
 GATEWAY_CRDS = ("gatewayclasses", "gateways", "httproutes", "referencegrants", "grpcroutes")
 EXTRAS = ("mlflow", "prometheus")
 
@@ -79,7 +81,8 @@ def log(msg: str) -> None:
 def cache_dir() -> Path:
     """Where built binaries live, outside the repository, keyed by version."""
     base = os.environ.get("SLIPWAY_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "slipway")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "slipway"
+    )
     return Path(base)
 
 
@@ -115,7 +118,22 @@ def _run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = N
     log(f"  {' '.join(cmd[:3])} … done in {time.monotonic() - started:.0f}s")
 
 
-def _build_wrapper(name: str, version: str, module_dir: Path, target: str) -> Path:
+def _kube_ldflags(version: str) -> str:
+    """Stamp the Kubernetes version into the binaries, as upstream's build does (helm checks it)."""
+    major, minor = version.lstrip("v").split(".")[:2]
+    flags = ["-s", "-w"]
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+            f"-X {pkg}.buildDate=1970-01-01T00:00:00Z",
+        ]
+    return " ".join(flags)
+
+
+def _build_wrapper(name: str, version: str, module_dir: Path, target: str, ldflags: str = "-s -w") -> Path:
     out = cache_dir() / "bin" / f"{name}-{version}-{_tree_hash(module_dir)}"
     binary = out / name
     if binary.exists():
@@ -124,8 +142,11 @@ def _build_wrapper(name: str, version: str, module_dir: Path, target: str) -> Pa
     tmp = out.with_suffix(".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _run(["go", "build", "-trimpath", "-ldflags=-s -w", "-o", str(tmp / name), target],
-         cwd=module_dir, env=_go_env())
+    _run(
+        ["go", "build", "-trimpath", f"-ldflags={ldflags}", "-o", str(tmp / name), target],
+        cwd=module_dir,
+        env=_go_env(),
+    )
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
@@ -162,7 +183,7 @@ class Binaries:
 
 def build() -> Binaries:
     """Build (or find in the cache) every binary the test bed needs."""
-    kube = _build_wrapper("kube", KUBERNETES_VERSION, HACK / "kube", "./cmd/kube")
+    kube = _build_wrapper("kube", KUBERNETES_VERSION, HACK / "kube", "./cmd/kube", _kube_ldflags(KUBERNETES_VERSION))
     for alias in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"):
         link = kube / alias
         if not link.exists():
@@ -183,8 +204,14 @@ def build() -> Binaries:
 
 def go_module_dir(module: str, version: str) -> Path:
     """Download a Go module (cached by Go) and return its directory."""
-    proc = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"],
-                          capture_output=True, text=True, check=False, env=_go_env(), cwd=HACK / "kube")
+    proc = subprocess.run(
+        ["go", "mod", "download", "-json", f"{module}@{version}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=_go_env(),
+        cwd=HACK / "kube",
+    )
     if proc.returncode != 0:
         raise TestbedError(f"go mod download {module}@{version} failed: {proc.stdout}{proc.stderr}")
     return Path(json.loads(proc.stdout)["Dir"])
@@ -208,7 +235,7 @@ class State:
 
     dir: str
     pids: dict[str, int] = field(default_factory=dict)
-    commands: dict[str, str] = field(default_factory=dict)
+    identities: dict[str, str] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
     kubeconfig: str = ""
@@ -232,13 +259,18 @@ class State:
         tmp.replace(path)
 
 
-def _alive(pid: int, command: str) -> bool:
+def _start_time(pid: int) -> str:
+    """The kernel's start time of a process (clock ticks since boot): with the pid, a unique identity."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return False
-    return stat[0] != "Z" and os.path.basename(cmdline) == os.path.basename(command)
+        return ""
+    return "" if fields[0] in ("Z", "X") else fields[19]
+
+
+def _alive(pid: int, identity: str) -> bool:
+    """Whether the process we started (pid and start time) still runs: pid reuse can't fool it."""
+    return bool(identity) and _start_time(pid) == identity
 
 
 def free_port() -> int:
@@ -252,10 +284,17 @@ def _spawn(state: State, name: str, argv: list[str], env: dict[str, str] | None 
     logs = Path(state.dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{name}.log", "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env, cwd=state.dir)
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+            cwd=state.dir,
+        )
     state.pids[name] = proc.pid
-    state.commands[name] = argv[0]
+    state.identities[name] = _start_time(proc.pid)
     state.save()
 
 
@@ -271,12 +310,12 @@ def _wait(state: State, name: str, check: Any, timeout: float, what: str) -> Non
     last: Exception | None = None
     while time.monotonic() < deadline:
         pid = state.pids.get(name)
-        if pid is not None and not _alive(pid, state.commands[name]):
+        if pid is not None and not _alive(pid, state.identities[name]):
             raise TestbedError(f"{name} exited during start-up:\n{_log_tail(state, name)}")
         try:
             if check():
                 return
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+        except Exception as exc:
             last = exc
         time.sleep(0.2)
     raise TestbedError(f"{name}: {what} not ready after {timeout:.0f}s ({last})\n{_log_tail(state, name)}")
@@ -300,17 +339,56 @@ def make_pki(pki: Path) -> None:
     pki.mkdir(parents=True, exist_ok=True)
     if (pki / "apiserver.crt").exists():
         return
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=slipway-testbed-ca",
-             "-keyout", str(pki / "ca.key"), "-out", str(pki / "ca.crt"))
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=slipway-testbed-ca",
+        "-keyout",
+        str(pki / "ca.key"),
+        "-out",
+        str(pki / "ca.crt"),
+    )
     ext = pki / "apiserver.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,"
-                   "DNS:kubernetes.default,DNS:kubernetes.default.svc\n"
-                   "extendedKeyUsage=serverAuth\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver",
-             "-keyout", str(pki / "apiserver.key"), "-out", str(pki / "apiserver.csr"))
-    _openssl("x509", "-req", "-in", str(pki / "apiserver.csr"), "-CA", str(pki / "ca.crt"),
-             "-CAkey", str(pki / "ca.key"), "-CAcreateserial", "-days", "3650",
-             "-extfile", str(ext), "-out", str(pki / "apiserver.crt"))
+    ext.write_text(
+        "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,"
+        "DNS:kubernetes.default,DNS:kubernetes.default.svc\n"
+        "extendedKeyUsage=serverAuth\n"
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=kube-apiserver",
+        "-keyout",
+        str(pki / "apiserver.key"),
+        "-out",
+        str(pki / "apiserver.csr"),
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(pki / "apiserver.csr"),
+        "-CA",
+        str(pki / "ca.crt"),
+        "-CAkey",
+        str(pki / "ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "3650",
+        "-extfile",
+        str(ext),
+        "-out",
+        str(pki / "apiserver.crt"),
+    )
     _openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
     _openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
 
@@ -318,12 +396,22 @@ def make_pki(pki: Path) -> None:
 def write_kubeconfig(path: Path, server: str, ca: Path, token: str) -> None:
     """A kubeconfig for the admin user (group system:masters), JSON being valid YAML."""
     config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "slipway-testbed",
-        "clusters": [{"name": "slipway-testbed", "cluster": {
-            "server": server, "certificate-authority-data": base64.b64encode(ca.read_bytes()).decode()}}],
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "slipway-testbed",
+        "clusters": [
+            {
+                "name": "slipway-testbed",
+                "cluster": {"server": server, "certificate-authority-data": base64.b64encode(ca.read_bytes()).decode()},
+            }
+        ],
         "users": [{"name": ADMIN_TOKEN_USER, "user": {"token": token}}],
-        "contexts": [{"name": "slipway-testbed", "context": {
-            "cluster": "slipway-testbed", "user": ADMIN_TOKEN_USER, "namespace": "default"}}],
+        "contexts": [
+            {
+                "name": "slipway-testbed",
+                "context": {"cluster": "slipway-testbed", "user": ADMIN_TOKEN_USER, "namespace": "default"},
+            }
+        ],
     }
     path.write_text(json.dumps(config, indent=2))
     path.chmod(0o600)
@@ -333,8 +421,13 @@ def write_kubeconfig(path: Path, server: str, ca: Path, token: str) -> None:
 
 
 def _kubectl(state: State, *args: str, input: str | None = None) -> str:
-    proc = subprocess.run([state.kubectl, "--kubeconfig", state.kubeconfig, *args], input=input,
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [state.kubectl, "--kubeconfig", state.kubeconfig, *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         raise TestbedError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
     return proc.stdout
@@ -351,32 +444,52 @@ def start_control_plane(state: State, bins: Binaries) -> None:
     etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
     state.ports.update(etcd=etcd_port, apiserver=api_port)
     shutil.rmtree(tb / "etcd", ignore_errors=True)
-    _spawn(state, "etcd", [
-        bins.etcd, "--name=testbed", f"--data-dir={tb / 'etcd'}",
-        f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
-        f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
-        f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
-        f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
-        f"--initial-cluster=testbed=http://127.0.0.1:{etcd_peer}",
-        "--unsafe-no-fsync", "--max-request-bytes=33554432", "--quota-backend-bytes=8589934592",
-        "--log-level=warn",
-    ])
+    _spawn(
+        state,
+        "etcd",
+        [
+            bins.etcd,
+            "--name=testbed",
+            f"--data-dir={tb / 'etcd'}",
+            f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+            f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+            f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+            f"--initial-cluster=testbed=http://127.0.0.1:{etcd_peer}",
+            "--unsafe-no-fsync",
+            "--max-request-bytes=33554432",
+            "--quota-backend-bytes=8589934592",
+            "--log-level=warn",
+        ],
+    )
     _wait(state, "etcd", lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health"), 30, "/health")
 
     server = f"https://127.0.0.1:{api_port}"
     state.urls["apiserver"] = server
-    _spawn(state, "kube-apiserver", [
-        bins.kube_apiserver, f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
-        f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
-        f"--client-ca-file={pki / 'ca.crt'}", f"--token-auth-file={pki / 'tokens.csv'}",
-        "--authorization-mode=Node,RBAC", f"--service-cluster-ip-range={SERVICE_CIDR}",
-        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-        f"--service-account-key-file={pki / 'sa.pub'}",
-        f"--service-account-signing-key-file={pki / 'sa.key'}",
-        "--allow-privileged=true", "--profiling=false", "--v=1",
-        f"--cert-dir={pki}",
-    ])
+    _spawn(
+        state,
+        "kube-apiserver",
+        [
+            bins.kube_apiserver,
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={api_port}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--token-auth-file={pki / 'tokens.csv'}",
+            "--authorization-mode=Node,RBAC",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--v=1",
+            f"--cert-dir={pki}",
+        ],
+    )
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     _wait(state, "kube-apiserver", lambda: _http_ok(f"{server}/readyz", token, ctx), 90, "/readyz")
 
@@ -386,24 +499,44 @@ def start_control_plane(state: State, bins: Binaries) -> None:
     state.save()
 
     common = [f"--kubeconfig={kubeconfig}", "--leader-elect=false", "--v=1"]
-    _spawn(state, "kube-controller-manager", [
-        bins.kube_controller_manager, *common, f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}", "--secure-port=0",
-        f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
-        "--use-service-account-credentials=false", f"--service-cluster-ip-range={SERVICE_CIDR}",
-        "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-route,-service",
-        "--concurrent-gc-syncs=10",
-    ])
-    _spawn(state, "kube-scheduler", [
-        bins.kube_scheduler, *common, f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}", "--secure-port=0",
-    ])
+    _spawn(
+        state,
+        "kube-controller-manager",
+        [
+            bins.kube_controller_manager,
+            *common,
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--secure-port=0",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            "--use-service-account-credentials=false",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--controllers=*,-node-ipam-controller,-cloud-node-lifecycle-controller,-node-route-controller,-service-lb-controller",
+            "--concurrent-gc-syncs=10",
+        ],
+    )
+    _spawn(
+        state,
+        "kube-scheduler",
+        [
+            bins.kube_scheduler,
+            *common,
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--secure-port=0",
+        ],
+    )
     start_kwok(state, bins)
     create_nodes(state)
     install_crds(state)
-    _wait(state, "kube-controller-manager",
-          lambda: "default" in _kubectl(state, "get", "serviceaccount", "default", "-n", "default",
-                                        "-o", "name"), 60, "the default ServiceAccount")
+    _wait(
+        state,
+        "kube-controller-manager",
+        lambda: "default" in _kubectl(state, "get", "serviceaccount", "default", "-n", "default", "-o", "name"),
+        60,
+        "the default ServiceAccount",
+    )
     _wait(state, "kwok", lambda: _nodes_ready(state), 60, "fake nodes Ready")
 
 
@@ -415,33 +548,54 @@ def start_kwok(state: State, bins: Binaries) -> None:
     (tb / "kwok-stages.yaml").write_text(stages)
     port = free_port()
     state.ports["kwok"] = port
-    _spawn(state, "kwok", [
-        bins.kwok, f"--kubeconfig={state.kubeconfig}", f"--config={tb / 'kwok-stages.yaml'}",
-        "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-        "--node-ip=127.0.0.1", f"--server-address=127.0.0.1:{port}", "--cidr=10.244.0.0/16",
-    ])
+    _spawn(
+        state,
+        "kwok",
+        [
+            bins.kwok,
+            f"--kubeconfig={state.kubeconfig}",
+            f"--config={tb / 'kwok-stages.yaml'}",
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            "--node-ip=127.0.0.1",
+            f"--server-address=127.0.0.1:{port}",
+            "--cidr=10.244.0.0/16",
+        ],
+    )
 
 
 def create_nodes(state: State) -> None:
     """A few fake nodes for kwok; one has GPUs."""
     items = []
     for name, capacity in KWOK_NODES:
-        items.append({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake",
-                                                       "node.alpha.kubernetes.io/ttl": "0"},
-                         "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                                    "kubernetes.io/arch": "amd64", "type": "kwok",
-                                    **({"nvidia.com/gpu.present": "true"} if "nvidia.com/gpu" in capacity else {})}},
-            "status": {"capacity": capacity, "allocatable": capacity},
-        })
+        items.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                    "labels": {
+                        "kubernetes.io/hostname": name,
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/arch": "amd64",
+                        "type": "kwok",
+                        **({"nvidia.com/gpu.present": "true"} if "nvidia.com/gpu" in capacity else {}),
+                    },
+                },
+                "status": {"capacity": capacity, "allocatable": capacity},
+            }
+        )
     _kubectl(state, "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
 
 
 def _nodes_ready(state: State) -> bool:
     out = json.loads(_kubectl(state, "get", "nodes", "-o", "json"))
-    ready = [n for n in out["items"] if any(c["type"] == "Ready" and c["status"] == "True"
-                                            for c in n.get("status", {}).get("conditions", []))]
+    ready = [
+        n
+        for n in out["items"]
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
+    ]
     return len(ready) == len(KWOK_NODES)
 
 
@@ -452,9 +606,15 @@ def install_crds(state: State) -> None:
     for f in files:
         args += ["-f", str(f)]
     _kubectl(state, *args)
-    _kubectl(state, "wait", "--for=condition=Established", "--timeout=60s",
-             "crd/inferenceservices.serving.kserve.io", "crd/httproutes.gateway.networking.k8s.io",
-             "crd/gateways.gateway.networking.k8s.io")
+    _kubectl(
+        state,
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/inferenceservices.serving.kserve.io",
+        "crd/httproutes.gateway.networking.k8s.io",
+        "crd/gateways.gateway.networking.k8s.io",
+    )
 
 
 def _venv_bin(name: str) -> str:
@@ -477,15 +637,32 @@ def start_mlflow(state: State) -> None:
     url = f"http://127.0.0.1:{port}"
     state.urls["mlflow"] = url
     env = dict(os.environ)
-    env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_WEBHOOK_ALLOWED_SCHEMES="http,https",
-               MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS="true",
-               MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
-               MLFLOW_WEBHOOK_CACHE_TTL="1")
-    _spawn(state, "mlflow", [
-        _venv_bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{tb / 'mlflow.db'}",
-        "--artifacts-destination", str(tb / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-        "--workers", "1",
-    ], env=env)
+    env.update(
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+        MLFLOW_WEBHOOK_ALLOWED_SCHEMES="http,https",
+        MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS="true",
+        MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        MLFLOW_WEBHOOK_CACHE_TTL="1",
+    )
+    _spawn(
+        state,
+        "mlflow",
+        [
+            _venv_bin("mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tb / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(tb / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+    )
     _wait(state, "mlflow", lambda: _http_ok(f"{url}/health"), 120, "/health")
 
 
@@ -542,17 +719,31 @@ def start_prometheus(state: State) -> None:
     state.urls.update(alertmanager=f"http://127.0.0.1:{am_port}", prometheus=f"http://127.0.0.1:{prom_port}")
     webhook = os.environ.get("SLIPWAY_ALERT_WEBHOOK_URL", "")
     (am_dir / "alertmanager.yml").write_text(alertmanager_config([webhook] if webhook else []))
-    _spawn(state, "alertmanager", [
-        shutil.which("prometheus-alertmanager") or "", f"--config.file={am_dir / 'alertmanager.yml'}",
-        f"--storage.path={am_dir / 'data'}", f"--web.listen-address=127.0.0.1:{am_port}",
-        "--cluster.listen-address=", "--log.level=warn",
-    ])
+    _spawn(
+        state,
+        "alertmanager",
+        [
+            shutil.which("prometheus-alertmanager") or "",
+            f"--config.file={am_dir / 'alertmanager.yml'}",
+            f"--storage.path={am_dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{am_port}",
+            "--cluster.listen-address=",
+            "--log.level=warn",
+        ],
+    )
     (prom_dir / "prometheus.yml").write_text(PROMETHEUS_CONFIG.format(dir=prom_dir, am_port=am_port))
-    _spawn(state, "prometheus", [
-        shutil.which("prometheus") or "", f"--config.file={prom_dir / 'prometheus.yml'}",
-        f"--storage.tsdb.path={prom_dir / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}",
-        "--web.enable-lifecycle", "--log.level=warn",
-    ])
+    _spawn(
+        state,
+        "prometheus",
+        [
+            shutil.which("prometheus") or "",
+            f"--config.file={prom_dir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={prom_dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+            "--web.enable-lifecycle",
+            "--log.level=warn",
+        ],
+    )
     _wait(state, "alertmanager", lambda: _http_ok(f"{state.urls['alertmanager']}/-/ready"), 30, "/-/ready")
     _wait(state, "prometheus", lambda: _http_ok(f"{state.urls['prometheus']}/-/ready"), 30, "/-/ready")
 
@@ -588,15 +779,18 @@ def set_alert_webhooks(state: State, urls: list[str]) -> None:
 
 def is_up(state: State | None) -> bool:
     """Whether every process the state names is still running."""
-    return bool(state and state.pids and all(_alive(pid, state.commands[n]) for n, pid in state.pids.items()))
+    return bool(state and state.pids and all(_alive(pid, state.identities[n]) for n, pid in state.pids.items()))
 
 
 def up(with_extras: tuple[str, ...] = ()) -> State:
     """Start the test bed (reusing a running one that has every part asked for)."""
     tb = testbed_dir()
     existing = State.load(tb)
-    wanted = {"kube-apiserver", *(("mlflow",) if "mlflow" in with_extras else ()),
-              *(("prometheus", "alertmanager") if "prometheus" in with_extras else ())}
+    wanted = {
+        "kube-apiserver",
+        *(("mlflow",) if "mlflow" in with_extras else ()),
+        *(("prometheus", "alertmanager") if "prometheus" in with_extras else ()),
+    }
     if existing and is_up(existing) and wanted <= set(existing.pids):
         log(f"already up ({', '.join(existing.pids)})")
         return existing
@@ -605,9 +799,17 @@ def up(with_extras: tuple[str, ...] = ()) -> State:
     bins = build()
     started = time.monotonic()
     tb.mkdir(parents=True, exist_ok=True)
-    state = State(dir=str(tb), started_at=time.time(), versions={
-        "kubernetes": KUBERNETES_VERSION, "etcd": ETCD_VERSION, "kwok": KWOK_VERSION,
-        "kserve-crds": KSERVE_VERSION, "gateway-api-crds": GATEWAY_API_VERSION})
+    state = State(
+        dir=str(tb),
+        started_at=time.time(),
+        versions={
+            "kubernetes": KUBERNETES_VERSION,
+            "etcd": ETCD_VERSION,
+            "kwok": KWOK_VERSION,
+            "kserve-crds": KSERVE_VERSION,
+            "gateway-api-crds": GATEWAY_API_VERSION,
+        },
+    )
     state.save()
     try:
         start_control_plane(state, bins)
@@ -631,14 +833,14 @@ def down() -> None:
         log("nothing to stop")
         return
     for name, pid in reversed(list(state.pids.items())):
-        if _alive(pid, state.commands.get(name, "")):
+        if _alive(pid, state.identities.get(name, "")):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + 15
     for name, pid in reversed(list(state.pids.items())):
-        while _alive(pid, state.commands.get(name, "")) and time.monotonic() < deadline:
+        while _alive(pid, state.identities.get(name, "")) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _alive(pid, state.commands.get(name, "")):
+        if _alive(pid, state.identities.get(name, "")):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
     (tb / "state.json").unlink(missing_ok=True)
@@ -663,7 +865,7 @@ def status() -> int:
         return 1
     ok = True
     for name, pid in state.pids.items():
-        alive = _alive(pid, state.commands[name])
+        alive = _alive(pid, state.identities[name])
         ok &= alive
         port = state.ports.get(name) or state.ports.get(name.replace("kube-", ""))
         print(f"{name:<24} pid {pid:<8} {'running' if alive else 'DEAD':<8} {f'127.0.0.1:{port}' if port else ''}")
@@ -676,8 +878,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hack/testbed", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     up_p = sub.add_parser("up", help="start the test bed")
-    up_p.add_argument("--with", dest="extras", default="",
-                      help=f"comma-separated extras to start too: {', '.join(EXTRAS)}")
+    up_p.add_argument(
+        "--with", dest="extras", default="", help=f"comma-separated extras to start too: {', '.join(EXTRAS)}"
+    )
     sub.add_parser("down", help="stop everything it started")
     sub.add_parser("status", help="say what runs")
     sub.add_parser("build", help="build the binaries (cached by version)")

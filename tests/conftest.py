@@ -57,8 +57,9 @@ class Testbed:
     def set_alert_webhooks(self, urls: list[str]) -> None:
         tb.set_alert_webhooks(self.state, urls)
 
-    def run_kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                    namespace: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run_kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, namespace: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         cmd = [str(self.kubectl), "--kubeconfig", str(self.kubeconfig)]
         if namespace:
             cmd += ["-n", namespace]
@@ -73,8 +74,13 @@ def testbed() -> Iterator[Testbed]:
     existing = tb.State.load(tb.testbed_dir())
     reuse = tb.is_up(existing) and existing is not None and {"mlflow", "prometheus"} <= set(existing.pids)
     state = existing if reuse and existing else tb.up(("mlflow", "prometheus"))
-    yield Testbed(state=state, kubeconfig=Path(state.kubeconfig), kubectl=Path(state.kubectl),
-                  helm=Path(state.helm), dir=Path(state.dir))
+    yield Testbed(
+        state=state,
+        kubeconfig=Path(state.kubeconfig),
+        kubectl=Path(state.kubectl),
+        helm=Path(state.helm),
+        dir=Path(state.dir),
+    )
     if not reuse:
         tb.down()
 

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -34,19 +34,22 @@ def test_deployment_pods_become_running_through_scheduler_and_kwok(kubectl, name
 
     def running() -> bool:
         pods = get_json(kubectl, "pods", "-l", "app=web")["items"]
-        return len(pods) == 3 and all(p["status"].get("phase") == "Running" and p["spec"].get("nodeName")
-                                      for p in pods)
+        return len(pods) == 3 and all(p["status"].get("phase") == "Running" and p["spec"].get("nodeName") for p in pods)
 
     wait_for(running, what="3 Running pods")
-    dep = wait_for(lambda: (d := get_json(kubectl, "deployment", "web"))["status"].get("readyReplicas") == 3 and d,
-                   what="deployment ready")
+    dep = wait_for(
+        lambda: (d := get_json(kubectl, "deployment", "web"))["status"].get("readyReplicas") == 3 and d,
+        what="deployment ready",
+    )
     assert dep["status"]["availableReplicas"] == 3
 
 
 def test_job_completes_through_the_real_job_controller(kubectl, namespace):
     kubectl("create", "job", "train", "--image=registry.invalid/train:1")
-    job = wait_for(lambda: (j := get_json(kubectl, "job", "train"))["status"].get("succeeded") == 1 and j,
-                   what="job succeeded")
+    job = wait_for(
+        lambda: (j := get_json(kubectl, "job", "train"))["status"].get("succeeded") == 1 and j,
+        what="job succeeded",
+    )
     conditions = {c["type"]: c["status"] for c in job["status"]["conditions"]}
     assert conditions.get("Complete") == "True"
     pods = get_json(kubectl, "pods", "-l", "job-name=train")["items"]
@@ -54,12 +57,25 @@ def test_job_completes_through_the_real_job_controller(kubectl, namespace):
 
 
 def test_gpu_pod_lands_on_the_gpu_node(kubectl, namespace):
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gpu"},
-           "spec": {"containers": [{"name": "c", "image": "registry.invalid/cuda:1",
-                                    "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "gpu"},
+        "spec": {
+            "containers": [
+                {
+                    "name": "c",
+                    "image": "registry.invalid/cuda:1",
+                    "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                }
+            ]
+        },
+    }
     kubectl("apply", "-f", "-", input=json.dumps(pod))
-    got = wait_for(lambda: (p := get_json(kubectl, "pod", "gpu"))["status"].get("phase") == "Running" and p,
-                   what="GPU pod running")
+    got = wait_for(
+        lambda: (p := get_json(kubectl, "pod", "gpu"))["status"].get("phase") == "Running" and p,
+        what="GPU pod running",
+    )
     node = get_json(kubectl, "node", got["spec"]["nodeName"], "-n", "default")
     assert node["status"]["capacity"]["nvidia.com/gpu"] == "4"
 
@@ -69,7 +85,13 @@ def test_rbac_is_enforced(kubectl, namespace):
     who = f"--as=system:serviceaccount:{namespace}:nobody"
     assert kubectl("auth", "can-i", "list", "pods", who, check=False).stdout.strip() == "no"
     kubectl("create", "role", "pod-reader", "--verb=list", "--resource=pods")
-    kubectl("create", "rolebinding", "nobody-reads", "--role=pod-reader", f"--serviceaccount={namespace}:nobody")
+    kubectl(
+        "create",
+        "rolebinding",
+        "nobody-reads",
+        "--role=pod-reader",
+        f"--serviceaccount={namespace}:nobody",
+    )
     assert kubectl("auth", "can-i", "list", "pods", who).stdout.strip() == "yes"
 
 
@@ -84,13 +106,24 @@ def _isvc(name: str) -> dict[str, Any]:
     from kubernetes.client import ApiClient, V1ObjectMeta
 
     isvc = V1beta1InferenceService(
-        api_version="serving.kserve.io/v1beta1", kind="InferenceService",
-        metadata=V1ObjectMeta(name=name, annotations={"serving.kserve.io/deploymentMode": "Standard",
-                                                      "serving.kserve.io/autoscalerClass": "external"}),
-        spec=V1beta1InferenceServiceSpec(predictor=V1beta1PredictorSpec(
-            min_replicas=1,
-            model=V1beta1ModelSpec(model_format=V1beta1ModelFormat(name="mlflow"),
-                                   storage_uri="s3://models/digits/1"))),
+        api_version="serving.kserve.io/v1beta1",
+        kind="InferenceService",
+        metadata=V1ObjectMeta(
+            name=name,
+            annotations={
+                "serving.kserve.io/deploymentMode": "Standard",
+                "serving.kserve.io/autoscalerClass": "external",
+            },
+        ),
+        spec=V1beta1InferenceServiceSpec(
+            predictor=V1beta1PredictorSpec(
+                min_replicas=1,
+                model=V1beta1ModelSpec(
+                    model_format=V1beta1ModelFormat(name="mlflow"),
+                    storage_uri="s3://models/digits/1",
+                ),
+            )
+        ),
     )
     return ApiClient().sanitize_for_serialization(isvc)  # type: ignore[no-any-return]
 
@@ -109,9 +142,22 @@ def test_inferenceservice_is_validated_by_the_real_kserve_crd(kubectl, namespace
 
 
 def test_httproute_is_validated_by_the_real_gateway_api_crd(kubectl, namespace):
-    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "digits"},
-             "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [
-                 {"name": "digits-v1", "port": 80, "weight": 90}, {"name": "digits-v2", "port": 80, "weight": 10}]}]}}
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "digits"},
+        "spec": {
+            "parentRefs": [{"name": "gw"}],
+            "rules": [
+                {
+                    "backendRefs": [
+                        {"name": "digits-v1", "port": 80, "weight": 90},
+                        {"name": "digits-v2", "port": 80, "weight": 10},
+                    ]
+                }
+            ],
+        },
+    }
     kubectl("create", "-f", "-", input=json.dumps(route))
     route["metadata"]["name"] = "bad"
     route["spec"]["rules"][0]["backendRefs"][0]["weight"] = -5
@@ -121,12 +167,27 @@ def test_httproute_is_validated_by_the_real_gateway_api_crd(kubectl, namespace):
 
 def test_deleting_an_owner_garbage_collects_its_children(kubectl, namespace):
     owner = json.loads(kubectl("create", "configmap", "owner", "-o", "json").stdout)
-    child = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "child", "ownerReferences": [
-        {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}]}}
+    child = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "child",
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "name": "owner",
+                    "uid": owner["metadata"]["uid"],
+                }
+            ],
+        },
+    }
     kubectl("create", "-f", "-", input=json.dumps(child))
     kubectl("delete", "configmap", "owner")
-    wait_for(lambda: kubectl("get", "configmap", "child", check=False).returncode != 0,
-             what="child garbage-collected")
+    wait_for(
+        lambda: kubectl("get", "configmap", "child", check=False).returncode != 0,
+        what="child garbage-collected",
+    )
 
 
 def test_mlflow_answers_and_registers_a_model(mlflow_uri, tmp_path):
@@ -151,7 +212,7 @@ def test_mlflow_answers_and_registers_a_model(mlflow_uri, tmp_path):
 
 
 class _Receiver(BaseHTTPRequestHandler):
-    payloads: list[dict[str, Any]] = []
+    payloads: ClassVar[list[dict[str, Any]]] = []
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -187,9 +248,22 @@ def test_prometheus_scrapes_evaluates_and_alertmanager_delivers(testbed, receive
     address, payloads = receiver
     testbed.set_alert_webhooks([f"http://{address}/alerts"])
     testbed.add_scrape_target("testbed-probe", address, {"namespace": "ns1", "modeldeployment": "digits"})
-    rules = {"groups": [{"name": "testbed", "rules": [{
-        "alert": "TestbedProbeHigh", "expr": 'testbed_probe_value{job="testbed-probe"} > 0', "for": "0s",
-        "labels": {"severity": "critical"}, "annotations": {"summary": "probe is high"}}]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "testbed",
+                "rules": [
+                    {
+                        "alert": "TestbedProbeHigh",
+                        "expr": 'testbed_probe_value{job="testbed-probe"} > 0',
+                        "for": "0s",
+                        "labels": {"severity": "critical"},
+                        "annotations": {"summary": "probe is high"},
+                    }
+                ],
+            }
+        ]
+    }
     testbed.set_rules("testbed-probe", yaml.safe_dump(rules))
 
     def scraped() -> bool:

@@ -14,6 +14,7 @@ import (
 	_ "k8s.io/component-base/metrics/prometheus/clientgo"
 	_ "k8s.io/component-base/metrics/prometheus/version"
 	kubectl "k8s.io/kubectl/pkg/cmd"
+	cmdutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
@@ -44,8 +45,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: kube {kube-apiserver|kube-controller-manager|kube-scheduler|kubectl} [flags]")
 		os.Exit(2)
 	}
-	if name == "kubectl" || (len(os.Args) > 0 && cmd.Name() == "kubectl") {
-		os.Exit(cli.RunNoErrOutput(cmd))
+	if cmd.Name() == "kubectl" {
+		if err := cli.RunNoErrOutput(cmd); err != nil {
+			cmdutil.CheckErr(err)
+		}
+		return
 	}
 	os.Exit(cli.Run(cmd))
 }

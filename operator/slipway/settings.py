@@ -1,0 +1,46 @@
+"""Operator settings, read once from the environment (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, Field
+
+
+class Settings(BaseModel):
+    """Where the operator finds MLflow and Prometheus, and how it listens and polls."""
+
+    mlflow_uri: str = Field("", description="MLflow tracking/registry URI (SLIPWAY_MLFLOW_URI or MLFLOW_TRACKING_URI).")
+    mlflow_poll_seconds: float = Field(
+        10.0, gt=0, description="Registry polling interval (SLIPWAY_MLFLOW_POLL_SECONDS)."
+    )
+    mlflow_webhook_secret: str = Field(
+        "", description="HMAC secret of MLflow webhooks (SLIPWAY_MLFLOW_WEBHOOK_SECRET)."
+    )
+    prometheus_url: str = Field(
+        "", description="Prometheus base URL for analysis and alert polling (SLIPWAY_PROMETHEUS_URL)."
+    )
+    alert_poll_seconds: float = Field(
+        5.0, gt=0, description="Fallback alert polling interval (SLIPWAY_ALERT_POLL_SECONDS)."
+    )
+    alertmanager_token: str = Field("", description="Bearer token Alertmanager must send (SLIPWAY_ALERTMANAGER_TOKEN).")
+    http_host: str = Field("0.0.0.0", description="Address of the webhook and metrics server (SLIPWAY_HTTP_HOST).")
+    http_port: int = Field(
+        8080, ge=0, le=65535, description="Port of the webhook and metrics server (SLIPWAY_HTTP_PORT)."
+    )
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """Read the settings from environment variables; unset ones keep their defaults."""
+        e = dict(os.environ if env is None else env)
+        raw: dict[str, str] = {
+            "mlflow_uri": e.get("SLIPWAY_MLFLOW_URI") or e.get("MLFLOW_TRACKING_URI", ""),
+            "mlflow_poll_seconds": e.get("SLIPWAY_MLFLOW_POLL_SECONDS", ""),
+            "mlflow_webhook_secret": e.get("SLIPWAY_MLFLOW_WEBHOOK_SECRET", ""),
+            "prometheus_url": e.get("SLIPWAY_PROMETHEUS_URL", ""),
+            "alert_poll_seconds": e.get("SLIPWAY_ALERT_POLL_SECONDS", ""),
+            "alertmanager_token": e.get("SLIPWAY_ALERTMANAGER_TOKEN", ""),
+            "http_host": e.get("SLIPWAY_HTTP_HOST", ""),
+            "http_port": e.get("SLIPWAY_HTTP_PORT", ""),
+        }
+        return cls.model_validate({k: v for k, v in raw.items() if v != ""})
