@@ -1,0 +1,124 @@
+"""Kubernetes I/O for reconcilers: server-side apply, get, list, delete and status patches of any kind."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from kubernetes import client, config
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+from kubernetes.dynamic.resource import Resource
+
+FIELD_MANAGER = "slipway"
+T = TypeVar("T")
+
+Manifest = dict[str, Any]
+
+
+class KindNotServed(RuntimeError):
+    """The API server does not serve this apiVersion/kind (a CRD is missing)."""
+
+
+class Kube:
+    """A thin, typed facade over the kubernetes dynamic client; every call returns plain dicts.
+
+    Writes use server-side apply with one field manager, so re-applying the same manifest is a
+    no-op and an operator killed mid-reconcile never duplicates a child (names are deterministic).
+    """
+
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self._api = api_client or load_api_client()
+        self._dyn: DynamicClient | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def api_client(self) -> client.ApiClient:
+        return self._api
+
+    def _client(self) -> DynamicClient:
+        with self._lock:
+            if self._dyn is None:
+                self._dyn = DynamicClient(self._api)
+            return self._dyn
+
+    def resource(self, api_version: str, kind: str) -> Resource:
+        """The API resource serving apiVersion/kind (discovery is cached by the dynamic client)."""
+        try:
+            return self._client().resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError as exc:
+            raise KindNotServed(
+                f"{api_version} {kind} is not served by the API server (is its CRD installed?)"
+            ) from exc
+
+    def apply(self, manifest: Manifest, *, force: bool = True) -> Manifest:
+        """Server-side apply one manifest (field manager `slipway`) and return what the server stored."""
+        meta = manifest["metadata"]
+        res = self.resource(manifest["apiVersion"], manifest["kind"])
+        out = res.server_side_apply(
+            body=manifest,
+            name=meta["name"],
+            namespace=meta.get("namespace"),
+            field_manager=FIELD_MANAGER,
+            force_conflicts=force,
+        )
+        return dict(out.to_dict())
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> Manifest | None:
+        """One object, or None when it does not exist."""
+        try:
+            out = self.resource(api_version, kind).get(name=name, namespace=namespace)
+        except NotFoundError:
+            return None
+        return dict(out.to_dict())
+
+    def list(
+        self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[Manifest]:
+        """Objects of a kind, in a namespace (or everywhere), optionally filtered by labels."""
+        out = self.resource(api_version, kind).get(namespace=namespace, label_selector=label_selector)
+        return [dict(item.to_dict()) for item in out.items]
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
+        """Delete one object (foreground children left to the garbage collector); False if it was gone."""
+        try:
+            self.resource(api_version, kind).delete(name=name, namespace=namespace)
+        except NotFoundError:
+            return False
+        return True
+
+    def patch_status(
+        self, api_version: str, kind: str, name: str, namespace: str | None, status: dict[str, Any]
+    ) -> Manifest:
+        """Merge-patch the status subresource."""
+        res = self.resource(api_version, kind).subresources["status"]
+        out = res.patch(
+            body={"status": status}, name=name, namespace=namespace, content_type="application/merge-patch+json"
+        )
+        return dict(out.to_dict())
+
+    def merge_patch(
+        self, api_version: str, kind: str, name: str, namespace: str | None, patch: dict[str, Any]
+    ) -> Manifest:
+        """Merge-patch an object (e.g. an annotation asking the operator to act)."""
+        out = self.resource(api_version, kind).patch(
+            body=patch, name=name, namespace=namespace, content_type="application/merge-patch+json"
+        )
+        return dict(out.to_dict())
+
+
+def load_api_client() -> client.ApiClient:
+    """An ApiClient from the in-cluster service account, else from KUBECONFIG / ~/.kube/config."""
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        return config.new_client_from_config()
+
+
+async def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking client call in a worker thread so the operator's event loop keeps serving."""
+    return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))

@@ -1,0 +1,37 @@
+"""Operator start-up and shutdown: kopf settings, shared clients in the memo, the HTTP server."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from slipway.clients.kube import Kube
+from slipway.receivers.http import server
+from slipway.settings import Settings
+
+
+@kopf.on.startup()
+async def configure(
+    settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+) -> None:
+    """Keep kopf's bookkeeping in annotations (status is ours alone) and start the HTTP server."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="slipway.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="slipway.dev", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 120
+    settings.watching.client_timeout = 150
+    config = Settings.from_env()
+    memo.settings = config
+    memo.kube = Kube()
+    port = await server.start(config.http_host, config.http_port)
+    logger.info("Slipway operator started; webhooks and /metrics on port %s", port)
+
+
+@kopf.on.cleanup()
+async def shutdown(**_: Any) -> None:
+    """Stop the HTTP server."""
+    await server.stop()
