@@ -1,0 +1,13 @@
+{{- define "slipway.name" -}}slipway{{- end -}}
+{{- define "slipway.fullname" -}}{{ .Release.Name }}-slipway{{- end -}}
+{{- define "slipway.labels" -}}
+app.kubernetes.io/name: slipway
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
+{{- end -}}
+{{- define "slipway.selector" -}}
+app.kubernetes.io/name: slipway
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
