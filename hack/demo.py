@@ -8,7 +8,6 @@ things happen and a summary at the end, exits 0 on success and cleans up after i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
