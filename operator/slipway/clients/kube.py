@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -116,7 +117,8 @@ def load_api_client() -> client.ApiClient:
         config.load_incluster_config()
         return client.ApiClient()
     except config.ConfigException:
-        return config.new_client_from_config()
+        # KUBECONFIG is read now, not when the kubernetes package was imported.
+        return config.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None)
 
 
 async def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -1,0 +1,311 @@
+"""`slipway` / `kubectl slipway`: see and steer rollouts and submit training runs.
+
+Exit codes: 0 success; 1 the cluster refused or failed the request; 2 bad usage or input;
+3 the named object does not exist. Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from slipway.api.common import API_VERSION
+from slipway.builders.names import ACTION_ANNOTATION
+from slipway.clients.kube import Kube, KindNotServed
+
+app = typer.Typer(name="slipway", help=__doc__, no_args_is_help=True, add_completion=False)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND = 1, 2, 3
+NamespaceOpt = Annotated[str, typer.Option("--namespace", "-n", help="Namespace of the object.")]
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    """Print one clear line and exit with the documented code."""
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _kube() -> Kube:
+    try:
+        return Kube()
+    except Exception as exc:  # noqa: BLE001 - any config problem is one line for the user
+        fail(f"cannot reach the cluster: {exc}")
+
+
+def _get_md(kube: Kube, name: str, namespace: str) -> dict[str, Any]:
+    try:
+        md = kube.get(API_VERSION, "ModelDeployment", name, namespace)
+    except KindNotServed as exc:
+        fail(str(exc))
+    if md is None:
+        fail(f'modeldeployment "{name}" not found in namespace "{namespace}"', EXIT_NOT_FOUND)
+    return md
+
+
+def _age(ts: str | None) -> str:
+    if not ts:
+        return "-"
+    then = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    secs = int((datetime.now(UTC) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit}"
+    return f"{secs}s"
+
+
+def _track(spec: dict[str, Any]) -> str:
+    track = spec.get("model", {}).get("track", {})
+    for key in ("alias", "stage", "version"):
+        if track.get(key):
+            return f"{key}={track[key]}"
+    return "-"
+
+
+def _phase_style(phase: str | None) -> str:
+    return {
+        "Succeeded": "green",
+        "Progressing": "yellow",
+        "Paused": "cyan",
+        "Promoting": "yellow",
+        "RollingBack": "red",
+        "RolledBack": "red",
+    }.get(phase or "", "white")
+
+
+def _set_action(name: str, namespace: str, action: str) -> None:
+    kube = _kube()
+    _get_md(kube, name, namespace)
+    kube.merge_patch(
+        API_VERSION, "ModelDeployment", name, namespace, {"metadata": {"annotations": {ACTION_ANNOTATION: action}}}
+    )
+    out.print(f"modeldeployment/{name}: {action} requested")
+
+
+@app.command()
+def status(
+    name: Annotated[str | None, typer.Argument(help="ModelDeployment name; omit for all in the namespace.")] = None,
+    namespace: NamespaceOpt = "default",
+) -> None:
+    """A table of ModelDeployments, or one deployment's state, conditions and rollout timeline."""
+    kube = _kube()
+    if name is None:
+        try:
+            items = kube.list(API_VERSION, "ModelDeployment", namespace)
+        except KindNotServed as exc:
+            fail(str(exc))
+        table = Table("NAME", "MODEL", "TRACK", "STABLE", "CANARY", "WEIGHT", "PHASE", "AGE")
+        for md in items:
+            st = md.get("status") or {}
+            table.add_row(
+                md["metadata"]["name"],
+                md["spec"]["model"]["name"],
+                _track(md["spec"]),
+                st.get("stableVersion") or "-",
+                st.get("canaryVersion") or "-",
+                f"{st['canaryWeight']}%" if st.get("canaryWeight") is not None else "-",
+                f"[{_phase_style(st.get('phase'))}]{st.get('phase') or '-'}[/]",
+                _age(md["metadata"].get("creationTimestamp")),
+            )
+        out.print(table)
+        return
+    md = _get_md(kube, name, namespace)
+    st = md.get("status") or {}
+    summary = Table(show_header=False, box=None)
+    summary.add_row("Model", f"{md['spec']['model']['name']} ({_track(md['spec'])})")
+    summary.add_row("Phase", f"[{_phase_style(st.get('phase'))}]{st.get('phase') or 'Pending'}[/]")
+    summary.add_row("Stable", st.get("stableVersion") or "-")
+    summary.add_row("Canary", f"{st.get('canaryVersion') or '-'}  weight {st.get('canaryWeight') or 0}%")
+    if st.get("currentStep") is not None:
+        summary.add_row("Step", str(st["currentStep"]))
+    if st.get("message"):
+        summary.add_row("Message", st["message"])
+    blocked = [b["version"] for b in st.get("blockedVersions") or []]
+    if blocked:
+        summary.add_row("Blocked", ", ".join(blocked))
+    out.print(summary)
+    conds = Table("CONDITION", "STATUS", "REASON", "MESSAGE", title="Conditions")
+    for c in st.get("conditions") or []:
+        conds.add_row(c.get("type", ""), c.get("status", ""), c.get("reason", ""), c.get("message", ""))
+    out.print(conds)
+    out.print(_timeline(kube, md))
+
+
+def _timeline(kube: Kube, md: dict[str, Any]) -> Table:
+    """Rollout history and the object's events, oldest first."""
+    rows: list[tuple[str, str, str]] = []
+    for h in (md.get("status") or {}).get("history") or []:
+        when = h.get("finishedAt") or h.get("startedAt") or ""
+        rows.append(
+            (
+                when,
+                h.get("outcome", ""),
+                f"v{h.get('version')} (from v{h.get('previousVersion') or '-'}) {h.get('message') or ''}".strip(),
+            )
+        )
+    meta = md["metadata"]
+    events = kube.list("v1", "Event", meta["namespace"])
+    for e in events:
+        obj = e.get("involved_object") or e.get("involvedObject") or {}
+        if obj.get("uid") != meta.get("uid"):
+            continue
+        when = str(e.get("last_timestamp") or e.get("lastTimestamp") or e.get("event_time") or e.get("eventTime") or "")
+        rows.append((when, e.get("reason", ""), e.get("message", "")))
+    table = Table("WHEN", "WHAT", "DETAILS", title="Timeline")
+    for when, what, details in sorted(rows, key=lambda r: r[0]):
+        table.add_row(when, what, details)
+    return table
+
+
+@app.command()
+def history(name: str, namespace: NamespaceOpt = "default") -> None:
+    """Finished rollouts of a ModelDeployment: version, outcome, reason, when."""
+    md = _get_md(_kube(), name, namespace)
+    table = Table("VERSION", "FROM", "OUTCOME", "REASON", "STARTED", "FINISHED", "MESSAGE")
+    for h in (md.get("status") or {}).get("history") or []:
+        table.add_row(
+            str(h.get("version")),
+            str(h.get("previousVersion") or "-"),
+            h.get("outcome", ""),
+            h.get("reason") or "",
+            h.get("startedAt") or "",
+            h.get("finishedAt") or "",
+            h.get("message") or "",
+        )
+    out.print(table)
+
+
+@app.command()
+def promote(
+    name: str,
+    namespace: NamespaceOpt = "default",
+    full: Annotated[bool, typer.Option("--full", help="Skip the remaining steps and analysis.")] = False,
+) -> None:
+    """Move a paused rollout to its next step (or, with --full, straight to 100%)."""
+    _set_action(name, namespace, "promote-full" if full else "promote")
+
+
+@app.command()
+def pause(name: str, namespace: NamespaceOpt = "default") -> None:
+    """Freeze a rollout where it is; traffic stays as it is."""
+    _set_action(name, namespace, "pause")
+
+
+@app.command()
+def resume(name: str, namespace: NamespaceOpt = "default") -> None:
+    """Continue a paused rollout."""
+    _set_action(name, namespace, "resume")
+
+
+@app.command()
+def abort(name: str, namespace: NamespaceOpt = "default") -> None:
+    """Send all traffic back to the stable version at once and block the canary version."""
+    _set_action(name, namespace, "abort")
+
+
+@app.command()
+def retry(name: str, namespace: NamespaceOpt = "default") -> None:
+    """Unblock the rolled-back version and roll it out again."""
+    _set_action(name, namespace, "retry")
+
+
+GATE = re.compile(r"^(?P<metric>[A-Za-z0-9_.\-/]+)\s*(?P<op>>=|<=)\s*(?P<bound>-?[0-9.]+(e-?[0-9]+)?)$")
+
+
+def parse_gate(text: str) -> dict[str, Any]:
+    """`accuracy>=0.9` → {metric: accuracy, min: 0.9}; `loss<=0.2` → {metric: loss, max: 0.2}."""
+    m = GATE.match(text.strip())
+    if not m:
+        raise ValueError(f"--gate {text!r}: expected METRIC>=BOUND or METRIC<=BOUND, e.g. accuracy>=0.9")
+    key = "min" if m["op"] == ">=" else "max"
+    return {"metric": m["metric"], key: float(m["bound"])}
+
+
+def parse_param(text: str) -> tuple[str, str]:
+    """`epochs=5` → ("epochs", "5")."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--param {text!r}: expected NAME=VALUE, e.g. epochs=5")
+    return key, value
+
+
+@app.command()
+def train(
+    name: Annotated[str, typer.Argument(help="Name of the TrainingRun to create.")],
+    model: Annotated[str, typer.Option(help="Register the result as this MLflow model.")],
+    namespace: NamespaceOpt = "default",
+    framework: Annotated[str, typer.Option(help="pytorch, tensorflow or custom.")] = "pytorch",
+    entrypoint: Annotated[str, typer.Option(help="Training module, e.g. digits_cnn.")] = "digits_cnn",
+    image: Annotated[str | None, typer.Option(help="Training image (default: the operator's).")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE, repeatable.")] = None,
+    gate: Annotated[list[str] | None, typer.Option("--gate", "-g", help="METRIC>=X or METRIC<=X.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Workers (>1: distributed).")] = 1,
+    alias: Annotated[str | None, typer.Option(help="Alias to set on the registered version.")] = None,
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the object, create nothing.")] = False,
+) -> None:
+    """Submit a TrainingRun from flags."""
+    try:
+        params = dict(parse_param(p) for p in param or [])
+        gates = [parse_gate(g) for g in gate or []]
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    register: dict[str, Any] = {"model": model}
+    if gates:
+        register["gates"] = gates
+    if alias:
+        register["alias"] = alias
+    spec: dict[str, Any] = {"framework": framework, "entrypoint": entrypoint, "workers": workers, "register": register}
+    if params:
+        spec["params"] = params
+    if image:
+        spec["image"] = image
+    if experiment:
+        spec["experiment"] = experiment
+    body = {
+        "apiVersion": API_VERSION,
+        "kind": "TrainingRun",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+    if dry_run:
+        import yaml
+
+        out.print(yaml.safe_dump(body, sort_keys=False), highlight=False)
+        return
+    kube = _kube()
+    try:
+        kube.resource(API_VERSION, "TrainingRun").create(body=body, namespace=namespace)
+    except KindNotServed as exc:
+        fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - the API server's refusal, as one line
+        fail(_api_message(exc), EXIT_USAGE if getattr(exc, "status", 0) in (400, 422) else EXIT_FAILED)
+    out.print(f"trainingrun/{name} created")
+
+
+def _api_message(exc: Exception) -> str:
+    """The API server's own message out of a client exception (it names the field)."""
+    import json
+
+    body = getattr(exc, "body", None)
+    if body:
+        try:
+            return str(json.loads(body).get("message", body))
+        except (ValueError, AttributeError):
+            return str(body)
+    return str(exc)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The `slipway` CLI against the real API server: submit, inspect and steer, with documented exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from slipway.cli.main import app
+
+pytestmark = pytest.mark.integration
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture
+def cli(testbed, monkeypatch, slipway_crds):
+    monkeypatch.setenv("KUBECONFIG", str(testbed.kubeconfig))
+    runner = CliRunner()
+
+    def run(*args: str):
+        return runner.invoke(app, list(args))
+
+    return run
+
+
+def test_train_submits_a_trainingrun_and_refuses_bad_flags(cli, kubectl, namespace):
+    res = cli(
+        "train",
+        "digits-1",
+        "--model",
+        "digits-cnn",
+        "-n",
+        namespace,
+        "-p",
+        "epochs=3",
+        "-g",
+        "accuracy>=0.9",
+        "-g",
+        "loss<=0.3",
+        "--alias",
+        "candidate",
+    )
+    assert res.exit_code == 0, res.output
+    tr = json.loads(kubectl("get", "trainingrun", "digits-1", "-o", "json").stdout)
+    assert tr["spec"]["register"]["gates"] == [{"metric": "accuracy", "min": 0.9}, {"metric": "loss", "max": 0.3}]
+    assert tr["spec"]["params"] == {"epochs": "3"}
+
+    bad_gate = cli("train", "x", "--model", "m", "-n", namespace, "-g", "accuracy>>0.9")
+    assert bad_gate.exit_code == 2 and "--gate" in bad_gate.output
+    bad_name = cli("train", "y", "--model", "bad model!", "-n", namespace)
+    assert bad_name.exit_code == 2 and "spec.register.model" in bad_name.output
+
+
+def test_status_and_actions_on_a_modeldeployment(cli, kubectl, namespace):
+    body = yaml.safe_load((EXAMPLES / "modeldeployment-canary.yaml").read_text())
+    body["metadata"]["namespace"] = namespace
+    kubectl("apply", "-f", "-", input=json.dumps(body))
+    name = body["metadata"]["name"]
+
+    table = cli("status", "-n", namespace)
+    assert table.exit_code == 0 and name in table.output and body["spec"]["model"]["name"] in table.output
+    one = cli("status", name, "-n", namespace)
+    assert one.exit_code == 0 and "Timeline" in one.output and "Conditions" in one.output
+
+    for command, action in (("promote", "promote"), ("abort", "abort"), ("retry", "retry"), ("pause", "pause")):
+        res = cli(command, name, "-n", namespace)
+        assert res.exit_code == 0, res.output
+        got = json.loads(kubectl("get", "modeldeployment", name, "-o", "json").stdout)
+        assert got["metadata"]["annotations"]["ml.slipway.dev/action"] == action
+    full = cli("promote", name, "--full", "-n", namespace)
+    assert full.exit_code == 0
+    got = json.loads(kubectl("get", "modeldeployment", name, "-o", "json").stdout)
+    assert got["metadata"]["annotations"]["ml.slipway.dev/action"] == "promote-full"
+
+    missing = cli("promote", "nope", "-n", namespace)
+    assert missing.exit_code == 3 and 'modeldeployment "nope" not found' in missing.output
+    assert cli("history", name, "-n", namespace).exit_code == 0
