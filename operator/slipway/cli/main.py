@@ -16,7 +16,7 @@ from rich.table import Table
 
 from slipway.api.common import API_VERSION
 from slipway.builders.names import ACTION_ANNOTATION
-from slipway.clients.kube import Kube, KindNotServed
+from slipway.clients.kube import KindNotServed, Kube
 
 app = typer.Typer(name="slipway", help=__doc__, no_args_is_help=True, add_completion=False)
 out = Console(soft_wrap=True)
@@ -35,7 +35,7 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 def _kube() -> Kube:
     try:
         return Kube()
-    except Exception as exc:  # noqa: BLE001 - any config problem is one line for the user
+    except Exception as exc:
         fail(f"cannot reach the cluster: {exc}")
 
 
@@ -284,7 +284,7 @@ def train(
         kube.resource(API_VERSION, "TrainingRun").create(body=body, namespace=namespace)
     except KindNotServed as exc:
         fail(str(exc))
-    except Exception as exc:  # noqa: BLE001 - the API server's refusal, as one line
+    except Exception as exc:
         fail(_api_message(exc), EXIT_USAGE if getattr(exc, "status", 0) in (400, 422) else EXIT_FAILED)
     out.print(f"trainingrun/{name} created")
 
