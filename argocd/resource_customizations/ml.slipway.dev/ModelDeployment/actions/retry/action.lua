@@ -1,0 +1,6 @@
+-- Ask the Slipway operator to retry: it reads and clears this annotation.
+if obj.metadata.annotations == nil then
+  obj.metadata.annotations = {}
+end
+obj.metadata.annotations["ml.slipway.dev/action"] = "retry"
+return obj

@@ -1,0 +1,48 @@
+-- Argo CD health of a Slipway ModelDeployment (Lua 5.1, as gopher-lua runs it).
+local hs = {status = "Progressing", message = "Waiting for the Slipway operator"}
+if obj.status == nil then
+  return hs
+end
+local st = obj.status
+if st.observedGeneration ~= nil and obj.metadata.generation ~= nil and st.observedGeneration < obj.metadata.generation then
+  hs.message = "Waiting for the operator to observe generation " .. obj.metadata.generation
+  return hs
+end
+if st.conditions ~= nil then
+  for _, c in ipairs(st.conditions) do
+    if c.type == "InvalidSpec" and c.status == "True" then
+      hs.status = "Degraded"
+      hs.message = "Invalid spec: " .. (c.message or "")
+      return hs
+    end
+  end
+end
+local phase = st.phase or ""
+local canary = ""
+if st.canaryVersion ~= nil then
+  canary = "canary v" .. st.canaryVersion .. " at " .. (st.canaryWeight or 0) .. "%"
+end
+if phase == "RolledBack" or phase == "RollingBack" then
+  hs.status = "Degraded"
+  hs.message = "Rolled back to v" .. (st.stableVersion or "?") .. ": " .. (st.message or "")
+elseif phase == "Paused" then
+  hs.status = "Suspended"
+  hs.message = "Paused: " .. canary
+elseif phase == "Progressing" or phase == "Promoting" then
+  hs.status = "Progressing"
+  hs.message = phase .. ": " .. canary
+elseif phase == "Succeeded" or phase == "Idle" then
+  local ready = false
+  if st.conditions ~= nil then
+    for _, c in ipairs(st.conditions) do
+      if c.type == "Ready" and c.status == "True" then ready = true end
+    end
+  end
+  if ready then
+    hs.status = "Healthy"
+    hs.message = "Serving v" .. (st.stableVersion or "?")
+  else
+    hs.message = st.message or "Waiting for the stable version to be ready"
+  end
+end
+return hs
