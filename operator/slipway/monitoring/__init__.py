@@ -1,0 +1,1 @@
+"""What Slipway ships for Prometheus: alert rules (and the dashboard), as data generated into the chart."""
