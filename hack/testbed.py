@@ -697,9 +697,13 @@ receivers:
 """
 
 
-def alertmanager_config(webhook_urls: list[str]) -> str:
+def alertmanager_config(webhook_urls: list[str], token: str = "") -> str:
     """Alertmanager's config, sending every alert to each webhook URL (payload version 4)."""
-    hooks = "".join(f"      - url: {json.dumps(url)}\n        send_resolved: true\n" for url in webhook_urls)
+    auth = f"        http_config:\n          authorization: {{type: Bearer, credentials: {json.dumps(token)}}}\n"
+    hooks = "".join(
+        f"      - url: {json.dumps(url)}\n        send_resolved: true\n" + (auth if token else "")
+        for url in webhook_urls
+    )
     return ALERTMANAGER_CONFIG.format(webhooks=hooks or "      []\n")
 
 
@@ -768,9 +772,9 @@ def set_rules(state: State, name: str, text: str) -> None:
     _post(f"{state.urls['prometheus']}/-/reload")
 
 
-def set_alert_webhooks(state: State, urls: list[str]) -> None:
-    """Point Alertmanager at these webhook receivers and reload it."""
-    (Path(state.dir) / "alertmanager" / "alertmanager.yml").write_text(alertmanager_config(urls))
+def set_alert_webhooks(state: State, urls: list[str], token: str = "") -> None:
+    """Point Alertmanager at these webhook receivers (with a bearer token, if given) and reload it."""
+    (Path(state.dir) / "alertmanager" / "alertmanager.yml").write_text(alertmanager_config(urls, token))
     _post(f"{state.urls['alertmanager']}/-/reload")
 
 

@@ -54,8 +54,8 @@ class Testbed:
     def set_rules(self, name: str, text: str) -> None:
         tb.set_rules(self.state, name, text)
 
-    def set_alert_webhooks(self, urls: list[str]) -> None:
-        tb.set_alert_webhooks(self.state, urls)
+    def set_alert_webhooks(self, urls: list[str], token: str = "") -> None:
+        tb.set_alert_webhooks(self.state, urls, token)
 
     def run_kubectl(
         self, *args: str, input: str | None = None, check: bool = True, namespace: str | None = None

@@ -28,7 +28,7 @@ class HttpServer:
         """Serve on host:port (0 picks a free port); returns the bound port."""
         app = web.Application()
         for method, path, handler in self._routes:
-            app.router.add_route(method, path, handler)
+            app.router.add_route(method, path, _coroutine(handler))
         app.router.add_get("/metrics", _metrics)
         app.router.add_get("/healthz", _healthz)
         self._runner = web.AppRunner(app, access_log=None)
@@ -46,6 +46,15 @@ class HttpServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+def _coroutine(handler: Handler) -> Handler:
+    """aiohttp wants coroutine functions; callable objects (receivers) get a thin wrapper."""
+
+    async def call(request: web.Request) -> web.StreamResponse:
+        return await handler(request)
+
+    return call
 
 
 async def _metrics(_: web.Request) -> web.Response:
