@@ -79,9 +79,10 @@ def rules(drift_threshold: float = 0.25, error_ratio: float = 0.05, for_: str = 
     ]
 
 
-def rule_groups(interval: str = "15s") -> dict[str, Any]:
+def rule_groups(interval: str = "15s", for_: str = "30s") -> dict[str, Any]:
     """The rule file body: one group holding every rule."""
-    return {"groups": [{"name": GROUP_NAME, "interval": interval, "rules": [r.to_dict() for r in rules()]}]}
+    body = [r.to_dict() for r in rules(for_=for_)]
+    return {"groups": [{"name": GROUP_NAME, "interval": interval, "rules": body}]}
 
 
 def rule_file() -> str:
