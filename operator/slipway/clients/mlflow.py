@@ -1,0 +1,415 @@
+"""MLflow registry I/O: models, versions, aliases, stages, tags, run metrics and KServe-loadable storage URIs.
+
+Reads come back as plain frozen dataclasses. One :meth:`MlflowRegistry.snapshot` of a model is
+the batched poll the operator does per model: one ``get_registered_model`` (the only read that
+carries aliases on the SQL store: ``search_model_versions`` leaves them empty) plus one
+``search_model_versions``. What never changes once known — the finished run's metrics and
+params, the resolved artifact location and the flavors of a version's artifacts — is fetched
+once per version and cached, so a steady-state poll costs exactly two requests.
+
+Storage URIs. KServe cannot load ``models:/``, ``runs:/`` or ``mlflow-artifacts:/`` URIs
+(kserve#3555), so a version's ``source`` is resolved in two steps:
+
+1. to the artifact URI MLflow stores — ``models:/m-<id>`` (an MLflow 3 logged model) → the
+   logged model's ``artifact_location``; ``models:/<name>/<version|stage|latest>`` and
+   ``models:/<name>@<alias>`` → that version's source, resolved again; ``runs:/<run>/<path>`` →
+   the run's ``artifact_uri`` + ``/<path>``;
+2. to what KServe's storage initializer understands (:func:`storage_uri`): ``s3://``, ``gs://``,
+   ``pvc://``, ``hdfs://``, ``webhdfs://``, ``hf://``, ``oci://`` and ``http(s)://`` pass through;
+   local paths become ``file://`` URIs; ``mlflow-artifacts:/<path>`` — and the same path behind
+   the server's HTTP artifact proxy, ``<mlflow>/api/2.0/mlflow-artifacts/artifacts/<path>`` —
+   become ``<artifacts destination>/<path>``, where the destination is the MLflow server's
+   ``--artifacts-destination`` (``s3://bucket/prefix``, ``pvc://claim/prefix`` or a local
+   folder), which the operator must be told because MLflow does not publish it. Anything else
+   (``dbfs:/``, a relative path, a proxied URI without a configured destination) is unresolved.
+
+All MLflow calls are blocking; they run on a small dedicated thread pool so that a hanging
+MLflow server can neither block the event loop nor starve the Kubernetes client's threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import prometheus_client
+import requests
+import yaml
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException, RestException
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MLFLOW_REQUESTS = prometheus_client.Counter(
+    "slipway_mlflow_requests_total", "Requests the operator sent to MLflow, by client method.", ["method"]
+)
+
+PASS_THROUGH_SCHEMES = frozenset({"s3", "gs", "pvc", "hdfs", "webhdfs", "hf", "oci", "http", "https"})
+PROXY_PATH = "/api/2.0/mlflow-artifacts/artifacts/"
+TERMINAL_RUN_STATES = frozenset({"FINISHED", "FAILED", "KILLED"})
+_TRANSIENT_CODES = frozenset(
+    {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED", "ABORTED"}
+)
+_LOGGED_MODEL_ID = re.compile(r"^m-[0-9a-f]+$")
+
+
+class RegistryError(Exception):
+    """MLflow refused a request for a reason retrying will not fix (permissions, bad input)."""
+
+
+class RegistryUnavailable(RegistryError):
+    """MLflow is unreachable, timed out or answered 5xx/429: try again later."""
+
+
+class NotFound(RegistryError):
+    """The registered model, version, run or alias does not exist."""
+
+
+@dataclass(frozen=True)
+class RunData:
+    """What the run that produced a version logged: final metrics and params."""
+
+    run_id: str
+    status: str
+    artifact_uri: str
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One registered-model version as the registry reports it (aliases filled in from the model)."""
+
+    name: str
+    version: str
+    stage: str
+    aliases: tuple[str, ...]
+    tags: Mapping[str, str]
+    run_id: str | None
+    source: str | None
+    status: str | None
+    description: str | None
+    created_ms: int | None
+    updated_ms: int | None
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """A version plus what the operator derives from it: run data, storage URI and flavors."""
+
+    info: VersionInfo
+    run: RunData | None
+    artifact_uri: str | None
+    storage_uri: str | None
+    flavors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """A registered model and all its versions, read in one batched poll."""
+
+    name: str
+    exists: bool
+    aliases: Mapping[str, str]
+    """alias → version number."""
+    versions: Mapping[str, VersionRecord]
+    """version number → record."""
+    seconds: float = 0.0
+    """How long the two registry reads took."""
+
+
+def storage_uri(artifact_uri: str | None, artifacts_destination: str = "", tracking_uri: str = "") -> str | None:
+    """Map an artifact URI stored by MLflow to one KServe can load, or None if there is none (see module doc)."""
+    if not artifact_uri:
+        return None
+    parsed = urlparse(artifact_uri)
+    scheme = parsed.scheme.lower()
+    if scheme == "mlflow-artifacts":
+        return _under_destination(parsed.path, artifacts_destination)
+    if scheme in ("http", "https") and PROXY_PATH in parsed.path and _same_server(artifact_uri, tracking_uri):
+        return _under_destination(parsed.path.split(PROXY_PATH, 1)[1], artifacts_destination)
+    if scheme in PASS_THROUGH_SCHEMES:
+        return artifact_uri
+    if scheme == "file":
+        return _file_uri(parsed.path) if parsed.path.startswith("/") else None
+    if scheme == "" and artifact_uri.startswith("/"):
+        return _file_uri(artifact_uri)
+    return None
+
+
+def _under_destination(path: str, destination: str) -> str | None:
+    if not destination:
+        return None
+    rel = path.lstrip("/")
+    base = destination.rstrip("/")
+    if "://" not in base:
+        base = _file_uri(base) if base.startswith("/") else ""
+        if not base:
+            return None
+    return f"{base}/{rel}" if rel else base
+
+
+def _file_uri(path: str) -> str:
+    return "file://" + os.path.normpath(path)
+
+
+def _same_server(uri: str, tracking_uri: str) -> bool:
+    if not tracking_uri:
+        return True
+    a, b = urlparse(uri), urlparse(tracking_uri)
+    return (a.scheme, a.netloc) == (b.scheme, b.netloc)
+
+
+def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
+    """Kubernetes stores JSON, which has no NaN or infinity."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+
+
+def _quick_failing_http() -> None:
+    """An operator polls again soon: make MLflow's HTTP client fail fast instead of retrying for minutes.
+
+    MLflow reads these at each request; a value set by the deployment wins.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+class MlflowRegistry:
+    """The operator's MLflow model-registry client (async: every call runs on its own thread pool)."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        *,
+        artifacts_destination: str = "",
+        max_workers: int = 4,
+        client_factory: Callable[[str], Any] | None = None,
+    ) -> None:
+        _quick_failing_http()
+        self.tracking_uri = tracking_uri
+        self.artifacts_destination = artifacts_destination
+        self._client = (client_factory or (lambda uri: MlflowClient(tracking_uri=uri, registry_uri=uri)))(tracking_uri)
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="mlflow")
+        self._lock = threading.Lock()
+        self._runs: dict[str, RunData | None] = {}
+        self._artifacts: dict[str, str] = {}
+        self._flavors: dict[str, tuple[str, ...]] = {}
+
+    def close(self) -> None:
+        """Stop the thread pool (pending calls finish)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One MLflow client call, counted, with MLflow's errors mapped to ours."""
+        MLFLOW_REQUESTS.labels(method).inc()
+        try:
+            return getattr(self._client, method)(*args, **kwargs)
+        except RestException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise NotFound(exc.message) from exc
+            if exc.error_code in _TRANSIENT_CODES:
+                raise RegistryUnavailable(f"MLflow {method}: {exc.message}") from exc
+            raise RegistryError(f"MLflow {method}: {exc.message}") from exc
+        except MlflowException as exc:  # transport failures: refused, reset, timed out
+            raise RegistryUnavailable(f"MLflow {method}: {exc.message}") from exc
+        except (requests.RequestException, OSError) as exc:
+            raise RegistryUnavailable(f"MLflow {method}: {exc}") from exc
+
+    # --- reads --------------------------------------------------------------------------------
+
+    async def snapshot(self, name: str) -> ModelSnapshot:
+        """The model with all its versions (exists=False if it is not registered)."""
+        return await self._off_loop(self._snapshot, name)
+
+    async def version(self, name: str, version: str) -> VersionRecord:
+        """One version, with aliases (raises NotFound)."""
+        return await self._off_loop(self._version, name, version)
+
+    def _snapshot(self, name: str) -> ModelSnapshot:
+        start = time.monotonic()
+        try:
+            model = self._call("get_registered_model", name)
+        except NotFound:
+            return ModelSnapshot(name, False, {}, {}, time.monotonic() - start)
+        found = self._call("search_model_versions", f"name = '{_quote(name)}'")
+        seconds = time.monotonic() - start
+        aliases = {str(a): str(v) for a, v in (model.aliases or {}).items()}
+        by_version = _invert(aliases)
+        versions = {str(v.version): self._record(_version_info(v, by_version.get(str(v.version), ()))) for v in found}
+        return ModelSnapshot(name, True, aliases, versions, seconds)
+
+    def _version(self, name: str, version: str) -> VersionRecord:
+        found = self._call("get_model_version", name, version)
+        return self._record(_version_info(found, tuple(sorted(found.aliases or ()))))
+
+    def _record(self, info: VersionInfo) -> VersionRecord:
+        run = self._run(info.run_id) if info.run_id else None
+        artifact_uri = self._artifact_uri(info.source, run)
+        flavors = self._flavors_of(artifact_uri) if artifact_uri else ()
+        uri = storage_uri(artifact_uri, self.artifacts_destination, self.tracking_uri)
+        return VersionRecord(info, run, artifact_uri, uri, flavors)
+
+    def _run(self, run_id: str) -> RunData | None:
+        with self._lock:
+            if run_id in self._runs:
+                return self._runs[run_id]
+        try:
+            run = self._call("get_run", run_id)
+        except NotFound:
+            data: RunData | None = None
+        else:
+            data = RunData(
+                run_id=run_id,
+                status=str(run.info.status),
+                artifact_uri=str(run.info.artifact_uri or ""),
+                metrics=_finite(run.data.metrics or {}),
+                params={str(k): str(v) for k, v in (run.data.params or {}).items()},
+            )
+        if data is None or data.status in TERMINAL_RUN_STATES:
+            with self._lock:
+                self._runs[run_id] = data
+        return data
+
+    def _artifact_uri(self, source: str | None, run: RunData | None, depth: int = 0) -> str | None:
+        """The artifact URI behind a version's source (step 1 of the module doc); None if unresolvable."""
+        if not source or depth > 3:
+            return None
+        with self._lock:
+            if source in self._artifacts:
+                return self._artifacts[source]
+        parsed = urlparse(source)
+        cacheable = True
+        try:
+            if parsed.scheme == "models":
+                ref = source[len("models:/") :].lstrip("/")
+                if _LOGGED_MODEL_ID.match(ref):
+                    out: str | None = str(self._call("get_logged_model", ref).artifact_location)
+                elif "@" in ref:
+                    cacheable = False  # aliases move
+                    model, alias = ref.split("@", 1)
+                    mv = self._call("get_model_version_by_alias", model, alias)
+                    out = self._artifact_uri(mv.source, None, depth + 1)
+                else:
+                    model, _, which = ref.rpartition("/")
+                    if which.isdigit():
+                        mv = self._call("get_model_version", model, which)
+                    else:
+                        cacheable = False  # stages and "latest" move
+                        stages = None if which.lower() == "latest" else [which]
+                        latest = self._call("get_latest_versions", model, stages)
+                        if not latest:
+                            return None
+                        mv = max(latest, key=lambda v: int(v.version))
+                    out = self._artifact_uri(mv.source, None, depth + 1)
+            elif parsed.scheme == "runs":
+                run_id, _, path = parsed.path.lstrip("/").partition("/")
+                data = run if run is not None and run.run_id == run_id else self._run(run_id)
+                out = f"{data.artifact_uri.rstrip('/')}/{path}".rstrip("/") if data and data.artifact_uri else None
+            else:
+                out = source
+        except NotFound:
+            out = None
+        if out is not None and cacheable:
+            with self._lock:
+                self._artifacts[source] = out
+        return out
+
+    def _flavors_of(self, artifact_uri: str) -> tuple[str, ...]:
+        """Flavor names from the version's MLmodel file (read once per artifact URI)."""
+        with self._lock:
+            if artifact_uri in self._flavors:
+                return self._flavors[artifact_uri]
+        from mlflow.artifacts import download_artifacts
+
+        MLFLOW_REQUESTS.labels("download_artifacts").inc()
+        try:
+            with tempfile.TemporaryDirectory(prefix="slipway-mlmodel-") as tmp:
+                path = download_artifacts(
+                    artifact_uri=f"{artifact_uri.rstrip('/')}/MLmodel", dst_path=tmp, tracking_uri=self.tracking_uri
+                )
+                doc = yaml.safe_load(Path(path).read_text())
+        except (MlflowException, OSError, yaml.YAMLError, requests.RequestException) as exc:
+            if isinstance(exc, RestException | FileNotFoundError) or "404" in str(exc):
+                flavors: tuple[str, ...] = ()  # no MLmodel: not an MLflow model, remember that
+            else:
+                log.info("could not read flavors of %s (will retry): %s", artifact_uri, exc)
+                return ()
+        else:
+            flavors = tuple(sorted((doc or {}).get("flavors", {}) or {}))
+        with self._lock:
+            self._flavors[artifact_uri] = flavors
+        return flavors
+
+    # --- writes -------------------------------------------------------------------------------
+
+    async def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        """Set a tag on a model version."""
+        await self._off_loop(self._call, "set_model_version_tag", name, version, key, value)
+
+    async def delete_version_tag(self, name: str, version: str, key: str) -> None:
+        """Remove a tag from a model version."""
+        await self._off_loop(self._call, "delete_model_version_tag", name, version, key)
+
+    async def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point an alias at a version (creating it, or moving it from wherever it pointed)."""
+        await self._off_loop(self._call, "set_registered_model_alias", name, alias, version)
+
+    async def delete_alias(self, name: str, alias: str) -> None:
+        """Remove an alias."""
+        await self._off_loop(self._call, "delete_registered_model_alias", name, alias)
+
+    async def transition_stage(self, name: str, version: str, stage: str, *, archive_existing: bool = False) -> None:
+        """Move a version to a stage (None, Staging, Production, Archived) — MLflow's legacy stages API."""
+        await self._off_loop(self._transition, name, version, stage, archive_existing)
+
+    def _transition(self, name: str, version: str, stage: str, archive_existing: bool) -> None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            self._call("transition_model_version_stage", name, version, stage, archive_existing)
+
+
+def _quote(name: str) -> str:
+    return name.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _invert(aliases: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
+    out: dict[str, list[str]] = {}
+    for alias, version in aliases.items():
+        out.setdefault(version, []).append(alias)
+    return {v: tuple(sorted(a)) for v, a in out.items()}
+
+
+def _version_info(v: Any, aliases: tuple[str, ...]) -> VersionInfo:
+    return VersionInfo(
+        name=str(v.name),
+        version=str(v.version),
+        stage=str(v.current_stage or "None"),
+        aliases=aliases,
+        tags={str(k): str(val) for k, val in (v.tags or {}).items()},
+        run_id=str(v.run_id) if v.run_id else None,
+        source=str(v.source) if v.source else None,
+        status=str(v.status) if v.status else None,
+        description=str(v.description) if v.description else None,
+        created_ms=int(v.creation_timestamp) if v.creation_timestamp else None,
+        updated_ms=int(v.last_updated_timestamp) if v.last_updated_timestamp else None,
+    )

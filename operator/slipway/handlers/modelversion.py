@@ -1,0 +1,73 @@
+"""kopf glue of the registry sync: start it with the operator, feed it watch events, stop it."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from slipway.api import GROUP, VERSION
+from slipway.clients.mlflow import MlflowRegistry
+from slipway.receivers import mlflow_webhook
+from slipway.reconcilers.registry import RegistrySync
+
+
+@kopf.on.startup()
+async def start_registry_sync(memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
+    """Start the sync loop (after `startup.configure` put the settings and the kube client in the memo)."""
+    if "settings" not in memo or "kube" not in memo:
+        raise kopf.TemporaryError("waiting for startup.configure", delay=0.1)
+    settings = memo.settings
+    if not settings.mlflow_uri:
+        logger.warning("no MLflow URI (SLIPWAY_MLFLOW_URI): ModelVersions will not be synced")
+        return
+    env = os.environ  # TODO(settings): these two belong in slipway.settings.Settings
+    destination = env.get("SLIPWAY_MLFLOW_ARTIFACTS_DESTINATION", "")
+    registry = MlflowRegistry(settings.mlflow_uri, artifacts_destination=destination)
+    sync = RegistrySync(
+        memo.kube,
+        registry,
+        poll_seconds=settings.mlflow_poll_seconds,
+        gc_grace_seconds=float(env.get("SLIPWAY_REGISTRY_GC_GRACE_SECONDS") or 60),
+    )
+    mlflow_webhook.receiver.configure(settings.mlflow_webhook_secret, sync.trigger)
+    memo.registry_sync = sync
+    memo.registry_sync_task = asyncio.create_task(sync.run(), name="registry sync")
+
+
+@kopf.on.cleanup()
+async def stop_registry_sync(memo: Any, **_: Any) -> None:
+    """Stop the loop and the MLflow thread pool."""
+    sync: RegistrySync | None = getattr(memo, "registry_sync", None)
+    if sync is not None:
+        await sync.stop()
+        memo.registry_sync_task.cancel()
+        sync.registry.close()
+
+
+def _feed(memo: Any, kind: str, event_type: str | None, body: kopf.Body) -> None:
+    sync: RegistrySync | None = getattr(memo, "registry_sync", None)
+    if sync is not None:
+        sync.observe(kind, event_type, copy.deepcopy(dict(body)))
+
+
+@kopf.on.event(GROUP, VERSION, "modelversions")
+def modelversion_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """A ModelVersion changed: keep the sync's view of the mirrors current."""
+    _feed(memo, "ModelVersion", type, body)
+
+
+@kopf.on.event(GROUP, VERSION, "modeldeployments")
+def modeldeployment_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """A ModelDeployment changed: the model it names is referenced in its namespace."""
+    _feed(memo, "ModelDeployment", type, body)
+
+
+@kopf.on.event(GROUP, VERSION, "trainingruns")
+def trainingrun_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """A TrainingRun changed: the model it registers into is referenced in its namespace."""
+    _feed(memo, "TrainingRun", type, body)
