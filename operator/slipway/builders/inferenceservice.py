@@ -1,0 +1,115 @@
+"""KServe InferenceService of one model version (Standard mode, external autoscaler, our HPA)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slipway.api.modeldeployment import ModelDeployment, Serving
+
+from .names import child_metadata, isvc_name
+
+API_VERSION = "serving.kserve.io/v1beta1"
+KIND = "InferenceService"
+SLIPWAY_RUNTIME = "slipway"
+DEFAULT_IMAGE = "ghcr.io/slipway-ml/slipway-serving:0.1.0"
+HTTP_PORT = 8080
+MODEL_DIR = "/mnt/models"
+"""Where KServe's storage initializer puts ``STORAGE_URI`` for a custom container."""
+
+
+def ready_path(model_name: str) -> str:
+    """The model's own readiness endpoint (KServe's Ready condition has lied: probe the model)."""
+    return f"/v2/models/{model_name}/ready"
+
+
+def scrape_annotations() -> dict[str, str]:
+    """Prometheus scrape annotations for the predictor pods (KServe copies them to the pods)."""
+    return {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(HTTP_PORT),
+        "prometheus.io/path": "/metrics",
+        "serving.kserve.io/enable-prometheus-scraping": "true",
+    }
+
+
+def _probe(model_name: str) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": ready_path(model_name), "port": HTTP_PORT},
+        "initialDelaySeconds": 2,
+        "periodSeconds": 5,
+        "failureThreshold": 3,
+    }
+
+
+def _env(serving: Serving) -> list[dict[str, str]]:
+    return [{"name": e.name, "value": e.value} for e in serving.env or []]
+
+
+def _resources(serving: Serving) -> dict[str, Any] | None:
+    return serving.resources.to_dict() if serving.resources is not None else None
+
+
+def slipway_container(md: ModelDeployment, version: str, storage_uri: str) -> dict[str, Any]:
+    """The Slipway model server as a KServe custom container; KServe downloads STORAGE_URI to /mnt/models."""
+    name = md.metadata.name or ""
+    serving = md.spec.serving
+    args = ["--model-uri", MODEL_DIR, "--model-name", name, "--model-version", version]
+    args += ["--http-port", str(HTTP_PORT)]
+    if serving.batching is not None:
+        args += ["--max-batch-size", str(serving.batching.max_batch_size)]
+        args += ["--max-latency-ms", str(serving.batching.max_latency_ms)]
+    container: dict[str, Any] = {
+        "name": "kserve-container",
+        "image": serving.image or DEFAULT_IMAGE,
+        "command": ["python", "-m", "slipway_serving"],
+        "args": args,
+        "env": [{"name": "STORAGE_URI", "value": storage_uri}, *_env(serving)],
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "readinessProbe": _probe(name),
+    }
+    resources = _resources(serving)
+    if resources:
+        container["resources"] = resources
+    return container
+
+
+def runtime_model(md: ModelDeployment, storage_uri: str) -> dict[str, Any]:
+    """A named KServe runtime: ``predictor.model`` with modelFormat, runtime and storageUri."""
+    serving = md.spec.serving
+    model: dict[str, Any] = {
+        "modelFormat": {"name": serving.model_format or "mlflow"},
+        "runtime": serving.runtime,
+        "storageUri": storage_uri,
+        "protocolVersion": serving.protocol,
+        "readinessProbe": _probe(md.metadata.name or ""),
+    }
+    if serving.image:
+        model["image"] = serving.image
+    if serving.env:
+        model["env"] = _env(serving)
+    resources = _resources(serving)
+    if resources:
+        model["resources"] = resources
+    return model
+
+
+def predictor(md: ModelDeployment, version: str, storage_uri: str) -> dict[str, Any]:
+    """The predictor spec: the Slipway container, or a named runtime's model."""
+    if md.spec.serving.runtime == SLIPWAY_RUNTIME:
+        return {"containers": [slipway_container(md, version, storage_uri)]}
+    return {"model": runtime_model(md, storage_uri)}
+
+
+def build_inference_service(md: ModelDeployment, version: str, storage_uri: str) -> dict[str, Any]:
+    """The InferenceService ``<md>-v<version>`` in Standard mode; replicas come from our own HPA."""
+    meta = child_metadata(md, isvc_name(md.metadata.name or "", version), version)
+    meta["annotations"] = {
+        "serving.kserve.io/deploymentMode": "Standard",
+        "serving.kserve.io/autoscalerClass": "external",
+        **scrape_annotations(),
+    }
+    spec = predictor(md, version, storage_uri)
+    spec["minReplicas"] = md.spec.autoscaling.min_replicas
+    spec["maxReplicas"] = md.spec.autoscaling.max_replicas
+    spec["labels"] = {"ml.slipway.dev/version": version}
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta, "spec": {"predictor": spec}}

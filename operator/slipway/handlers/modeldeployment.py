@@ -1,0 +1,56 @@
+"""kopf glue for ModelDeployments: changes, a timer that drives steps, and ModelVersion moves, all into one Driver."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import kopf
+
+from slipway.builders.names import LABEL_MODEL
+from slipway.reconcilers.modeldeployment import Driver
+from slipway.reconcilers.status import Outcome
+
+GROUP, VERSION = "ml.slipway.dev", "v1alpha1"
+TICK_SECONDS = 1.0
+
+
+@kopf.on.startup()
+async def start_driver(memo: Any, **_: Any) -> None:
+    """One Driver in the operator-wide memo (per-object memos are copies of it), after startup.configure."""
+    if "kube" not in memo or "settings" not in memo:
+        raise kopf.TemporaryError("waiting for startup.configure", delay=0.1)
+    memo.md_driver = Driver(memo.kube, memo.settings.prometheus_url)
+
+
+def _driver(memo: Any) -> Driver:
+    return memo.md_driver  # type: ignore[no-any-return]
+
+
+def _post(body: dict[str, Any] | None, outcome: Outcome | None) -> None:
+    if body is None or outcome is None:
+        return
+    for event in outcome.events:
+        kopf.event(kopf.Body(cast(Any, body)), type=event.type, reason=event.reason, message=event.message)
+
+
+@kopf.on.resume(GROUP, VERSION, "modeldeployments")
+@kopf.on.create(GROUP, VERSION, "modeldeployments")
+@kopf.on.update(GROUP, VERSION, "modeldeployments")
+async def changed(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+    """Spec or annotations (a manual action) changed: run a pass now."""
+    _post(*await _driver(memo).drive(namespace or "", name))
+
+
+@kopf.timer(GROUP, VERSION, "modeldeployments", interval=TICK_SECONDS)
+async def tick(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+    """Drive steps: run a pass when the last one asked to be looked at again by now."""
+    if _driver(memo).is_due(namespace or "", name):
+        _post(*await _driver(memo).drive(namespace or "", name))
+
+
+@kopf.on.event(GROUP, VERSION, "modelversions")
+async def version_moved(body: kopf.Body, namespace: str | None, memo: Any, **_: Any) -> None:
+    """A ModelVersion changed (an alias or stage moved): run a pass on the deployments of its model."""
+    model = (body.get("metadata", {}).get("labels") or {}).get(LABEL_MODEL)
+    for name in await _driver(memo).deployments_of(namespace or "", model) if model else []:
+        _post(*await _driver(memo).drive(namespace or "", name))

@@ -1,0 +1,283 @@
+"""ModelDeployment reconciler: resolve the tracked version, observe children, decide, apply, write status once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from slipway.api.modeldeployment import ModelDeployment
+from slipway.builders.hpa import build_hpa
+from slipway.builders.httproute import build_http_route
+from slipway.builders.inferenceservice import build_inference_service
+from slipway.builders.knative import build_knative_inference_service
+from slipway.builders.names import (
+    ACTION_ANNOTATION,
+    LABEL_DEPLOYMENT,
+    LABEL_MODEL,
+    LABEL_VERSION,
+    isvc_name,
+    predictor_name,
+    sanitise_model_name,
+)
+from slipway.clients.kube import Kube, off_loop
+from slipway.clients.prometheus import NoData, Prometheus, PrometheusError
+from slipway.rollout import machine
+from slipway.rollout.analysis import AnalysisConfig, Measurement, judge, render_query
+from slipway.rollout.phases import conditions_for
+from slipway.rollout.state import ACTIONS, Action, Decision, Observations, RolloutState
+
+from . import rollout_metrics
+from .rollout_status import state_from_status, state_to_status
+from .status import Event, Outcome, set_condition, status_changed
+
+log = logging.getLogger(__name__)
+GROUP_VERSION = "ml.slipway.dev/v1alpha1"
+ISVC = ("serving.kserve.io/v1beta1", "InferenceService")
+HPA = ("autoscaling/v2", "HorizontalPodAutoscaler")
+ROUTE = ("gateway.networking.k8s.io/v1", "HTTPRoute")
+RESYNC_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The tracked version and the storage URIs of the versions the registry mirror knows."""
+
+    version: str | None
+    message: str
+    storage_uris: dict[str, str]
+
+
+def resolve(kube: Kube, md: ModelDeployment) -> Resolved:
+    """Find the tracked version among the ModelVersion objects (alias, highest in stage, or pinned)."""
+    model = sanitise_model_name(md.spec.model.name)
+    mvs = kube.list(GROUP_VERSION, "ModelVersion", md.metadata.namespace, f"{LABEL_MODEL}={model}")
+    uris: dict[str, str] = {}
+    by_version: dict[str, dict[str, Any]] = {}
+    for mv in mvs:
+        version = str((mv.get("spec") or {}).get("version") or mv["metadata"]["labels"].get(LABEL_VERSION, ""))
+        status = mv.get("status") or {}
+        by_version[version] = status
+        if status.get("storageUri"):
+            uris[version] = status["storageUri"]
+    track = md.spec.model.track
+    if track.alias is not None:
+        hits = [v for v, s in by_version.items() if track.alias in (s.get("aliases") or [])]
+        want, what = (max(hits, key=int) if hits else None), f"alias {track.alias}"
+    elif track.stage is not None:
+        hits = [v for v, s in by_version.items() if s.get("stage") == track.stage]
+        want, what = (max(hits, key=int) if hits else None), f"stage {track.stage}"
+    else:
+        pinned = str(track.version)
+        want, what = (pinned if pinned in by_version else None), f"version {pinned}"
+    if want is None:
+        return Resolved(None, f"no ModelVersion of model {md.spec.model.name} has {what}", uris)
+    if want not in uris:
+        return Resolved(None, f"ModelVersion {md.spec.model.name} v{want} ({what}) has no storageUri yet", uris)
+    return Resolved(want, "", uris)
+
+
+def unhonourable(md: ModelDeployment) -> str | None:
+    """Why a spec that passed the schema cannot be carried out (None: it can)."""
+    strategy = md.spec.strategy
+    if strategy.ab_test is not None:
+        return "strategy.abTest is not implemented by this operator version: use canary or blueGreen"
+    if md.spec.router == "kserve-knative" and strategy.blue_green is not None:
+        return "strategy.blueGreen with router kserve-knative is not supported: use canary or router gateway-api"
+    return None
+
+
+def observe_children(kube: Kube, md: ModelDeployment) -> tuple[frozenset[str], frozenset[str]]:
+    """Versions with an InferenceService, and those whose predictor is ready (at minReplicas, or KServe Ready)."""
+    ns, name = md.metadata.namespace, md.metadata.name or ""
+    live, ready = set(), set()
+    for isvc in kube.list(*ISVC, ns, f"{LABEL_DEPLOYMENT}={name}"):
+        version = (isvc["metadata"].get("labels") or {}).get(LABEL_VERSION)
+        if not version:
+            continue
+        live.add(version)
+        conditions = (isvc.get("status") or {}).get("conditions") or []
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+            ready.add(version)
+            continue
+        if md.spec.router == "gateway-api":
+            dep = kube.get("apps/v1", "Deployment", predictor_name(name, version), ns)
+            available = int(((dep or {}).get("status") or {}).get("availableReplicas") or 0)
+            if available >= md.spec.autoscaling.min_replicas:
+                ready.add(version)
+    return frozenset(live), frozenset(ready)
+
+
+def measure(
+    prom: Prometheus, md: ModelDeployment, config: AnalysisConfig, version: str, now: datetime
+) -> tuple[Measurement, ...]:
+    """One analysis round: each metric's query, filled in and judged (no data or errors are inconclusive)."""
+    out = []
+    for metric in config.metrics:
+        query = render_query(
+            metric.query, namespace=md.metadata.namespace or "", name=md.metadata.name or "", version=version
+        )
+        try:
+            out.append(judge(metric, version, prom.query(query), now))
+        except NoData as exc:
+            out.append(replace(judge(metric, version, None, now), message=str(exc)))
+        except PrometheusError as exc:
+            out.append(judge(metric, version, None, now, error=str(exc)))
+    return tuple(out)
+
+
+def apply_children(kube: Kube, md: ModelDeployment, decision: Decision, uris: dict[str, str]) -> None:
+    """New backends first, then the route (one write carries the weights), then remove the versions not kept."""
+    ns, name = md.metadata.namespace, md.metadata.name or ""
+    state = decision.state
+    if md.spec.router == "kserve-knative":
+        version = state.canary_version if state.phase in ("Progressing", "Paused") else state.stable_version
+        if version and version in uris:
+            percent = state.canary_weight if version == state.canary_version else None
+            kube.apply(build_knative_inference_service(md, version, uris[version], percent))
+        return
+    for version in sorted(decision.keep, key=int):
+        if version in uris:
+            kube.apply(build_inference_service(md, version, uris[version]))
+            kube.apply(build_hpa(md, version))
+    weights = dict(decision.weights)
+    if weights:
+        mirror = (state.canary_version, state.mirror_percent) if state.canary_version and state.mirror_percent else None
+        kube.apply(build_http_route(md, weights, mirror))
+    for isvc in kube.list(*ISVC, ns, f"{LABEL_DEPLOYMENT}={name}"):
+        version = (isvc["metadata"].get("labels") or {}).get(LABEL_VERSION)
+        if version and version not in decision.keep:
+            kube.delete(*HPA, isvc_name(name, version), ns)
+            kube.delete(*ISVC, isvc_name(name, version), ns)
+
+
+def _action(md: ModelDeployment) -> tuple[Action | None, str | None]:
+    raw = (md.metadata.annotations or {}).get(ACTION_ANNOTATION)
+    if raw is None:
+        return None, None
+    return (raw, None) if raw in ACTIONS else (None, raw)  # type: ignore[return-value]
+
+
+def _status(md: ModelDeployment, old: dict[str, Any], state: RolloutState, tracked: str | None) -> dict[str, Any]:
+    status = state_to_status(state)
+    status["trackedVersion"] = tracked
+    status["observedGeneration"] = md.metadata.generation
+    conditions = old.get("conditions")
+    cause = state.history[-1].reason if state.history else None
+    for c in conditions_for(state.phase, state.reason, state.message, state.stable_version is not None, cause):
+        conditions = set_condition(conditions, c.type, c.status, c.reason, c.message, generation=md.metadata.generation)
+    if any(c.get("type") == "InvalidSpec" for c in conditions or []):
+        conditions = set_condition(conditions, "InvalidSpec", False, "Valid", "", generation=md.metadata.generation)
+    status["conditions"] = conditions
+    gateway = md.spec.gateway
+    if gateway is not None and gateway.hostnames:
+        status["url"] = f"http://{gateway.hostnames[0]}"
+    return status
+
+
+def reconcile(kube: Kube, prom: Prometheus, body: dict[str, Any], now: datetime | None = None) -> Outcome:
+    """One pass: observe, decide, apply children, and return the status to write and the events to post."""
+    now = now or datetime.now(UTC)
+    old: dict[str, Any] = dict(body.get("status") or {})
+    try:
+        md = ModelDeployment.model_validate(body)
+    except ValidationError as exc:
+        return _invalid(old, body, f"spec does not validate: {exc.errors()[0].get('msg')}")
+    why = unhonourable(md)
+    if why is not None:
+        return _invalid(old, body, why)
+    resolved = resolve(kube, md)
+    live, ready = observe_children(kube, md)
+    action, bad_action = _action(md)
+    state = state_from_status(old)
+    config = machine.measurement_due(state, md.spec, now)
+    measurements = None
+    if config is not None and state.canary_version is not None:
+        measurements = measure(prom, md, config, state.canary_version, now)
+    obs = Observations(
+        now=now,
+        tracked_version=resolved.version,
+        tracked_message=resolved.message,
+        ready_versions=ready,
+        live_versions=live,
+        action=action,
+        measurements=measurements,
+        spec_changed=old.get("observedGeneration") not in (None, md.metadata.generation),
+    )
+    decision = machine.next(state, obs, md.spec)
+    apply_children(kube, md, decision, resolved.storage_uris)
+    strategy = "blueGreen" if md.spec.strategy.blue_green else "canary"
+    rollout_metrics.record(md.metadata.namespace or "", md.metadata.name or "", strategy, decision)
+    events = [Event(n.reason, n.message, "Warning" if n.warning else "Normal") for n in decision.events]
+    if action is not None and not decision.action_used:
+        events.append(Event("ActionIgnored", f"action {action} does nothing in phase {state.phase}", "Warning"))
+    if bad_action is not None:
+        events.append(
+            Event("ActionIgnored", f"unknown action {bad_action!r}: use one of {', '.join(ACTIONS)}", "Warning")
+        )
+    requeue = decision.requeue_after
+    waiting = machine.seconds_until_measurement(decision.state, md.spec, now)
+    if waiting is not None:
+        requeue = min(requeue if requeue is not None else waiting, max(waiting, 0.5))
+    return Outcome(_status(md, old, decision.state, resolved.version), events, requeue)
+
+
+def _invalid(old: dict[str, Any], body: dict[str, Any], why: str) -> Outcome:
+    generation = (body.get("metadata") or {}).get("generation")
+    conditions = set_condition(old.get("conditions"), "InvalidSpec", True, "InvalidSpec", why, generation=generation)
+    status = {"conditions": conditions, "observedGeneration": generation, "message": why}
+    events = [] if status_changed(old, status) is False else [Event("InvalidSpec", why, "Warning")]
+    return Outcome(status, events, None)
+
+
+class Driver:
+    """Runs passes for each ModelDeployment one at a time (kopf's timer and change handlers may overlap).
+
+    Each pass re-reads the object, so it always starts from the status the previous pass wrote,
+    writes status once (only if it changed), then clears a handled action annotation.
+    """
+
+    def __init__(self, kube: Kube, prometheus_url: str) -> None:
+        self.kube = kube
+        self.prom = Prometheus(prometheus_url)
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._due: dict[tuple[str, str], float] = {}
+
+    def is_due(self, namespace: str, name: str) -> bool:
+        """Whether the timer should run a pass now (the last pass asked to be looked at again by now)."""
+        return time.monotonic() >= self._due.get((namespace, name), 0.0)
+
+    async def drive(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, Outcome | None]:
+        """Run one pass on the current object; returns the object and the outcome (None if it is gone)."""
+        key = (namespace, name)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            body = await off_loop(self.kube.get, GROUP_VERSION, "ModelDeployment", name, namespace)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                self._due.pop(key, None)
+                return body, None
+            outcome = await off_loop(reconcile, self.kube, self.prom, body)
+            if status_changed(body.get("status"), outcome.status):
+                await off_loop(
+                    self.kube.patch_status, GROUP_VERSION, "ModelDeployment", name, namespace, outcome.status
+                )
+            if ACTION_ANNOTATION in ((body["metadata"].get("annotations")) or {}):
+                patch = {"metadata": {"annotations": {ACTION_ANNOTATION: None}}}
+                await off_loop(self.kube.merge_patch, GROUP_VERSION, "ModelDeployment", name, namespace, patch)
+            delay = outcome.requeue_after if outcome.requeue_after is not None else RESYNC_SECONDS
+            self._due[key] = time.monotonic() + delay
+            return body, outcome
+
+    async def deployments_of(self, namespace: str, model_label: str) -> list[str]:
+        """Names of the ModelDeployments in a namespace serving the model with this sanitised name."""
+        items = await off_loop(self.kube.list, GROUP_VERSION, "ModelDeployment", namespace)
+        return [
+            i["metadata"]["name"]
+            for i in items
+            if sanitise_model_name(i.get("spec", {}).get("model", {}).get("name", "")) == model_label
+        ]

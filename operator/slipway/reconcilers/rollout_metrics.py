@@ -1,0 +1,33 @@
+"""Operator metrics of rollouts: phase, canary weight, rollouts and rollbacks counted (served on /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+from slipway.rollout.phases import Phase
+from slipway.rollout.state import Decision
+
+PHASES: tuple[Phase, ...] = ("Idle", "Progressing", "Paused", "Promoting", "Succeeded", "RollingBack", "RolledBack")
+
+ROLLOUT_PHASE = Gauge(
+    "slipway_rollout_phase",
+    "1 for the ModelDeployment's current rollout phase, 0 for the others.",
+    ["namespace", "name", "phase"],
+)
+CANARY_WEIGHT = Gauge("slipway_canary_weight", "Percent of traffic on the canary.", ["namespace", "name"])
+ROLLOUTS = Counter("slipway_rollouts", "Rollouts started.", ["namespace", "name", "strategy"])
+ROLLBACKS = Counter("slipway_rollbacks", "Rollbacks, by reason.", ["namespace", "name", "reason"])
+
+
+def record(namespace: str, name: str, strategy: str, decision: Decision) -> None:
+    """Export the decision's phase and weight; count rollout starts and rollbacks."""
+    for phase in PHASES:
+        ROLLOUT_PHASE.labels(namespace, name, phase).set(1 if decision.state.phase == phase else 0)
+    CANARY_WEIGHT.labels(namespace, name).set(decision.state.canary_weight if decision.state.canary_version else 0)
+    arrow = decision.transition
+    if arrow is None:
+        return
+    if arrow.reason in ("RolloutStarted", "Superseded"):
+        ROLLOUTS.labels(namespace, name, strategy).inc()
+    if arrow.target == "RollingBack":
+        ROLLBACKS.labels(namespace, name, arrow.reason).inc()

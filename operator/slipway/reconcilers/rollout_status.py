@@ -1,0 +1,148 @@
+"""Status dict to RolloutState and back: the progress of a rollout lives in the ModelDeployment status."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from slipway.rollout.analysis import AnalysisState, Measurement
+from slipway.rollout.state import Blocked, Finished, RolloutState
+
+from .status import get_condition
+
+
+def _time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value is not None else None
+
+
+def _analysis(raw: dict[str, Any] | None) -> AnalysisState | None:
+    if not raw:
+        return None
+    measurements = tuple(
+        Measurement(
+            m["metric"], m.get("version") or "", m.get("value"), m["phase"], _time(m["measuredAt"]) or datetime.min
+        )
+        for m in raw.get("measurements") or []
+    )
+    return AnalysisState(
+        phase=raw.get("phase") or "Pending",
+        successful=int(raw.get("successful", 0)),
+        failed=int(raw.get("failed", 0)),
+        inconclusive=int(raw.get("inconclusive", 0)),
+        started_at=_time(raw.get("startedAt")),
+        measurements=measurements,
+    )
+
+
+def state_from_status(status: dict[str, Any] | None) -> RolloutState:
+    """The machine's state as the status holds it (an empty status is Idle)."""
+    s = status or {}
+    progressing = get_condition(s.get("conditions"), "Progressing") or {}
+    return RolloutState(
+        phase=s.get("phase") or "Idle",
+        reason=str(progressing.get("reason", "")),
+        stable_version=s.get("stableVersion"),
+        canary_version=s.get("canaryVersion"),
+        canary_weight=int(s.get("canaryWeight") or 0),
+        mirror_percent=int(s.get("mirrorPercent") or 0),
+        current_step=s.get("currentStep"),
+        step_started_at=_time(s.get("stepStartedAt")),
+        rollout_started_at=_time(s.get("rolloutStartedAt")),
+        promoted_at=_time(s.get("promotedAt")),
+        analysis=_analysis(s.get("analysis")),
+        blocked=tuple(
+            Blocked(b["version"], b["reason"], _time(b["at"]) or datetime.min, b.get("message") or "")
+            for b in s.get("blockedVersions") or []
+        ),
+        history=tuple(
+            Finished(
+                h["version"],
+                h.get("previousVersion"),
+                h["outcome"],
+                h.get("reason") or "",
+                _time(h.get("startedAt")),
+                _time(h.get("finishedAt")) or datetime.min,
+                h.get("message") or "",
+            )
+            for h in s.get("history") or []
+        ),
+        message=s.get("message") or "",
+    )
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None and v != ""}
+
+
+def analysis_to_status(a: AnalysisState | None) -> dict[str, Any] | None:
+    """status.analysis."""
+    if a is None:
+        return None
+    return _drop_none(
+        {
+            "phase": a.phase,
+            "successful": a.successful,
+            "failed": a.failed,
+            "inconclusive": a.inconclusive,
+            "startedAt": _iso(a.started_at),
+            "measurements": [
+                _drop_none(
+                    {
+                        "metric": m.metric,
+                        "version": m.version,
+                        "value": m.value,
+                        "phase": m.phase,
+                        "measuredAt": _iso(m.measured_at),
+                        "message": m.message,
+                    }
+                )
+                for m in a.measurements
+            ]
+            or None,
+        }
+    )
+
+
+def state_to_status(state: RolloutState) -> dict[str, Any]:
+    """The rollout fields of status; cleared fields are None (a merge patch removes them)."""
+    return {
+        "phase": state.phase,
+        "stableVersion": state.stable_version,
+        "canaryVersion": state.canary_version,
+        "canaryWeight": state.canary_weight if state.canary_version else None,
+        "mirrorPercent": state.mirror_percent or None,
+        "currentStep": state.current_step,
+        "stepStartedAt": _iso(state.step_started_at),
+        "rolloutStartedAt": _iso(state.rollout_started_at),
+        "promotedAt": _iso(state.promoted_at),
+        "analysis": analysis_to_status(state.analysis),
+        "blockedVersions": [
+            _drop_none({"version": b.version, "reason": b.reason, "at": _iso(b.at), "message": b.message})
+            for b in state.blocked
+        ]
+        or None,
+        "history": [
+            _drop_none(
+                {
+                    "version": h.version,
+                    "previousVersion": h.previous_version,
+                    "outcome": h.outcome,
+                    "reason": h.reason,
+                    "startedAt": _iso(h.started_at),
+                    "finishedAt": _iso(h.finished_at),
+                    "message": h.message,
+                }
+            )
+            for h in state.history
+        ]
+        or None,
+        "message": state.message or None,
+    }

@@ -1,0 +1,140 @@
+"""Analysis decisions: PromQL templates, one measurement against min/max, a round folded into the verdict."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Literal
+
+from slipway.api.common import parse_duration
+from slipway.api.modeldeployment import Analysis, AnalysisMetric, AnalysisStep
+
+MeasurementPhase = Literal["Successful", "Failed", "Inconclusive", "Error"]
+AnalysisPhase = Literal["Pending", "Running", "Successful", "Failed", "Inconclusive"]
+
+ERROR_RATE_QUERY = (
+    'sum(rate(slipway_requests_total{namespace="{{namespace}}",model="{{name}}",version="{{version}}",code=~"5.."}[1m]))'
+    ' / sum(rate(slipway_requests_total{namespace="{{namespace}}",model="{{name}}",version="{{version}}"}[1m]))'
+)
+"""A ready-made template: share of 5xx responses of one version."""
+P99_LATENCY_QUERY = (
+    "histogram_quantile(0.99, sum by (le) (rate(slipway_request_duration_seconds_bucket"
+    '{namespace="{{namespace}}",model="{{name}}",version="{{version}}"}[1m])))'
+)
+"""A ready-made template: p99 request latency of one version, in seconds."""
+
+
+def render_query(template: str, *, namespace: str, name: str, version: str) -> str:
+    """Fill ``{{namespace}}``, ``{{name}}`` (also ``{{deployment}}``) and ``{{version}}`` into a PromQL template."""
+    out = template.replace("{{namespace}}", namespace).replace("{{version}}", version)
+    return out.replace("{{name}}", name).replace("{{deployment}}", name)
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """A resolved analysis: metrics, interval, failure limit and the successful rounds needed."""
+
+    metrics: tuple[AnalysisMetric, ...]
+    interval: timedelta
+    failure_limit: int
+    count: int
+
+
+def resolve(step: AnalysisStep | None, base: Analysis | None) -> AnalysisConfig:
+    """An analysis step's settings, unset ones taken from the strategy's analysis (then the API defaults)."""
+    if base is not None:
+        defaults = base
+    elif step is not None and step.metrics:
+        defaults = Analysis(metrics=step.metrics)
+    else:
+        raise ValueError("an analysis needs metrics: on the step or in the strategy's analysis")
+    metrics = (step.metrics if step and step.metrics else None) or defaults.metrics
+    interval = (step.interval if step and step.interval else None) or defaults.interval
+    failure_limit = step.failure_limit if step and step.failure_limit is not None else defaults.failure_limit
+    count = step.count if step and step.count is not None else defaults.count
+    return AnalysisConfig(tuple(metrics), parse_duration(interval), failure_limit, count)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One metric measured once."""
+
+    metric: str
+    version: str
+    value: float | None
+    phase: MeasurementPhase
+    measured_at: datetime
+    message: str = ""
+
+
+def judge(
+    metric: AnalysisMetric, version: str, value: float | None, at: datetime, error: str | None = None
+) -> Measurement:
+    """Judge one value: out of [min, max] fails; no value (or NaN) is Inconclusive; a query error is Error."""
+    if error is not None:
+        return Measurement(metric.name, version, None, "Error", at, error)
+    if value is None or math.isnan(value):
+        return Measurement(metric.name, version, None, "Inconclusive", at, "no data: the query returned nothing")
+    if metric.min is not None and value < metric.min:
+        return Measurement(metric.name, version, value, "Failed", at, f"{value:g} < min {metric.min:g}")
+    if metric.max is not None and value > metric.max:
+        return Measurement(metric.name, version, value, "Failed", at, f"{value:g} > max {metric.max:g}")
+    return Measurement(metric.name, version, value, "Successful", at, "")
+
+
+@dataclass(frozen=True)
+class AnalysisState:
+    """Progress of the running analysis (one per blocking analysis stage), as kept in status."""
+
+    phase: AnalysisPhase = "Pending"
+    successful: int = 0
+    failed: int = 0
+    inconclusive: int = 0
+    started_at: datetime | None = None
+    measurements: tuple[Measurement, ...] = ()
+
+    @property
+    def last_measured_at(self) -> datetime | None:
+        """When the last round was measured."""
+        return max((m.measured_at for m in self.measurements), default=None)
+
+
+def due(state: AnalysisState, config: AnalysisConfig, now: datetime) -> bool:
+    """Whether a new round should be measured now: none yet, or the interval has passed."""
+    last = state.last_measured_at
+    return last is None or now - last >= config.interval
+
+
+def until_due(state: AnalysisState, config: AnalysisConfig, now: datetime) -> float:
+    """Seconds until the next round is due (0 when due)."""
+    last = state.last_measured_at
+    return 0.0 if last is None else max(0.0, (last + config.interval - now).total_seconds())
+
+
+def fold(state: AnalysisState, round_: tuple[Measurement, ...], config: AnalysisConfig) -> AnalysisState:
+    """Add one round. Any metric out of bounds: a failed round; else any without data: inconclusive
+    (never counts as a pass: no promotion without evidence); else a successful round."""
+    started = state.started_at or (round_[0].measured_at if round_ else None)
+    phases = {m.phase for m in round_}
+    if "Failed" in phases:
+        failed = state.failed + 1
+        phase: AnalysisPhase = "Failed" if failed > config.failure_limit else "Running"
+        return replace(state, phase=phase, failed=failed, started_at=started, measurements=round_)
+    if phases & {"Inconclusive", "Error"} or not round_:
+        return replace(
+            state, phase="Inconclusive", inconclusive=state.inconclusive + 1, started_at=started, measurements=round_
+        )
+    successful = state.successful + 1
+    phase = "Successful" if successful >= config.count else "Running"
+    return replace(state, phase=phase, successful=successful, started_at=started, measurements=round_)
+
+
+def explain(state: AnalysisState, config: AnalysisConfig) -> str:
+    """A one-line account of the analysis for status.message."""
+    head = (
+        f"analysis {state.phase}: {state.successful}/{config.count} successful, "
+        f"{state.failed} failed (limit {config.failure_limit}), {state.inconclusive} inconclusive"
+    )
+    notes = [f"{m.metric}: {m.message}" for m in state.measurements if m.message]
+    return head + (f" ({'; '.join(notes)})" if notes else "")

@@ -1,0 +1,67 @@
+"""Blue-green: the preview at full size, its pre-promotion analysis, then one atomic switch (auto or by hand)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from slipway.api.common import parse_duration
+from slipway.api.modeldeployment import BlueGreen
+
+from .analysis import AnalysisConfig, explain, fold, resolve, until_due
+from .canary import fresh
+from .state import WAIT_SECONDS, Decision, Observations, RolloutState, go, hold, promote, rollback
+
+PREVIEW, ANALYSIS, AWAITING = 0, 1, 2
+"""Stages of a blue-green rollout, kept in status.currentStep."""
+
+
+def analysis_config(state: RolloutState, bg: BlueGreen) -> AnalysisConfig | None:
+    """The pre-promotion analysis, when the rollout is at that stage."""
+    if state.current_step != ANALYSIS or bg.pre_promotion_analysis is None:
+        return None
+    return resolve(None, bg.pre_promotion_analysis)
+
+
+def _next_stage(state: RolloutState, bg: BlueGreen, what: str) -> Decision:
+    stage = ANALYSIS if state.current_step == PREVIEW and bg.pre_promotion_analysis is not None else AWAITING
+    return go(state, "Progressing", "StepCompleted", what, current_step=stage, step_started_at=None)
+
+
+def advance(state: RolloutState, obs: Observations, bg: BlueGreen) -> Decision:
+    """Drive the blue-green rollout one move."""
+    version = state.canary_version
+    stage = state.current_step or PREVIEW
+    started = state.step_started_at
+    if started is None:
+        state = replace(state, step_started_at=obs.now)
+        started = obs.now
+    if obs.action == "promote" and stage != AWAITING:
+        return _next_stage(state, bg, "stage skipped by promote")
+    if stage == PREVIEW:
+        if version in obs.ready_versions:
+            return _next_stage(state, bg, f"preview v{version} ready at full size")
+        if obs.now - (state.rollout_started_at or started) > parse_duration(bg.progress_deadline):
+            return rollback(
+                state, obs, "ProgressDeadlineExceeded", f"preview v{version} not ready in {bg.progress_deadline}"
+            )
+        return hold(state, f"waiting for preview v{version} to be ready", WAIT_SECONDS)
+    if stage == ANALYSIS:
+        config = analysis_config(state, bg)
+        assert config is not None
+        analysis = fresh(state.analysis, started)
+        if obs.measurements is not None:
+            analysis = fold(analysis, obs.measurements, config)
+        state = replace(state, analysis=analysis)
+        if analysis.phase == "Failed":
+            return rollback(state, obs, "AnalysisFailed", f"pre-promotion {explain(analysis, config)}")
+        if analysis.phase == "Successful":
+            return _next_stage(state, bg, f"pre-promotion {explain(analysis, config)}")
+        return hold(state, f"pre-promotion {explain(analysis, config)}", max(until_due(analysis, config, obs.now), 0.5))
+    if obs.action == "promote":
+        return promote(state, obs, "PromotedByUser", f"switched all traffic to v{version}", action_used=True)
+    if bg.auto_promotion_seconds is None:
+        return go(state, "Paused", "PausedByStep", f"preview v{version} ready: waiting for promote", requeue=None)
+    left = bg.auto_promotion_seconds - (obs.now - started).total_seconds()
+    if left <= 0:
+        return promote(state, obs, "AutoPromoted", f"switched all traffic to v{version}")
+    return hold(state, f"preview v{version} ready: switching in {left:.0f}s", left)

@@ -1,0 +1,183 @@
+"""The pure rollout state machine: ``next(state, observations, spec) -> Decision`` over the transition table."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from slipway.api.modeldeployment import ModelDeploymentSpec
+
+from . import bluegreen, canary
+from .analysis import AnalysisConfig, due, until_due
+from .phases import AT_REST, LIVE
+from .state import (
+    CANARY_SCALE_DOWN_SECONDS,
+    WAIT_SECONDS,
+    Decision,
+    Observations,
+    RolloutState,
+    go,
+    hold,
+    promote,
+    rollback,
+    start,
+)
+
+
+def scale_down_seconds(spec: ModelDeploymentSpec) -> float:
+    """How long the old version stays up after a promotion."""
+    if spec.strategy.blue_green is not None:
+        return float(spec.strategy.blue_green.scale_down_delay_seconds)
+    return CANARY_SCALE_DOWN_SECONDS
+
+
+def analysis_config(state: RolloutState, spec: ModelDeploymentSpec) -> AnalysisConfig | None:
+    """The blocking analysis the rollout is at, if any (the reconciler measures it when due)."""
+    if state.phase != "Progressing" or state.canary_version is None:
+        return None
+    if spec.strategy.canary is not None:
+        return canary.analysis_config(state, spec.strategy.canary)
+    if spec.strategy.blue_green is not None:
+        return bluegreen.analysis_config(state, spec.strategy.blue_green)
+    return None
+
+
+def measurement_due(state: RolloutState, spec: ModelDeploymentSpec, now: datetime) -> AnalysisConfig | None:
+    """The analysis to measure in this pass (its interval has passed), or None."""
+    config = analysis_config(state, spec)
+    if config is None:
+        return None
+    current = canary.fresh(state.analysis, state.step_started_at or now)
+    return config if due(current, config, now) else None
+
+
+def next(state: RolloutState, obs: Observations, spec: ModelDeploymentSpec) -> Decision:
+    """Decide the next move. One arrow of the table at most per call; a hold says why in the message."""
+    if obs.spec_changed and state.blocked:
+        state = replace(state, blocked=())
+    if state.phase in LIVE:
+        if obs.action == "abort":
+            return rollback(state, obs, "Aborted", "aborted by the user: all traffic back to stable", action_used=True)
+        if obs.alert is not None:
+            return rollback(state, obs, "AlertFiring", f"alert {obs.alert} fired: all traffic back to stable")
+    if state.phase in AT_REST:
+        return _at_rest(state, obs)
+    if state.phase == "RollingBack":
+        return _rolling_back(state, obs)
+    if state.phase == "Promoting":
+        return _promoting(state, obs, spec)
+    superseded = _superseded(state, obs)
+    if superseded is not None:
+        return superseded
+    if state.phase == "Paused":
+        return _paused(state, obs, spec)
+    return _progressing(state, obs, spec)
+
+
+def _at_rest(state: RolloutState, obs: Observations) -> Decision:
+    used = False
+    if obs.action == "retry" and state.blocked_entry(obs.tracked_version):
+        state = replace(state, blocked=tuple(b for b in state.blocked if b.version != obs.tracked_version))
+        used = True
+    tracked = obs.tracked_version
+    if tracked is None:
+        return hold(state, f"waiting for the tracked version: {obs.tracked_message}", None, action_used=used)
+    if state.stable_version is None:
+        return go(state, "Succeeded", "FirstVersion", f"v{tracked} serving all traffic", stable_version=tracked)
+    if tracked == state.stable_version:
+        return hold(state, state.message or f"v{tracked} serving all traffic", None, action_used=used)
+    block = state.blocked_entry(tracked)
+    if block is not None:
+        message = (
+            f"v{tracked} is blocked ({block.reason}): v{state.stable_version} keeps serving; "
+            "change the spec or use the retry action"
+        )
+        return hold(state, message, None, action_used=used)
+    decision = start(state, obs, tracked)
+    return replace(decision, action_used=used)
+
+
+def _rolling_back(state: RolloutState, obs: Observations) -> Decision:
+    leftovers = obs.live_versions - {state.stable_version}
+    if leftovers:
+        names = ", ".join(f"v{v}" for v in sorted(leftovers))
+        return hold(state, f"rolling back: waiting for {names} to be removed", WAIT_SECONDS)
+    return go(
+        state,
+        "RolledBack",
+        "RolledBack",
+        f"rolled back to v{state.stable_version} ({state.reason}); v{state.canary_version} removed",
+        requeue=None,
+        warning=True,
+        canary_version=None,
+        current_step=None,
+        step_started_at=None,
+    )
+
+
+def _promoting(state: RolloutState, obs: Observations, spec: ModelDeploymentSpec) -> Decision:
+    previous = state.previous_version
+    at = state.promoted_at or obs.now
+    left = scale_down_seconds(spec) - (obs.now - at).total_seconds()
+    if previous is not None and left > 0:
+        return hold(state, f"v{state.stable_version} promoted; v{previous} removed in {left:.0f}s", left)
+    gone = f"; v{previous} removed" if previous else ""
+    return go(state, "Succeeded", "ScaledDown", f"v{state.stable_version} serving all traffic{gone}", requeue=None)
+
+
+def _superseded(state: RolloutState, obs: Observations) -> Decision | None:
+    tracked = obs.tracked_version
+    if tracked is None or tracked == state.canary_version:
+        return None
+    if tracked == state.stable_version:
+        message = f"the tracked version is v{tracked} again: v{state.canary_version} withdrawn"
+        return rollback(state, obs, "TargetReverted", message, block=False)
+    if state.blocked_entry(tracked) is not None:
+        return None
+    return start(state, obs, tracked, "Superseded")
+
+
+def _paused(state: RolloutState, obs: Observations, spec: ModelDeploymentSpec) -> Decision:
+    if obs.action == "promote-full" or (
+        obs.action in ("promote", "resume") and state.reason == "PausedByStep" and spec.strategy.blue_green is not None
+    ):
+        return promote(state, obs, "PromotedByUser", f"v{state.canary_version} promoted by the user", action_used=True)
+    if spec.paused and state.reason != "PausedByStep":
+        return hold(state, "paused: spec.paused is true", None, action_used=obs.action is not None)
+    by_user = obs.action in ("promote", "resume")
+    if by_user or (state.reason == "PausedBySpec" and not spec.paused):
+        step = state.current_step or 0
+        if state.reason == "PausedByStep":
+            step += 1
+        return go(
+            state,
+            "Progressing",
+            "Resumed",
+            f"resumed at step {step}",
+            action_used=by_user,
+            current_step=step,
+            step_started_at=None,
+        )
+    return hold(state, state.message or "paused", None)
+
+
+def _progressing(state: RolloutState, obs: Observations, spec: ModelDeploymentSpec) -> Decision:
+    if spec.paused:
+        return go(state, "Paused", "PausedBySpec", "paused: spec.paused is true", requeue=None)
+    if obs.action == "pause":
+        return go(state, "Paused", "PausedByUser", "paused by the user", requeue=None, action_used=True)
+    if obs.action == "promote-full":
+        return promote(state, obs, "PromotedByUser", f"v{state.canary_version} promoted by the user", action_used=True)
+    if spec.strategy.blue_green is not None:
+        return bluegreen.advance(state, obs, spec.strategy.blue_green)
+    if spec.strategy.canary is not None:
+        return canary.advance(state, obs, spec.strategy.canary)
+    return hold(state, "strategy not supported", WAIT_SECONDS)
+
+
+def seconds_until_measurement(state: RolloutState, spec: ModelDeploymentSpec, now: datetime) -> float | None:
+    """Seconds until the running analysis wants its next round (None when there is none)."""
+    config = analysis_config(state, spec)
+    if config is None:
+        return None
+    return until_due(canary.fresh(state.analysis, state.step_started_at or now), config, now)

@@ -1,0 +1,258 @@
+"""The rollout's state (what status keeps), what a pass observes, what the machine decides, and the shared moves."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Literal
+
+from .analysis import AnalysisState, Measurement
+from .phases import Phase, Transition, transition
+
+Action = Literal["promote", "promote-full", "abort", "retry", "pause", "resume"]
+ACTIONS: tuple[str, ...] = ("promote", "promote-full", "abort", "retry", "pause", "resume")
+HISTORY_LIMIT = 10
+CANARY_SCALE_DOWN_SECONDS = 30.0
+"""How long the old version outlives a canary promotion (the API has no canary field for it yet)."""
+WAIT_SECONDS = 5.0
+"""How soon to look again while waiting on the cluster (readiness, children going away)."""
+NEXT_SECONDS = 0.5
+"""How soon to look again after a step completed (the next step starts at once)."""
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """A rolled-back version, not retried until the spec changes or the retry action."""
+
+    version: str
+    reason: str
+    at: datetime
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """One finished rollout, for status.history."""
+
+    version: str
+    previous_version: str | None
+    outcome: Literal["Promoted", "RolledBack", "Aborted", "Superseded"]
+    reason: str
+    started_at: datetime | None
+    finished_at: datetime
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """Everything the machine needs to resume a rollout; all of it lives in the ModelDeployment's status."""
+
+    phase: Phase = "Idle"
+    reason: str = ""
+    stable_version: str | None = None
+    canary_version: str | None = None
+    canary_weight: int = 0
+    mirror_percent: int = 0
+    current_step: int | None = None
+    step_started_at: datetime | None = None
+    rollout_started_at: datetime | None = None
+    promoted_at: datetime | None = None
+    analysis: AnalysisState | None = None
+    blocked: tuple[Blocked, ...] = ()
+    history: tuple[Finished, ...] = ()
+    message: str = ""
+
+    @property
+    def previous_version(self) -> str | None:
+        """While Promoting: the version the promotion replaced (still up until the scale-down delay)."""
+        if self.phase != "Promoting" or not self.history or self.history[-1].outcome != "Promoted":
+            return None
+        return self.history[-1].previous_version
+
+    def blocked_entry(self, version: str | None) -> Blocked | None:
+        """The block on a version, if it is blocked."""
+        return next((b for b in self.blocked if b.version == version), None)
+
+
+@dataclass(frozen=True)
+class Observations:
+    """What one reconcile pass saw: time, the tracked version, readiness, children, actions, measurements."""
+
+    now: datetime
+    tracked_version: str | None = None
+    tracked_message: str = ""
+    ready_versions: frozenset[str] = frozenset()
+    live_versions: frozenset[str] = frozenset()
+    action: Action | None = None
+    measurements: tuple[Measurement, ...] | None = None
+    alert: str | None = None
+    spec_changed: bool = False
+
+
+@dataclass(frozen=True)
+class Note:
+    """An event to post."""
+
+    reason: str
+    message: str
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The machine's answer: the new state, the arrow taken (None: hold), events, when to look again."""
+
+    state: RolloutState
+    transition: Transition | None = None
+    events: tuple[Note, ...] = ()
+    requeue_after: float | None = None
+    action_used: bool = False
+
+    @property
+    def weights(self) -> Mapping[str, int]:
+        """Route weights by version for this state."""
+        return desired_weights(self.state)
+
+    @property
+    def keep(self) -> frozenset[str]:
+        """Versions whose children must exist; the others are removed."""
+        return desired_versions(self.state)
+
+
+def desired_weights(state: RolloutState) -> dict[str, int]:
+    """Traffic by version: stable gets the rest of the canary's weight; an old version stays listed at 0."""
+    if state.stable_version is None:
+        return {}
+    weights = {state.stable_version: 100}
+    if state.phase in {"Progressing", "Paused"} and state.canary_version:
+        weights = {state.stable_version: 100 - state.canary_weight, state.canary_version: state.canary_weight}
+    previous = state.previous_version
+    if previous and previous != state.stable_version:
+        weights[previous] = 0
+    return weights
+
+
+def desired_versions(state: RolloutState) -> frozenset[str]:
+    """Live versions: stable, plus the canary during a rollout, plus the old version while Promoting."""
+    out = {state.stable_version} if state.stable_version else set()
+    if state.phase in {"Progressing", "Paused"} and state.canary_version:
+        out.add(state.canary_version)
+    if state.previous_version:
+        out.add(state.previous_version)
+    return frozenset(v for v in out if v)
+
+
+def hold(state: RolloutState, message: str, requeue: float | None = None, *, action_used: bool = False) -> Decision:
+    """Stay in the phase; say why."""
+    return Decision(replace(state, message=message), None, (), requeue, action_used)
+
+
+def go(
+    state: RolloutState,
+    target: Phase,
+    reason: str,
+    message: str,
+    *,
+    requeue: float | None = NEXT_SECONDS,
+    warning: bool = False,
+    action_used: bool = False,
+    **changes: object,
+) -> Decision:
+    """Take the table's arrow (state.phase → target, reason), apply the changes, post one event."""
+    arrow = transition(state.phase, target, reason)
+    new = replace(state, phase=target, reason=reason, message=message, **changes)  # type: ignore[arg-type]
+    return Decision(new, arrow, (Note(reason, message, warning),), requeue, action_used)
+
+
+def cap(history: tuple[Finished, ...]) -> tuple[Finished, ...]:
+    """The last HISTORY_LIMIT entries."""
+    return history[-HISTORY_LIMIT:]
+
+
+def start(state: RolloutState, obs: Observations, version: str, reason: str = "RolloutStarted") -> Decision:
+    """Start rolling ``version`` out against the stable version (weight 0, step 0)."""
+    history = state.history
+    if reason == "Superseded" and state.canary_version:
+        history = cap(
+            (
+                *history,
+                Finished(
+                    state.canary_version,
+                    state.stable_version,
+                    "Superseded",
+                    "Superseded",
+                    state.rollout_started_at,
+                    obs.now,
+                    f"v{version} is tracked now",
+                ),
+            )
+        )
+    return go(
+        state,
+        "Progressing",
+        reason,
+        f"rolling out v{version} (stable v{state.stable_version})",
+        canary_version=version,
+        canary_weight=0,
+        mirror_percent=0,
+        current_step=0,
+        step_started_at=obs.now,
+        rollout_started_at=obs.now,
+        analysis=None,
+        history=history,
+    )
+
+
+def promote(
+    state: RolloutState, obs: Observations, reason: str, message: str, *, action_used: bool = False
+) -> Decision:
+    """All traffic to the new version in one write; the old one stays up until the scale-down delay."""
+    new = state.canary_version
+    assert new is not None, "promote needs a canary"
+    entry = Finished(new, state.stable_version, "Promoted", reason, state.rollout_started_at, obs.now, message)
+    return go(
+        state,
+        "Promoting",
+        reason,
+        message,
+        action_used=action_used,
+        stable_version=new,
+        canary_version=None,
+        canary_weight=0,
+        mirror_percent=0,
+        current_step=None,
+        step_started_at=None,
+        promoted_at=obs.now,
+        history=cap((*state.history, entry)),
+    )
+
+
+def rollback(
+    state: RolloutState, obs: Observations, reason: str, message: str, *, block: bool = True, action_used: bool = False
+) -> Decision:
+    """All traffic back to stable at once; block the failed version (unless the user simply moved back)."""
+    if state.phase == "Promoting":
+        failed, stable = state.stable_version, state.previous_version
+    else:
+        failed, stable = state.canary_version, state.stable_version
+    assert failed is not None
+    outcome: Literal["RolledBack", "Aborted"] = "Aborted" if reason == "Aborted" else "RolledBack"
+    entry = Finished(failed, stable, outcome, reason, state.rollout_started_at, obs.now, message)
+    blocked = state.blocked
+    if block:
+        blocked = (*(b for b in blocked if b.version != failed), Blocked(failed, reason, obs.now, message))
+    return go(
+        state,
+        "RollingBack",
+        reason,
+        message,
+        warning=True,
+        action_used=action_used,
+        stable_version=stable,
+        canary_version=failed,
+        canary_weight=0,
+        mirror_percent=0,
+        blocked=blocked,
+        history=cap((*state.history, entry)),
+    )

@@ -1,0 +1,405 @@
+"""ModelDeployment on the real test bed: children validated by the real KServe/Gateway API CRDs, rollouts driven
+by the operator running as a subprocess, analysis against the test bed's real Prometheus."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import pytest
+from operator_process import OperatorProcess, wait_until
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+pytestmark = pytest.mark.integration
+
+MODEL = "digits"
+
+
+@pytest.fixture
+def operator(testbed, namespace, slipway_crds, tmp_path, kubectl) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(testbed.kubeconfig, namespace, tmp_path, testbed.prometheus_url).start()
+    yield proc
+    print(json.dumps(md_status(kubectl), indent=1))
+    stop_after_deleting_deployments(kubectl, proc)
+    print(proc.log_tail(120))
+
+
+def stop_after_deleting_deployments(kubectl, proc: OperatorProcess) -> None:
+    """Delete the ModelDeployments while the operator runs (kopf's timer finalizer needs it), then stop it."""
+    if not proc.alive():
+        proc.start()
+    kubectl("delete", "modeldeployments", "--all", "--timeout=30s", check=False)
+    proc.stop()
+
+
+def kubectl_in(testbed, namespace: str):
+    return lambda *args, **kw: testbed.run_kubectl(*args, namespace=namespace, **kw)
+
+
+def get(kubectl, *args: str) -> dict[str, Any] | None:
+    out = kubectl("get", *args, "-o", "json", check=False)
+    return json.loads(out.stdout) if out.returncode == 0 else None
+
+
+def md_status(kubectl, name: str = MODEL) -> dict[str, Any]:
+    return (get(kubectl, "modeldeployment", name) or {}).get("status") or {}
+
+
+def route_weights(kubectl, name: str = MODEL) -> dict[str, int]:
+    route = get(kubectl, "httproute", name)
+    if route is None:
+        return {}
+    refs = route["spec"]["rules"][0]["backendRefs"]
+    return {r["name"].removeprefix(f"{name}-v").removesuffix("-predictor"): r.get("weight", 1) for r in refs}
+
+
+def isvc_versions(kubectl, name: str = MODEL) -> set[str]:
+    items = get(kubectl, "inferenceservices", "-l", f"ml.slipway.dev/deployment={name}") or {"items": []}
+    return {i["metadata"]["labels"]["ml.slipway.dev/version"] for i in items["items"]}
+
+
+def model_version(kubectl, version: str, aliases: list[str], *, storage: bool = True) -> None:
+    """A ModelVersion as the registry sync creates it; its status set through the status subresource."""
+    obj = {
+        "apiVersion": "ml.slipway.dev/v1alpha1",
+        "kind": "ModelVersion",
+        "metadata": {
+            "name": f"{MODEL}-v{version}",
+            "labels": {"ml.slipway.dev/model": MODEL, "ml.slipway.dev/version": version},
+        },
+        "spec": {"model": MODEL, "version": version},
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(obj))
+    set_aliases(kubectl, version, aliases, storage=storage)
+
+
+def set_aliases(kubectl, version: str, aliases: list[str], *, storage: bool = True) -> None:
+    status: dict[str, Any] = {"aliases": aliases, "stage": "None"}
+    if storage:
+        status["storageUri"] = f"s3://models/{MODEL}/{version}"
+    patch = json.dumps({"status": status})
+    kubectl("patch", "modelversion", f"{MODEL}-v{version}", "--subresource=status", "--type=merge", "-p", patch)
+
+
+def move_alias(kubectl, old: str, new: str) -> None:
+    set_aliases(kubectl, old, [])
+    set_aliases(kubectl, new, ["champion"])
+
+
+def predictor(kubectl, version: str, replicas: int = 1, name: str = MODEL) -> None:
+    """The predictor Deployment KServe's controller would create (it is not running here); kwok runs its pods."""
+    kubectl(
+        "create",
+        "deployment",
+        f"{name}-v{version}-predictor",
+        "--image=registry.invalid/serving:1",
+        f"--replicas={replicas}",
+    )
+
+
+def deployment(kubectl, strategy: dict[str, Any], **spec: Any) -> None:
+    obj = {
+        "apiVersion": "ml.slipway.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": MODEL},
+        "spec": {
+            "model": {"name": MODEL, "track": {"alias": "champion"}},
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
+            "strategy": strategy,
+            "gateway": {"parentRefs": [{"name": "ml-gateway"}]},
+            **spec,
+        },
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(obj))
+
+
+def action(kubectl, what: str) -> None:
+    kubectl("annotate", "--overwrite", "modeldeployment", MODEL, f"ml.slipway.dev/action={what}")
+
+
+def first_version_up(kubectl) -> None:
+    wait_until(lambda: md_status(kubectl).get("phase") == "Succeeded", what="v1 Succeeded")
+    assert md_status(kubectl)["stableVersion"] == "1"
+    assert route_weights(kubectl) == {"1": 100}
+
+
+def test_canary_walks_its_weights_waits_for_promote_survives_sigkill_and_promotes(kubectl, operator):
+    model_version(kubectl, "1", ["champion"])
+    model_version(kubectl, "2", [])
+    predictor(kubectl, "1")
+    predictor(kubectl, "2")
+    steps = [{"setWeight": 20}, {"pause": {"duration": "2s"}}, {"setWeight": 50}, {"pause": {}}, {"setWeight": 80}]
+    deployment(kubectl, {"canary": {"steps": steps}})
+    first_version_up(kubectl)
+    isvc = get(kubectl, "inferenceservice", f"{MODEL}-v1")
+    assert isvc is not None
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "external"
+    assert isvc["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
+    hpa = get(kubectl, "hpa", f"{MODEL}-v1")
+    assert hpa is not None and hpa["spec"]["scaleTargetRef"]["name"] == f"{MODEL}-v1-predictor"
+
+    seen: list[dict[str, int]] = []
+
+    def watch_weights(want: dict[str, int]) -> bool:
+        w = route_weights(kubectl)
+        if not seen or seen[-1] != w:
+            seen.append(w)
+        return w == want
+
+    move_alias(kubectl, "1", "2")
+    wait_until(lambda: watch_weights({"1": 50, "2": 50}), what="weight 50")
+    wait_until(lambda: md_status(kubectl).get("phase") == "Paused", what="paused until promoted")
+    assert {"1": 80, "2": 20} in seen
+    status = md_status(kubectl)
+    assert (status["stableVersion"], status["canaryVersion"], status["canaryWeight"]) == ("1", "2", 50)
+
+    operator.kill()  # mid-canary, no goodbye
+    time.sleep(3)
+    assert md_status(kubectl)["phase"] == "Paused", "a pause without duration waits for promote"
+    operator.start()
+    time.sleep(3)
+    assert md_status(kubectl)["phase"] == "Paused"
+    action(kubectl, "promote")
+    wait_until(lambda: md_status(kubectl).get("phase") in ("Promoting", "Succeeded"), what="promoted")
+    status = md_status(kubectl)
+    assert status["stableVersion"] == "2" and "canaryVersion" not in status
+    assert route_weights(kubectl)["2"] == 100
+    assert isvc_versions(kubectl) <= {"1", "2"}, "no duplicate children after the restart"
+    wait_until(lambda: md_status(kubectl).get("phase") == "Succeeded", timeout=60, what="old version scaled down")
+    assert route_weights(kubectl) == {"2": 100}
+    wait_until(lambda: isvc_versions(kubectl) == {"2"}, what="v1 removed")
+    assert get(kubectl, "hpa", f"{MODEL}-v1") is None
+    history = md_status(kubectl)["history"]
+    assert history[-1]["version"] == "2" and history[-1]["outcome"] == "Promoted"
+    events = kubectl("get", "events", "--field-selector", f"involvedObject.name={MODEL}", "-o", "json").stdout
+    reasons = {e["reason"] for e in json.loads(events)["items"]}
+    assert {"FirstVersion", "RolloutStarted", "StepCompleted", "PausedByStep", "Resumed", "ScaledDown"} <= reasons
+
+    kubectl("delete", "modeldeployment", MODEL)
+    wait_until(lambda: not isvc_versions(kubectl) and get(kubectl, "httproute", MODEL) is None, what="children GC'd")
+
+
+class Metrics:
+    """A /metrics endpoint served by the test; Prometheus scrapes it."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.error_rate = Gauge("slipway_test_error_rate", "test", ["version"], registry=self.registry)
+        registry = self.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.fixture
+def metrics(testbed, namespace) -> Iterator[Metrics]:
+    m = Metrics()
+    testbed.add_scrape_target(f"md-{namespace}", m.address, {"test_namespace": namespace})
+    yield m
+    m.server.shutdown()
+
+
+def prom_has(testbed, query: str) -> bool:
+    import httpx
+
+    r = httpx.get(f"{testbed.prometheus_url}/api/v1/query", params={"query": query}, timeout=5).json()
+    return bool(r.get("data", {}).get("result"))
+
+
+def analysis_canary(query: str) -> dict[str, Any]:
+    return {
+        "canary": {
+            "steps": [{"setWeight": 20}, {"analysis": {}}, {"setWeight": 60}],
+            "analysis": {
+                "interval": "1s",
+                "failureLimit": 1,
+                "count": 2,
+                "metrics": [{"name": "error-rate", "query": query, "max": 0.1}],
+            },
+        }
+    }
+
+
+def start_canary(kubectl, strategy: dict[str, Any]) -> None:
+    model_version(kubectl, "1", ["champion"])
+    model_version(kubectl, "2", [])
+    predictor(kubectl, "1")
+    predictor(kubectl, "2")
+    deployment(kubectl, strategy)
+    first_version_up(kubectl)
+    move_alias(kubectl, "1", "2")
+
+
+def test_analysis_breaching_its_bound_rolls_back_at_once(kubectl, testbed, namespace, metrics, operator):
+    metrics.error_rate.labels("2").set(0.5)
+    job = f"md-{namespace}"
+    wait_until(lambda: prom_has(testbed, f'slipway_test_error_rate{{job="{job}"}}'), timeout=60, what="scraped")
+    start_canary(kubectl, analysis_canary(f'max(slipway_test_error_rate{{job="{job}",version="{{{{version}}}}"}})'))
+    wait_until(lambda: md_status(kubectl).get("phase") == "RolledBack", timeout=60, what="rolled back")
+    status = md_status(kubectl)
+    assert status["stableVersion"] == "1" and "canaryVersion" not in status
+    assert status["blockedVersions"][0]["version"] == "2"
+    assert status["analysis"]["failed"] == 2 and status["analysis"]["phase"] == "Failed"
+    assert status["analysis"]["measurements"][0]["value"] == 0.5
+    degraded = {c["type"]: c for c in status["conditions"]}["Degraded"]
+    assert degraded["status"] == "True" and degraded["reason"] == "AnalysisFailed"
+    assert route_weights(kubectl) == {"1": 100}
+    wait_until(lambda: isvc_versions(kubectl) == {"1"}, what="canary removed")
+    time.sleep(3)
+    assert md_status(kubectl)["phase"] == "RolledBack", "a blocked version is not retried"
+    action(kubectl, "retry")
+    wait_until(lambda: md_status(kubectl).get("canaryVersion") == "2", what="retry starts again")
+
+
+def test_analysis_that_passes_promotes(kubectl, testbed, namespace, metrics, operator):
+    metrics.error_rate.labels("2").set(0.01)
+    job = f"md-{namespace}"
+    wait_until(lambda: prom_has(testbed, f'slipway_test_error_rate{{job="{job}"}}'), timeout=60, what="scraped")
+    start_canary(kubectl, analysis_canary(f'max(slipway_test_error_rate{{job="{job}",version="{{{{version}}}}"}})'))
+    wait_until(lambda: md_status(kubectl).get("stableVersion") == "2", timeout=60, what="promoted")
+    status = md_status(kubectl)
+    assert status["phase"] in ("Promoting", "Succeeded") and status["history"][-1]["outcome"] == "Promoted"
+    assert status["analysis"]["phase"] == "Successful" and status["analysis"]["successful"] == 2
+
+
+def test_empty_result_is_inconclusive_and_holds(kubectl, operator):
+    start_canary(kubectl, analysis_canary('max(slipway_metric_nobody_exports{version="{{version}}"})'))
+    wait_until(
+        lambda: (md_status(kubectl).get("analysis") or {}).get("inconclusive", 0) >= 3, timeout=60, what="inconclusive"
+    )
+    status = md_status(kubectl)
+    assert status["phase"] == "Progressing" and status["canaryWeight"] == 20 and status["currentStep"] == 1
+    assert "no series" in status["message"]
+
+
+@pytest.fixture
+def operator_without_prometheus(testbed, namespace, slipway_crds, tmp_path) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(testbed.kubeconfig, namespace, tmp_path, "http://127.0.0.1:9").start()
+    yield proc
+    stop_after_deleting_deployments(kubectl_in(testbed, namespace), proc)
+    print(proc.log_tail(80))
+
+
+def test_unreachable_prometheus_holds_without_promoting_or_aborting(kubectl, operator_without_prometheus):
+    start_canary(kubectl, analysis_canary('max(up{version="{{version}}"})'))
+    wait_until(
+        lambda: (md_status(kubectl).get("analysis") or {}).get("inconclusive", 0) >= 5, timeout=60, what="inconclusive"
+    )
+    status = md_status(kubectl)
+    assert status["phase"] == "Progressing" and status["stableVersion"] == "1" and status["canaryWeight"] == 20
+    assert "unreachable" in status["message"]
+    assert status["analysis"]["measurements"][0]["phase"] == "Error"
+
+
+def test_bluegreen_switches_the_route_in_one_write(kubectl, operator):
+    model_version(kubectl, "1", ["champion"])
+    model_version(kubectl, "2", [])
+    predictor(kubectl, "1", replicas=2)
+    deployment(
+        kubectl,
+        {"blueGreen": {"autoPromotionSeconds": 2, "scaleDownDelaySeconds": 3}},
+        autoscaling={"minReplicas": 2, "maxReplicas": 4},
+    )
+    first_version_up(kubectl)
+    move_alias(kubectl, "1", "2")
+    wait_until(lambda: route_weights(kubectl) == {"1": 100, "2": 0}, what="preview listed at 0")
+    time.sleep(3)
+    assert md_status(kubectl)["phase"] == "Progressing", "the preview is not ready: no switch"
+    assert "waiting for preview v2" in md_status(kubectl)["message"]
+    predictor(kubectl, "2", replicas=2)
+    history: list[tuple[int, dict[str, int]]] = []
+
+    def record() -> bool:
+        route = get(kubectl, "httproute", MODEL)
+        assert route is not None
+        entry = (route["metadata"]["generation"], route_weights(kubectl))
+        if not history or history[-1] != entry:
+            history.append(entry)
+        return entry[1] == {"2": 100}
+
+    wait_until(record, timeout=60, interval=0.1, what="switch and scale-down")
+    weights = [w for _, w in history]
+    assert weights[0] == {"1": 100, "2": 0}
+    assert {"2": 100, "1": 0} in weights, weights
+    switch = weights.index({"2": 100, "1": 0})
+    assert history[switch][0] == history[switch - 1][0] + 1, "one write moves all traffic"
+    assert all(set(w.values()) <= {0, 100} for w in weights), "never a split"
+    wait_until(lambda: isvc_versions(kubectl) == {"2"}, what="blue removed")
+    assert md_status(kubectl)["phase"] == "Succeeded"
+
+
+def test_abort_rolls_back_to_stable_at_once(kubectl, operator):
+    start_canary(kubectl, {"canary": {"steps": [{"setWeight": 30}, {"pause": {}}]}})
+    wait_until(lambda: md_status(kubectl).get("phase") == "Paused", what="paused")
+    assert route_weights(kubectl) == {"1": 70, "2": 30}
+    action(kubectl, "abort")
+    wait_until(lambda: md_status(kubectl).get("phase") == "RolledBack", what="rolled back")
+    assert route_weights(kubectl) == {"1": 100}
+    assert md_status(kubectl)["history"][-1]["outcome"] == "Aborted"
+
+
+def test_waits_with_a_reason_when_the_version_has_no_storage_uri(kubectl, operator):
+    model_version(kubectl, "1", ["champion"], storage=False)
+    deployment(kubectl, {"canary": {}})
+    wait_until(lambda: "no storageUri" in (md_status(kubectl).get("message") or ""), what="waiting message")
+    assert isvc_versions(kubectl) == set()
+
+
+def test_unhonourable_spec_sets_invalidspec_and_touches_nothing(kubectl, operator):
+    model_version(kubectl, "1", ["champion"])
+    deployment(
+        kubectl,
+        {"blueGreen": {}},
+        router="kserve-knative",
+        gateway=None,
+    )
+    wait_until(
+        lambda: any(
+            c["type"] == "InvalidSpec" and c["status"] == "True" for c in md_status(kubectl).get("conditions", [])
+        ),
+        what="InvalidSpec",
+    )
+    assert isvc_versions(kubectl) == set() and get(kubectl, "httproute", MODEL) is None
+
+
+def test_knative_router_drives_canary_traffic_percent(kubectl, operator):
+    model_version(kubectl, "1", ["champion"])
+    model_version(kubectl, "2", [])
+    deployment(kubectl, {"canary": {"steps": [{"setWeight": 25}]}}, router="kserve-knative", gateway=None)
+    wait_until(lambda: md_status(kubectl).get("phase") == "Succeeded", what="v1")
+    isvc = get(kubectl, "inferenceservice", MODEL)
+    assert isvc is not None and "canaryTrafficPercent" not in isvc["spec"]["predictor"]
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
+    move_alias(kubectl, "1", "2")
+
+    def canary_at(percent: int) -> bool:
+        got = get(kubectl, "inferenceservice", MODEL) or {}
+        pred = got.get("spec", {}).get("predictor", {})
+        env = {e["name"]: e["value"] for e in pred.get("containers", [{}])[0].get("env", [])}
+        return pred.get("canaryTrafficPercent") == percent and env.get("STORAGE_URI") == f"s3://models/{MODEL}/2"
+
+    wait_until(lambda: canary_at(0), what="new revision pinned at 0")
+    action(kubectl, "abort")
+    wait_until(lambda: md_status(kubectl).get("phase") == "RolledBack", what="rolled back")
+    pred = (get(kubectl, "inferenceservice", MODEL) or {})["spec"]["predictor"]
+    assert "canaryTrafficPercent" not in pred
+    assert pred["containers"][0]["env"][0]["value"] == f"s3://models/{MODEL}/1"
