@@ -14,6 +14,19 @@ class Settings(BaseModel):
     mlflow_poll_seconds: float = Field(
         10.0, gt=0, description="Registry polling interval (SLIPWAY_MLFLOW_POLL_SECONDS)."
     )
+    mlflow_artifacts_destination: str = Field(
+        "",
+        description=(
+            "The MLflow server's --artifacts-destination (e.g. s3://bucket/mlflow), which MLflow does not "
+            "publish; needed to turn mlflow-artifacts: URIs into storageUris KServe can load "
+            "(SLIPWAY_MLFLOW_ARTIFACTS_DESTINATION)."
+        ),
+    )
+    registry_gc_grace_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="Delete unreferenced discovered ModelVersions after this long (SLIPWAY_REGISTRY_GC_GRACE_SECONDS).",
+    )
     mlflow_webhook_secret: str = Field(
         "", description="HMAC secret of MLflow webhooks (SLIPWAY_MLFLOW_WEBHOOK_SECRET)."
     )
@@ -37,6 +50,8 @@ class Settings(BaseModel):
             "mlflow_uri": e.get("SLIPWAY_MLFLOW_URI") or e.get("MLFLOW_TRACKING_URI", ""),
             "mlflow_poll_seconds": e.get("SLIPWAY_MLFLOW_POLL_SECONDS", ""),
             "mlflow_webhook_secret": e.get("SLIPWAY_MLFLOW_WEBHOOK_SECRET", ""),
+            "mlflow_artifacts_destination": e.get("SLIPWAY_MLFLOW_ARTIFACTS_DESTINATION", ""),
+            "registry_gc_grace_seconds": e.get("SLIPWAY_REGISTRY_GC_GRACE_SECONDS", ""),
             "prometheus_url": e.get("SLIPWAY_PROMETHEUS_URL", ""),
             "alert_poll_seconds": e.get("SLIPWAY_ALERT_POLL_SECONDS", ""),
             "alertmanager_token": e.get("SLIPWAY_ALERTMANAGER_TOKEN", ""),

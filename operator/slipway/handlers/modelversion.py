@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import os
 from typing import Any
 
 import kopf
@@ -25,14 +24,12 @@ async def start_registry_sync(memo: Any, logger: logging.Logger | logging.Logger
     if not settings.mlflow_uri:
         logger.warning("no MLflow URI (SLIPWAY_MLFLOW_URI): ModelVersions will not be synced")
         return
-    env = os.environ  # TODO(settings): these two belong in slipway.settings.Settings
-    destination = env.get("SLIPWAY_MLFLOW_ARTIFACTS_DESTINATION", "")
-    registry = MlflowRegistry(settings.mlflow_uri, artifacts_destination=destination)
+    registry = MlflowRegistry(settings.mlflow_uri, artifacts_destination=settings.mlflow_artifacts_destination)
     sync = RegistrySync(
         memo.kube,
         registry,
         poll_seconds=settings.mlflow_poll_seconds,
-        gc_grace_seconds=float(env.get("SLIPWAY_REGISTRY_GC_GRACE_SECONDS") or 60),
+        gc_grace_seconds=settings.registry_gc_grace_seconds,
     )
     mlflow_webhook.receiver.configure(settings.mlflow_webhook_secret, sync.trigger)
     memo.registry_sync = sync
