@@ -514,6 +514,8 @@ def start_control_plane(state: State, bins: Binaries) -> None:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--controllers=*,-node-ipam-controller,-cloud-node-lifecycle-controller,-node-route-controller,-service-lb-controller",
             "--concurrent-gc-syncs=10",
+            # A loaded 2-core machine can delay kwok's heartbeats; never mark fake nodes NotReady for that.
+            "--node-monitor-grace-period=10m",
         ],
     )
     _spawn(
@@ -538,6 +540,16 @@ def start_control_plane(state: State, bins: Binaries) -> None:
         "the default ServiceAccount",
     )
     _wait(state, "kwok", lambda: _nodes_ready(state), 60, "fake nodes Ready")
+    _spawn(  # runs the training pods (labelled ml.slipway.dev/trainingrun) as local processes: see its docstring
+        state,
+        "local-kubelet",
+        [sys.executable, str(HACK / "local_kubelet.py"), f"--kubeconfig={kubeconfig}", f"--dir={tb / 'pods'}"],
+    )
+    _spawn(  # plays KServe's controller: serves Slipway-runtime InferenceServices locally, see its docstring
+        state,
+        "local-kserve",
+        [sys.executable, str(HACK / "local_kserve.py"), f"--kubeconfig={kubeconfig}", f"--dir={tb}"],
+    )
 
 
 def start_kwok(state: State, bins: Binaries) -> None:
@@ -557,6 +569,7 @@ def start_kwok(state: State, bins: Binaries) -> None:
             f"--config={tb / 'kwok-stages.yaml'}",
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            "--disregard-status-with-label-selector=ml.slipway.dev/trainingrun",  # hack/local_kubelet.py runs those
             "--node-ip=127.0.0.1",
             f"--server-address=127.0.0.1:{port}",
             "--cidr=10.244.0.0/16",
@@ -766,6 +779,11 @@ def add_scrape_target(state: State, name: str, address: str, labels: dict[str, s
     (targets / f"{name}.json.tmp").replace(targets / f"{name}.json")
 
 
+def remove_scrape_target(state: State, name: str) -> None:
+    """Stop scraping the target `name` added by add_scrape_target."""
+    (Path(state.dir) / "prometheus" / "targets" / f"{name}.json").unlink(missing_ok=True)
+
+
 def set_rules(state: State, name: str, text: str) -> None:
     """Install a Prometheus rule file (YAML text) and reload Prometheus."""
     (Path(state.dir) / "prometheus" / "rules" / f"{name}.yml").write_text(text)
@@ -849,6 +867,28 @@ def down() -> None:
                 os.killpg(pid, signal.SIGKILL)
     (tb / "state.json").unlink(missing_ok=True)
     log(f"stopped {', '.join(state.pids) or 'nothing'}")
+
+
+def restart(name: str, sig: int = signal.SIGKILL, state: State | None = None) -> State:
+    """Kill one recorded process (SIGKILL by default) and start it again with the same command line and environment.
+
+    For resilience tests, e.g. ``restart("kube-apiserver")`` (etcd and its data are kept). It does
+    not wait for the new process to be ready; the caller checks what it needs.
+    """
+    state = state or State.load(testbed_dir())
+    if state is None or not _alive(state.pids.get(name, 0), state.identities.get(name, "")):
+        raise TestbedError(f"{name} is not running in the test bed")
+    pid = state.pids[name]
+    argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]]
+    env = dict(e.decode().split("=", 1) for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in e)
+    os.killpg(pid, sig)
+    deadline = time.monotonic() + 30
+    while _alive(pid, state.identities[name]):
+        if time.monotonic() > deadline:
+            raise TestbedError(f"{name} (pid {pid}) did not exit after signal {sig}")
+        time.sleep(0.05)
+    _spawn(state, name, argv, env)
+    return state
 
 
 def env_lines(state: State) -> Iterator[str]:
