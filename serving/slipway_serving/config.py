@@ -1,0 +1,58 @@
+"""The runtime's settings, in one frozen object built by the CLI (or by tests)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .validation import Limits
+
+FLAVORS = ("auto", "pytorch", "keras", "tensorflow", "pyfunc", "torchscript", "savedmodel")
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Everything ``python -m slipway_serving`` can be told; see ``--help`` for each field."""
+
+    model_uri: str
+    model_name: str
+    model_version: str = ""
+    flavor: str = "auto"
+    host: str = "0.0.0.0"  # a pod listens on all interfaces
+    http_port: int = 8080
+    grpc_port: int | None = None
+    download_dir: Path | None = None
+    baseline_uri: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    max_batch_size: int = 0
+    max_latency_ms: float = 0.0
+    predict_workers: int = 1
+    torch_threads: int = 1
+    drift_window: int = 1000
+    drift_min_samples: int = 100
+    max_drift_features: int = 256
+    max_classes: int = 100
+    warmup_runs: int = 3
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        if self.flavor not in FLAVORS:
+            raise ValueError(f"flavor must be one of {', '.join(FLAVORS)}")
+        if self.max_batch_size < 0 or self.max_latency_ms < 0:
+            raise ValueError("batch size and latency must be >= 0")
+        if self.drift_window < 1 or self.predict_workers < 1 or self.torch_threads < 1:
+            raise ValueError("drift window, predict workers and torch threads must be >= 1")
+
+    @property
+    def batching(self) -> bool:
+        """Dynamic batching is on when a maximum batch size above 1 is given."""
+        return self.max_batch_size > 1
+
+    @property
+    def version(self) -> str:
+        """The ``version`` label: as given, else the number in ``models:/name/N``, else unknown."""
+        if self.model_version:
+            return self.model_version
+        match = re.fullmatch(r"models:/[^/@]+/(\d+)", self.model_uri)
+        return match.group(1) if match else "unknown"

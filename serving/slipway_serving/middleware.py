@@ -1,0 +1,139 @@
+"""ASGI middleware: request counts by status code, latency, and the request body size limit."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import ERROR_KIND_STATE_KEY, PayloadTooLarge, error_body, status_of
+
+
+def is_inference_path(path: str) -> bool:
+    """V1 ``/v1/models/{m}:predict|:explain`` and V2 ``/v2/models/{m}[/versions/{v}]/infer``."""
+    if path.startswith("/v1/models/"):
+        return path.endswith((":predict", ":explain"))
+    return path.startswith("/v2/models/") and path.endswith("/infer")
+
+
+class InFlight:
+    """The number of inference requests between the middleware's entry and exit."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> int:
+        return self.count
+
+
+class _BodyTooLarge(Exception):
+    """Raised from ``receive`` when a body without Content-Length grows past the limit."""
+
+
+class ServingMiddleware:
+    """Counts every inference request by final status code and times it; caps body sizes.
+
+    Pure ASGI (no ``BaseHTTPMiddleware``) to keep the per-request cost to a few function calls.
+    A body whose Content-Length exceeds ``max_body_bytes`` is answered 413 before it is read;
+    a chunked body is counted as it streams and cut off the same way. Requests that end in an
+    unhandled exception are counted as 500 here, then re-raised for Starlette to answer.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        on_request: Callable[[int, float, str | None], None],
+        in_flight: InFlight | None = None,
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.on_request = on_request
+        self.in_flight = in_flight or InFlight()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        observed = is_inference_path(scope["path"])
+        if observed:
+            self.in_flight.count += 1
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+            await send(message)
+
+        try:
+            length = _content_length(scope)
+            if length is not None and length > self.max_body_bytes:
+                await self._reject(scope, send_wrapper, length)
+            elif length is not None:
+                await self.app(scope, receive, send_wrapper)
+            else:
+                await self.app(scope, self._counting(receive), send_wrapper)
+        except _BodyTooLarge:
+            if response_started:
+                raise
+            await self._reject(scope, send_wrapper, None)
+        finally:
+            if observed:
+                self.in_flight.count -= 1
+                state = scope.get("state")
+                kind = state.get(ERROR_KIND_STATE_KEY) if isinstance(state, dict) else None
+                self.on_request(status, time.perf_counter() - started, kind)
+
+    def _counting(self, receive: Receive) -> Receive:
+        received = 0
+        limit = self.max_body_bytes
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge
+            return message
+
+        return counting_receive
+
+    async def _reject(self, scope: Scope, send: Send, length: int | None) -> None:
+        size = f"{length} bytes" if length is not None else "the body"
+        error = PayloadTooLarge(f"{size} exceeds the limit of {self.max_body_bytes} bytes")
+        state = scope.setdefault("state", {})
+        if isinstance(state, dict):
+            state[ERROR_KIND_STATE_KEY] = error.kind
+        body = orjson.dumps(error_body(error.message))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": int(status_of(error)),
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

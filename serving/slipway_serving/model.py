@@ -1,0 +1,216 @@
+"""The ``kserve.Model`` that Slipway serves: validate, predict off the loop, observe."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import numpy as np
+from kserve import Model
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+from . import frameworks, loader
+from .batching import DynamicBatcher
+from .config import ServingConfig
+from .drift import DriftMonitor
+from .errors import ModelLoadError, ModelNotLoaded, PredictionFailed, ServingError
+from .metrics import DriftCollector, ModelMetrics, register_drift
+from .middleware import InFlight
+from .outputs import OutputKind, Outputs, classify, interpret
+from .validation import InputSpec, conform, v1_instances, v2_datatype, v2_inputs
+from .workers import ModelWorkers
+
+log = logging.getLogger(__name__)
+
+
+class SlipwayModel(Model):  # type: ignore[misc]  # kserve ships no type information
+    """One model, served over V1 and V2.
+
+    ``load()`` resolves and loads the artifact, then predicts the input example (or a zero
+    instance built from the signature) and only then sets ``ready``. ``predict`` validates the
+    body against the signature, runs the model in a worker thread (alone or in a dynamic
+    batch), and records predictions, confidences and drift inputs.
+    """
+
+    def __init__(self, config: ServingConfig) -> None:
+        super().__init__(config.model_name)
+        self.config = config
+        self.metrics = ModelMetrics(config.model_name, config.version, config.max_classes)
+        self.flavor = ""
+        self.output_kind: OutputKind | None = None
+        self.input_spec: InputSpec | None = None
+        self.drift: DriftMonitor | None = None
+        self._predict_fn: frameworks.Predict | None = None
+        self._workers: ModelWorkers | None = None
+        self.in_flight = InFlight()
+        self._batcher: DynamicBatcher | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def load(self) -> bool:
+        """Load the artifact and warm it up on its input example; ready only if that works."""
+        self.ready = False
+        loaded = loader.load(
+            self.config.model_uri,
+            flavor=self.config.flavor,
+            download_dir=self.config.download_dir,
+            baseline_uri=self.config.baseline_uri,
+        )
+        self._predict_fn = loaded.predict
+        self.flavor = loaded.flavor
+        self.input_spec = loaded.input_spec
+        self._warm_up(loaded.input_example)
+        self._set_up_drift(loaded)
+        self._workers = ModelWorkers(
+            self._predict_fn,
+            threads=self.config.predict_workers,
+            initializer=frameworks.thread_initializer(self.config.torch_threads),
+        )
+        if self.config.batching:
+            self._batcher = DynamicBatcher(
+                self._workers.run,
+                max_batch_size=self.config.max_batch_size,
+                max_latency=self.config.max_latency_ms / 1000.0,
+                on_batch=self.metrics.batch_size.observe,
+                in_flight=self.in_flight,
+            )
+        self.metrics.set_info(self.flavor)
+        self.ready = True
+        log.info(
+            "model %s version %s ready (%s, input %s, batching %s)",
+            self.name,
+            self.config.version,
+            self.flavor,
+            self.input_spec.describe_shape() if self.input_spec else "unchecked",
+            f"{self.config.max_batch_size}/{self.config.max_latency_ms}ms" if self._batcher else "off",
+        )
+        return self.ready
+
+    def stop(self) -> None:
+        """Mark the model unready and let the worker threads go."""
+        self.ready = False
+        if self._workers is not None:
+            self._workers.close()
+
+    def _warm_up(self, example: np.ndarray | None) -> None:
+        assert self._predict_fn is not None
+        if example is None:
+            log.warning("no input example and no signature: readiness is not proven")
+            return
+        try:
+            batch = conform(example, self.input_spec, what="the input example")
+            for _ in range(max(1, self.config.warmup_runs)):
+                raw = self._predict_fn(batch)
+            self.output_kind = classify(np.asarray(raw))
+            outputs = interpret(np.asarray(raw), self.output_kind)
+        except Exception as exc:
+            raise ModelLoadError(f"the test prediction on the input example failed: {exc}") from exc
+        if len(outputs.predictions) != len(batch):
+            raise ModelLoadError(f"the test prediction returned {len(outputs.predictions)} rows for {len(batch)}")
+
+    def _set_up_drift(self, loaded: loader.LoadedModel) -> None:
+        baseline = loaded.baseline
+        if baseline is None:
+            return
+        width = self.input_spec.feature_count if self.input_spec else None
+        if width is not None and width != len(baseline.features):
+            log.warning(
+                "baseline has %d features, the input %d values: drift metrics are off",
+                len(baseline.features),
+                width,
+            )
+            return
+        self.drift = DriftMonitor(baseline, window=self.config.drift_window, min_samples=self.config.drift_min_samples)
+        register_drift(
+            DriftCollector(
+                self.config.model_name,
+                self.config.version,
+                baseline.names,
+                self.drift.report,
+                lambda: self.drift.samples if self.drift else 0,
+                max_features=self.config.max_drift_features,
+            )
+        )
+
+    # -- metadata --------------------------------------------------------------------------
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """V2 model metadata: the signature's input."""
+        spec = self.input_spec
+        if spec is None:
+            return []
+        datatype = v2_datatype(spec.dtype) if spec.dtype is not None else "FP32"
+        return [{"name": spec.name, "datatype": datatype, "shape": [-1, *spec.shape]}]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        """V2 model metadata: the outputs a classifier answers with."""
+        return [
+            {"name": "predictions", "datatype": "INT64", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, -1]},
+        ]
+
+    # -- inference -------------------------------------------------------------------------
+
+    async def predict(
+        self,
+        payload: dict[str, Any] | InferRequest,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> dict[str, Any] | InferResponse:
+        """Validate, predict in a worker thread, record metrics, answer in the caller's protocol."""
+        if not self.ready or self._workers is None:
+            raise ModelNotLoaded(f"model {self.name} is not ready")
+        limits = self.config.limits
+        if isinstance(payload, InferRequest):
+            batch = v2_inputs(payload.inputs, self.input_spec, limits)
+        else:
+            batch = v1_instances(payload, self.input_spec, limits)
+        raw = await self._run(batch)
+        outputs = interpret(raw, self.output_kind)
+        self.metrics.predicted(outputs.classes, outputs.confidence)
+        if self.drift is not None:
+            self.drift.observe(batch)
+        if isinstance(payload, InferRequest):
+            return self._v2_response(payload, outputs)
+        return {"predictions": outputs.predictions.tolist()}
+
+    async def _run(self, batch: np.ndarray) -> np.ndarray:
+        assert self._workers is not None
+        try:
+            if self._batcher is not None:
+                result = await self._batcher.submit(batch)
+            else:
+                self.metrics.batch_size.observe(len(batch))
+                result = await self._workers.run(batch)
+        except ServingError:
+            raise
+        except Exception as exc:
+            log.exception("model %s failed on a batch of %d", self.name, len(batch))
+            raise PredictionFailed(f"the model failed: {type(exc).__name__}: {exc}") from exc
+        raw = np.asarray(result)
+        if raw.ndim == 0 or len(raw) != len(batch):
+            raise PredictionFailed(f"the model returned {raw.shape} for {len(batch)} instances")
+        return raw
+
+    def _v2_response(self, request: InferRequest, outputs: Outputs) -> InferResponse:
+        infer_outputs = []
+        if outputs.probabilities is not None:
+            classes = outputs.predictions.astype(np.int64)
+            probabilities = outputs.probabilities.astype(np.float32)
+            infer_outputs.append(_output("predictions", classes))
+            infer_outputs.append(_output("probabilities", probabilities))
+        else:
+            infer_outputs.append(_output("predictions", outputs.predictions))
+        return InferResponse(
+            response_id=request.id or str(uuid.uuid4()),
+            model_name=self.name,
+            model_version=self.config.version,
+            infer_outputs=infer_outputs,
+            use_binary_outputs=request.use_binary_outputs,
+            requested_outputs=request.request_outputs,
+        )
+
+
+def _output(name: str, array: np.ndarray) -> InferOutput:
+    return InferOutput(name=name, shape=list(array.shape), datatype=v2_datatype(array.dtype), data=array)
