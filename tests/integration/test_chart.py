@@ -89,3 +89,9 @@ def test_install_runs_the_operator_with_least_privilege(testbed, kubectl, namesp
         assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in role["rules"])
     finally:
         helm(testbed, "uninstall", release, "-n", namespace, check=False)
+    selector = f"app.kubernetes.io/instance={release}"
+    left = kubectl("get", "deployment,service,serviceaccount,configmap", "-l", selector, "-o", "name").stdout
+    cluster_left = kubectl("get", "clusterrole,clusterrolebinding", "-l", selector, "-o", "name", "-A").stdout
+    assert left.strip() == "" and cluster_left.strip() == "", f"left behind: {left} {cluster_left}"
+    crds = kubectl("get", "crd", "-o", "name", "-A").stdout
+    assert "modeldeployments.ml.slipway.dev" in crds, "helm keeps the CRDs on uninstall"

@@ -1,0 +1,72 @@
+"""The chart's RBAC suffices: the operator, authenticated as the chart's ServiceAccount, completes a rollout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from operator_process import OperatorProcess, wait_until
+from test_modeldeployment import (
+    deployment,
+    first_version_up,
+    md_status,
+    model_version,
+    move_alias,
+    predictor,
+    route_weights,
+)
+
+pytestmark = pytest.mark.integration
+CHART = Path(__file__).resolve().parents[2] / "charts" / "slipway"
+
+
+def helm(testbed, *args: str) -> str:
+    proc = subprocess.run(
+        [str(testbed.helm), "--kubeconfig", str(testbed.kubeconfig), *args], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def service_account_kubeconfig(testbed, kubectl, namespace: str, sa: str, path: Path) -> Path:
+    """A kubeconfig that authenticates with a real token of the ServiceAccount (TokenRequest API)."""
+    token = kubectl("create", "token", sa, "--duration=1h").stdout.strip()
+    config = yaml.safe_load(testbed.kubeconfig.read_text())
+    config["users"] = [{"name": sa, "user": {"token": token}}]
+    config["contexts"][0]["context"].update(user=sa, namespace=namespace)
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_operator_with_only_the_charts_permissions_completes_a_rollout(
+    testbed, kubectl, namespace, slipway_crds, tmp_path
+):
+    release = f"r{namespace[-8:]}"
+    helm(testbed, "install", release, str(CHART), "-n", namespace, "--skip-crds")
+    sa = f"{release}-slipway"
+    try:
+        who = f"--as=system:serviceaccount:{namespace}:{sa}"
+        assert kubectl("auth", "can-i", "get", "secrets", who, check=False).stdout.strip() == "no"
+        kubeconfig = service_account_kubeconfig(testbed, kubectl, namespace, sa, tmp_path / "sa.kubeconfig")
+        proc = OperatorProcess(kubeconfig, namespace, tmp_path, testbed.prometheus_url).start()
+        try:
+            model_version(kubectl, "1", ["champion"])
+            model_version(kubectl, "2", [])
+            predictor(kubectl, "1")
+            predictor(kubectl, "2")
+            deployment(kubectl, {"canary": {"steps": [{"setWeight": 50}, {"pause": {"duration": "1s"}}]}})
+            first_version_up(kubectl)
+            move_alias(kubectl, "1", "2")
+            wait_until(lambda: route_weights(kubectl) == {"1": 50, "2": 50}, what="canary at 50%")
+            wait_until(lambda: md_status(kubectl).get("stableVersion") == "2", timeout=120, what="v2 promoted")
+            log = proc.log_path.read_text(errors="replace")
+            assert "403" not in log and "Forbidden" not in log, proc.log_tail(80)
+            kubectl("delete", "modeldeployments", "--all", "--timeout=60s", check=False)
+        finally:
+            print(proc.log_tail(60))
+            proc.stop()
+    finally:
+        helm(testbed, "uninstall", release, "-n", namespace)

@@ -1,0 +1,44 @@
+"""`helm template` of the chart, default and with every option on, against golden files (UPDATE_GOLDEN=1 rewrites)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "golden"
+sys.path.insert(0, str(REPO / "hack"))
+
+import testbed  # noqa: E402
+
+CASES = {
+    "chart-default": [],
+    "chart-all-options": [
+        "--set", "peering.enabled=true", "--set", "replicaCount=2", "--set", "watchNamespaces={ml,ml-staging}",
+        "--set", "mlflow.credentialsSecret=mlflow-creds", "--set", "mlflow.webhookSecret=mlflow-webhook",
+        "--set", "alertmanager.tokenSecret=am-token", "--set", "serviceMonitor.enabled=true",
+        "--set", "prometheusRule.enabled=true", "--set", "dashboard.enabled=true",
+    ],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    return testbed.build().helm
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_helm_template_matches_golden(helm: str, case: str) -> None:
+    out = subprocess.run(
+        [helm, "template", "slipway", str(REPO / "charts" / "slipway"), "--namespace", "slipway-system",
+         "--kube-version", "1.34.4", *CASES[case]],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    golden = GOLDEN / f"{case}.yaml"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(out)
+    assert out == golden.read_text(), f"helm template differs from {golden.name} (UPDATE_GOLDEN=1 to accept)"
