@@ -66,15 +66,54 @@ def test_status_and_actions_on_a_modeldeployment(cli, kubectl, namespace):
     assert one.exit_code == 0 and "Timeline" in one.output and "Conditions" in one.output
 
     for command, action in (("promote", "promote"), ("abort", "abort"), ("retry", "retry"), ("pause", "pause")):
-        res = cli(command, name, "-n", namespace)
+        res = cli(command, name, "-n", namespace, "--wait", "0")
         assert res.exit_code == 0, res.output
         got = json.loads(kubectl("get", "modeldeployment", name, "-o", "json").stdout)
         assert got["metadata"]["annotations"]["ml.slipway.dev/action"] == action
-    full = cli("promote", name, "--full", "-n", namespace)
+    full = cli("promote", name, "--full", "-n", namespace, "--wait", "0")
     assert full.exit_code == 0
     got = json.loads(kubectl("get", "modeldeployment", name, "-o", "json").stdout)
     assert got["metadata"]["annotations"]["ml.slipway.dev/action"] == "promote-full"
 
-    missing = cli("promote", "nope", "-n", namespace)
+    missing = cli("promote", "nope", "-n", namespace, "--wait", "0")
     assert missing.exit_code == 3 and 'modeldeployment "nope" not found' in missing.output
     assert cli("history", name, "-n", namespace).exit_code == 0
+
+
+def test_cli_drives_a_rollout_and_prints_what_changed(cli, kubectl, namespace, testbed, tmp_path):
+    from operator_process import OperatorProcess, wait_until
+    from test_modeldeployment import (
+        deployment,
+        first_version_up,
+        md_status,
+        model_version,
+        move_alias,
+        predictor,
+        stop_after_deleting_deployments,
+    )
+
+    proc = OperatorProcess(testbed.kubeconfig, namespace, tmp_path, testbed.prometheus_url).start()
+    try:
+        model_version(kubectl, "1", ["champion"])
+        model_version(kubectl, "2", [])
+        predictor(kubectl, "1")
+        predictor(kubectl, "2")
+        deployment(kubectl, {"canary": {"steps": [{"setWeight": 20}, {"pause": {}}, {"setWeight": 60}, {"pause": {}}]}})
+        first_version_up(kubectl)
+        move_alias(kubectl, "1", "2")
+        wait_until(lambda: md_status(kubectl).get("phase") == "Paused", what="paused at 20%")
+
+        promoted = cli("promote", "digits", "-n", namespace, "--wait", "30")
+        assert promoted.exit_code == 0, promoted.output
+        assert "weight: 20% → 60%" in promoted.output, promoted.output
+
+        aborted = cli("abort", "digits", "-n", namespace, "--wait", "30")
+        assert aborted.exit_code == 0 and "blocked: v2" in aborted.output, aborted.output
+        assert "→ RolledBack" in aborted.output or "→ RollingBack" in aborted.output, aborted.output
+
+        retried = cli("retry", "digits", "-n", namespace, "--wait", "30")
+        assert retried.exit_code == 0 and "unblocked: v2" in retried.output, retried.output
+        status = cli("status", "digits", "-n", namespace)
+        assert "RolledBack" in status.output or "Progressing" in status.output
+    finally:
+        stop_after_deleting_deployments(kubectl, proc)

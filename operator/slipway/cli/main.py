@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 the cluster refused or failed the request; 2 bad usage 
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn
 
@@ -79,13 +80,51 @@ def _phase_style(phase: str | None) -> str:
     }.get(phase or "", "white")
 
 
-def _set_action(name: str, namespace: str, action: str) -> None:
+WATCHED = (("phase", "phase"), ("stableVersion", "stable"), ("canaryVersion", "canary"), ("canaryWeight", "weight"))
+
+
+def _show(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value}%" if key == "canaryWeight" else str(value)
+
+
+def describe_change(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """What an action changed in a ModelDeployment's status, one line per field."""
+    lines = []
+    for key, label in WATCHED:
+        old, new = before.get(key), after.get(key)
+        if old != new:
+            lines.append(f"{label}: {_show(key, old)} → {_show(key, new)}")
+    old_blocked = {b["version"] for b in before.get("blockedVersions") or []}
+    new_blocked = {b["version"] for b in after.get("blockedVersions") or []}
+    lines += [f"blocked: v{v}" for v in sorted(new_blocked - old_blocked)]
+    lines += [f"unblocked: v{v}" for v in sorted(old_blocked - new_blocked)]
+    return lines
+
+
+def _set_action(name: str, namespace: str, action: str, wait: float) -> None:
     kube = _kube()
-    _get_md(kube, name, namespace)
+    before = _get_md(kube, name, namespace).get("status") or {}
     kube.merge_patch(
         API_VERSION, "ModelDeployment", name, namespace, {"metadata": {"annotations": {ACTION_ANNOTATION: action}}}
     )
     out.print(f"modeldeployment/{name}: {action} requested")
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        md = _get_md(kube, name, namespace)
+        if ACTION_ANNOTATION not in (md["metadata"].get("annotations") or {}):
+            time.sleep(0.5)  # the status write lands just before the annotation is cleared; let late moves show
+            after = _get_md(kube, name, namespace).get("status") or {}
+            changes = describe_change(before, after)
+            out.print("  " + "\n  ".join(changes) if changes else "  no change (see `slipway status` for why)")
+            return
+        time.sleep(0.25)
+    if wait > 0:
+        out.print(f"  the operator has not acted within {wait:g}s (is it running?); the request stays in place")
+
+
+WaitOpt = Annotated[float, typer.Option("--wait", help="Seconds to wait for the operator and print what changed.")]
 
 
 @app.command()
@@ -186,33 +225,34 @@ def promote(
     name: str,
     namespace: NamespaceOpt = "default",
     full: Annotated[bool, typer.Option("--full", help="Skip the remaining steps and analysis.")] = False,
+    wait: WaitOpt = 15,
 ) -> None:
     """Move a paused rollout to its next step (or, with --full, straight to 100%)."""
-    _set_action(name, namespace, "promote-full" if full else "promote")
+    _set_action(name, namespace, "promote-full" if full else "promote", wait)
 
 
 @app.command()
-def pause(name: str, namespace: NamespaceOpt = "default") -> None:
+def pause(name: str, namespace: NamespaceOpt = "default", wait: WaitOpt = 15) -> None:
     """Freeze a rollout where it is; traffic stays as it is."""
-    _set_action(name, namespace, "pause")
+    _set_action(name, namespace, "pause", wait)
 
 
 @app.command()
-def resume(name: str, namespace: NamespaceOpt = "default") -> None:
+def resume(name: str, namespace: NamespaceOpt = "default", wait: WaitOpt = 15) -> None:
     """Continue a paused rollout."""
-    _set_action(name, namespace, "resume")
+    _set_action(name, namespace, "resume", wait)
 
 
 @app.command()
-def abort(name: str, namespace: NamespaceOpt = "default") -> None:
+def abort(name: str, namespace: NamespaceOpt = "default", wait: WaitOpt = 15) -> None:
     """Send all traffic back to the stable version at once and block the canary version."""
-    _set_action(name, namespace, "abort")
+    _set_action(name, namespace, "abort", wait)
 
 
 @app.command()
-def retry(name: str, namespace: NamespaceOpt = "default") -> None:
+def retry(name: str, namespace: NamespaceOpt = "default", wait: WaitOpt = 15) -> None:
     """Unblock the rolled-back version and roll it out again."""
-    _set_action(name, namespace, "retry")
+    _set_action(name, namespace, "retry", wait)
 
 
 GATE = re.compile(r"^(?P<metric>[A-Za-z0-9_.\-/]+)\s*(?P<op>>=|<=)\s*(?P<bound>-?[0-9.]+(e-?[0-9]+)?)$")
