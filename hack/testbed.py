@@ -619,15 +619,19 @@ def install_crds(state: State) -> None:
     for f in files:
         args += ["-f", str(f)]
     _kubectl(state, *args)
-    _kubectl(
-        state,
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/inferenceservices.serving.kserve.io",
-        "crd/httproutes.gateway.networking.k8s.io",
-        "crd/gateways.gateway.networking.k8s.io",
+    names = (
+        "inferenceservices.serving.kserve.io",
+        "httproutes.gateway.networking.k8s.io",
+        "gateways.gateway.networking.k8s.io",
     )
+    # `kubectl wait` fails outright on a CRD with no conditions yet, so poll the condition instead.
+    _wait(state, "kube-apiserver", lambda: all(_crd_established(state, n) for n in names), 60, "upstream CRDs")
+
+
+def _crd_established(state: State, name: str) -> bool:
+    crd = json.loads(_kubectl(state, "get", "crd", name, "-o", "json"))
+    conditions = crd.get("status", {}).get("conditions") or []
+    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
 
 def _venv_bin(name: str) -> str:
