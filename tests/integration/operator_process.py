@@ -15,11 +15,19 @@ REPO = Path(__file__).resolve().parents[2]
 class OperatorProcess:
     """One operator process watching one namespace, logging to a file the test can show on failure."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log_dir: Path, prometheus_url: str = "") -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        namespace: str,
+        log_dir: Path,
+        prometheus_url: str = "",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.log_path = log_dir / f"operator-{namespace}.log"
         self.prometheus_url = prometheus_url
+        self.env = dict(env or {})  # extra environment, applied last (e.g. SLIPWAY_ALERT_POLL_SECONDS)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
@@ -32,6 +40,7 @@ class OperatorProcess:
             SLIPWAY_HTTP_HOST="127.0.0.1",
             PYTHONPATH=os.pathsep.join(p for p in paths if p),
         )
+        env.update(self.env)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "slipway", "-n", self.namespace, "--liveness", ""],

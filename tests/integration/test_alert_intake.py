@@ -46,10 +46,14 @@ async def test_alertmanager_delivers_once_with_the_token(testbed):
             for _ in range(3):  # Prometheus re-sends firing alerts; Alertmanager de-duplicates, and so do we
                 (await client.post(f"{testbed.alertmanager_url}/api/v2/alerts", json=body)).raise_for_status()
             deadline = time.monotonic() + 20
-            while not got and time.monotonic() < deadline:
+
+            def mine() -> list[tuple[float, Alert]]:
+                return [(t, a) for t, a in got if a.labels.get("modeldeployment") == md]
+
+            while not mine() and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-            assert got, "Alertmanager did not deliver the alert"
-            arrived, alert = got[0]
+            assert mine(), "Alertmanager did not deliver the alert"
+            arrived, alert = mine()[0]
             print(f"alertmanager → receiver: {(arrived - sent) * 1000:.0f} ms")
             assert alert.name == "SlipwayModelDrift" and alert.labels["modeldeployment"] == md
             assert alert.fingerprint

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -74,6 +75,10 @@ def promoting() -> RolloutState:
     return RolloutState(phase="Promoting", stable_version="2", promoted_at=T0, history=(entry,))
 
 
+def succeeded_after_promotion() -> RolloutState:
+    return replace(promoting(), phase="Succeeded", reason="ScaledDown")
+
+
 SCENARIOS: dict[tuple[str, str, str], Callable[[], Decision]] = {
     ("Idle", "Succeeded", "FirstVersion"): lambda: next(RolloutState(), obs(tracked="1"), spec()),
     ("Succeeded", "Progressing", "RolloutStarted"): lambda: next(
@@ -128,6 +133,9 @@ SCENARIOS: dict[tuple[str, str, str], Callable[[], Decision]] = {
         canary_state(2, phase="Paused", reason="PausedByUser"), obs(alert="SlipwayModelDrift"), spec()
     ),
     ("Promoting", "RollingBack", "AlertFiring"): lambda: next(promoting(), obs(alert="SlipwayModelDrift"), spec()),
+    ("Succeeded", "RollingBack", "AlertFiring"): lambda: next(
+        succeeded_after_promotion(), obs(now=600, alert="SlipwayModelDrift"), spec()
+    ),
     ("Progressing", "RollingBack", "TargetReverted"): lambda: next(canary_state(1), obs(tracked="1"), spec()),
     ("Paused", "RollingBack", "TargetReverted"): lambda: next(
         canary_state(2, phase="Paused", reason="PausedByStep"), obs(tracked="1"), spec()

@@ -38,12 +38,14 @@ def _post(body: dict[str, Any] | None, outcome: Outcome | None) -> None:
 @kopf.on.update(GROUP, VERSION, "modeldeployments")
 async def changed(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
     """Spec or annotations (a manual action) changed: run a pass now."""
+    _driver(memo).watch(namespace or "", name)
     _post(*await _driver(memo).drive(namespace or "", name))
 
 
 @kopf.timer(GROUP, VERSION, "modeldeployments", interval=TICK_SECONDS)
 async def tick(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
     """Drive steps: run a pass when the last one asked to be looked at again by now."""
+    _driver(memo).watch(namespace or "", name)
     if _driver(memo).is_due(namespace or "", name):
         _post(*await _driver(memo).drive(namespace or "", name))
 

@@ -8,7 +8,9 @@ from typing import Any
 import kopf
 
 from slipway.clients.kube import Kube
+from slipway.receivers import alertmanager
 from slipway.receivers.http import server
+from slipway.reconcilers.alert_intake import AlertIntake
 from slipway.settings import Settings
 
 
@@ -16,7 +18,7 @@ from slipway.settings import Settings
 async def configure(
     settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
 ) -> None:
-    """Keep kopf's bookkeeping in annotations (status is ours alone) and start the HTTP server."""
+    """Keep kopf's bookkeeping in annotations (status is ours alone) and start the HTTP server with its routes."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="slipway.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="slipway.dev", key="last-handled-configuration"
@@ -27,6 +29,9 @@ async def configure(
     config = Settings.from_env()
     memo.settings = config
     memo.kube = Kube()
+    memo.alert_intake = AlertIntake()  # bound to the Driver by alerts.start_alert_intake; defers until then
+    receiver = alertmanager.AlertmanagerReceiver(config.alertmanager_token, memo.alert_intake.handle)
+    server.route("POST", alertmanager.PATH, receiver)
     port = await server.start(config.http_host, config.http_port)
     logger.info("Slipway operator started; webhooks and /metrics on port %s", port)
 

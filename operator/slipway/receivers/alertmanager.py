@@ -63,8 +63,12 @@ class Seen:
         self._keys[key] = now
         return True
 
+    def forget(self, key: tuple[str, str]) -> None:
+        """Drop `key`, so that a delivery that could not be handled acts when it comes again."""
+        self._keys.pop(key, None)
 
-def to_alerts(payload: WebhookPayload, source: str = "alertmanager") -> list[Alert]:
+
+def to_alerts(payload: WebhookPayload, source: str = "alertmanager", received: float | None = None) -> list[Alert]:
     """The firing alerts of a payload (resolved ones never roll anything back)."""
     return [
         Alert(
@@ -74,6 +78,7 @@ def to_alerts(payload: WebhookPayload, source: str = "alertmanager") -> list[Ale
             fingerprint=a.fingerprint,
             source=source,
             annotations=a.annotations,
+            received=received,
         )
         for a in payload.alerts
         if a.status == "firing"
@@ -81,7 +86,11 @@ def to_alerts(payload: WebhookPayload, source: str = "alertmanager") -> list[Ale
 
 
 class AlertmanagerReceiver:
-    """POST /webhooks/alertmanager: 401 without the bearer token, 400 on a bad body, 200 once handed on."""
+    """POST /webhooks/alertmanager: 401 without the bearer token, 400 on a bad body, 200 once handed on.
+
+    When ``handle`` raises, the alert is forgotten and the answer is 503, so that Alertmanager
+    delivers it again (it retries failed notifications) instead of the rollback being lost.
+    """
 
     def __init__(self, token: str, handle: AlertHandler, seen: Seen | None = None) -> None:
         self._token = token
@@ -95,6 +104,7 @@ class AlertmanagerReceiver:
         return hmac.compare_digest(header.removeprefix("Bearer ").encode(), self._token.encode())
 
     async def __call__(self, request: web.Request) -> web.Response:
+        received = time.monotonic()
         if not self._token:
             return web.json_response({"error": "alert webhook disabled: no SLIPWAY_ALERTMANAGER_TOKEN"}, status=503)
         if not self.authorised(request.headers.get("Authorization")):
@@ -104,8 +114,13 @@ class AlertmanagerReceiver:
         except ValidationError as exc:
             return web.json_response({"error": f"not an Alertmanager v4 payload: {exc.errors()[0]['msg']}"}, status=400)
         handed = 0
-        for alert in to_alerts(payload):
+        for alert in to_alerts(payload, received=received):
             if self.seen.first_time(alert.key):
+                try:
+                    await self._handle(alert)
+                except Exception as exc:
+                    self.seen.forget(alert.key)
+                    log.warning("alert %s not handled, asking Alertmanager to retry: %s", alert.name, exc)
+                    return web.json_response({"error": f"alert {alert.name} not handled: {exc}"}, status=503)
                 handed += 1
-                await self._handle(alert)
         return web.json_response({"received": len(payload.alerts), "new": handed})

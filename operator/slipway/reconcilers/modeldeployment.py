@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -42,6 +44,9 @@ ISVC = ("serving.kserve.io/v1beta1", "InferenceService")
 HPA = ("autoscaling/v2", "HorizontalPodAutoscaler")
 ROUTE = ("gateway.networking.k8s.io/v1", "HTTPRoute")
 RESYNC_SECONDS = 30.0
+T = TypeVar("T")
+AfterRollback = Callable[[dict[str, Any], dict[str, Any]], Coroutine[Any, Any, None]]
+"""Called (in the background) with the object and the status just written when a pass started a rollback."""
 
 
 @dataclass(frozen=True)
@@ -163,7 +168,8 @@ def _action(md: ModelDeployment) -> tuple[Action | None, str | None]:
     return (raw, None) if raw in ACTIONS else (None, raw)  # type: ignore[return-value]
 
 
-def _status(md: ModelDeployment, old: dict[str, Any], state: RolloutState, tracked: str | None) -> dict[str, Any]:
+def status_of(md: ModelDeployment, old: dict[str, Any], state: RolloutState, tracked: str | None) -> dict[str, Any]:
+    """The status to write for a rollout state: the rollout fields, the tracked version and the conditions."""
     status = state_to_status(state)
     status["trackedVersion"] = tracked
     status["observedGeneration"] = md.metadata.generation
@@ -224,7 +230,7 @@ def reconcile(kube: Kube, prom: Prometheus, body: dict[str, Any], now: datetime 
     waiting = machine.seconds_until_measurement(decision.state, md.spec, now)
     if waiting is not None:
         requeue = min(requeue if requeue is not None else waiting, max(waiting, 0.5))
-    return Outcome(_status(md, old, decision.state, resolved.version), events, requeue)
+    return Outcome(status_of(md, old, decision.state, resolved.version), events, requeue)
 
 
 def _invalid(old: dict[str, Any], body: dict[str, Any], why: str) -> Outcome:
@@ -235,8 +241,16 @@ def _invalid(old: dict[str, Any], body: dict[str, Any], why: str) -> Outcome:
     return Outcome(status, events, None)
 
 
+def entered_rollback(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether writing ``new`` over ``old`` starts a rollback that blocks a version (not a user's revert)."""
+    if new.get("phase") != "RollingBack" or (old or {}).get("phase") == "RollingBack":
+        return False
+    history = new.get("history") or []
+    return bool(history) and history[-1].get("reason") != "TargetReverted"
+
+
 class Driver:
-    """Runs passes for each ModelDeployment one at a time (kopf's timer and change handlers may overlap).
+    """Runs passes for each ModelDeployment one at a time (kopf's timer and change handlers, alerts may overlap).
 
     Each pass re-reads the object, so it always starts from the status the previous pass wrote,
     writes status once (only if it changed), then clears a handled action annotation.
@@ -245,8 +259,47 @@ class Driver:
     def __init__(self, kube: Kube, prometheus_url: str) -> None:
         self.kube = kube
         self.prom = Prometheus(prometheus_url)
+        self.after_rollback: AfterRollback | None = None
+        self._urgent = ThreadPoolExecutor(max_workers=2, thread_name_prefix="urgent")
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._due: dict[tuple[str, str], float] = {}
+        self._watched: set[tuple[str, str]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+
+    def watch(self, namespace: str, name: str) -> None:
+        """Note an object kopf handed us (it is in a namespace this operator watches)."""
+        self._watched.add((namespace, name))
+
+    def watches(self, namespace: str, name: str) -> bool:
+        """Whether kopf has handed us this object: alerts about any other are not ours to act on."""
+        return (namespace, name) in self._watched
+
+    def spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run follow-up work (a write-back, a pass) in the background, keeping a reference until it ends."""
+        task = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def exclusive(
+        self, namespace: str, name: str, work: Callable[[dict[str, Any]], T]
+    ) -> tuple[dict[str, Any] | None, T | None]:
+        """Under the object's lock, read it fresh and run ``work(body)`` on it, all in one worker thread.
+
+        Returns the object as read and what ``work`` returned (None, None when the object is gone
+        or being deleted). The alert path uses this: one thread hop for read, decide and write, on
+        threads of its own, so that it never queues behind reconcile passes in the default pool
+        (measured: a resync of 32 deployments at once held an alert up to 150 ms without this).
+        """
+        lock = self._locks.setdefault((namespace, name), asyncio.Lock())
+
+        def read_and_work() -> tuple[dict[str, Any] | None, T | None]:
+            body = self.kube.get(GROUP_VERSION, "ModelDeployment", name, namespace)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return body, None
+            return body, work(body)
+
+        async with lock:
+            return await asyncio.get_running_loop().run_in_executor(self._urgent, read_and_work)
 
     def is_due(self, namespace: str, name: str) -> bool:
         """Whether the timer should run a pass now (the last pass asked to be looked at again by now)."""
@@ -260,12 +313,15 @@ class Driver:
             body = await off_loop(self.kube.get, GROUP_VERSION, "ModelDeployment", name, namespace)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 self._due.pop(key, None)
+                self._watched.discard(key)
                 return body, None
             outcome = await off_loop(reconcile, self.kube, self.prom, body)
             if status_changed(body.get("status"), outcome.status):
                 await off_loop(
                     self.kube.patch_status, GROUP_VERSION, "ModelDeployment", name, namespace, outcome.status
                 )
+                if self.after_rollback is not None and entered_rollback(body.get("status"), outcome.status):
+                    self.spawn(self.after_rollback(body, outcome.status), f"after rollback {namespace}/{name}")
             if ACTION_ANNOTATION in ((body["metadata"].get("annotations")) or {}):
                 patch = {"metadata": {"annotations": {ACTION_ANNOTATION: None}}}
                 await off_loop(self.kube.merge_patch, GROUP_VERSION, "ModelDeployment", name, namespace, patch)

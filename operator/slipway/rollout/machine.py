@@ -8,10 +8,13 @@ from datetime import datetime
 from slipway.api.modeldeployment import ModelDeploymentSpec
 
 from . import bluegreen, canary
+from .alerts import promoted_within_window
 from .analysis import AnalysisConfig, due, until_due
 from .phases import AT_REST, LIVE
 from .state import (
     CANARY_SCALE_DOWN_SECONDS,
+    NEXT_SECONDS,
+    RECHECK_SECONDS,
     WAIT_SECONDS,
     Decision,
     Observations,
@@ -55,11 +58,12 @@ def next(state: RolloutState, obs: Observations, spec: ModelDeploymentSpec) -> D
     """Decide the next move. One arrow of the table at most per call; a hold says why in the message."""
     if obs.spec_changed and state.blocked:
         state = replace(state, blocked=())
-    if state.phase in LIVE:
-        if obs.action == "abort":
-            return rollback(state, obs, "Aborted", "aborted by the user: all traffic back to stable", action_used=True)
-        if obs.alert is not None:
-            return rollback(state, obs, "AlertFiring", f"alert {obs.alert} fired: all traffic back to stable")
+    if state.phase in LIVE and obs.action == "abort":
+        return rollback(state, obs, "Aborted", "aborted by the user: all traffic back to stable", action_used=True)
+    if obs.alert is not None:
+        fired = _alert_fired(state, obs, spec)
+        if fired is not None:
+            return fired
     if state.phase in AT_REST:
         return _at_rest(state, obs)
     if state.phase == "RollingBack":
@@ -72,6 +76,21 @@ def next(state: RolloutState, obs: Observations, spec: ModelDeploymentSpec) -> D
     if state.phase == "Paused":
         return _paused(state, obs, spec)
     return _progressing(state, obs, spec)
+
+
+def _alert_fired(state: RolloutState, obs: Observations, spec: ModelDeploymentSpec) -> Decision | None:
+    """A matching alert: roll the canary back, or the promoted version within the watch window (else None)."""
+    if state.phase in ("Progressing", "Paused"):
+        message = f"alert {obs.alert} fired for v{state.canary_version}: all traffic back to v{state.stable_version}"
+        return rollback(state, obs, "AlertFiring", message)
+    previous = promoted_within_window(state, spec, obs.now)
+    if previous is None:
+        return None
+    message = (
+        f"alert {obs.alert} fired for v{state.stable_version} within the {spec.rollback.window} window "
+        f"after its promotion: back to v{previous}"
+    )
+    return rollback(state, obs, "AlertFiring", message)
 
 
 def _at_rest(state: RolloutState, obs: Observations) -> Decision:
@@ -98,15 +117,22 @@ def _at_rest(state: RolloutState, obs: Observations) -> Decision:
 
 
 def _rolling_back(state: RolloutState, obs: Observations) -> Decision:
+    if state.canary_weight and state.canary_version:  # the version rolled back to was recreated
+        stable, failed = state.stable_version, state.canary_version
+        if stable in obs.ready_versions:
+            return hold(replace(state, canary_weight=0), f"rolling back: all traffic to v{stable}", NEXT_SECONDS)
+        return hold(state, f"rolling back: v{failed} serves until v{stable} is ready again", RECHECK_SECONDS)
     leftovers = obs.live_versions - {state.stable_version}
     if leftovers:
         names = ", ".join(f"v{v}" for v in sorted(leftovers))
-        return hold(state, f"rolling back: waiting for {names} to be removed", WAIT_SECONDS)
+        return hold(state, f"rolling back: waiting for {names} to be removed", RECHECK_SECONDS)
+    cause = state.history[-1].message if state.history and state.history[-1].version == state.canary_version else ""
     return go(
         state,
         "RolledBack",
         "RolledBack",
-        f"rolled back to v{state.stable_version} ({state.reason}); v{state.canary_version} removed",
+        f"rolled back to v{state.stable_version} ({state.reason}{': ' + cause if cause else ''}); "
+        f"v{state.canary_version} removed",
         requeue=None,
         warning=True,
         canary_version=None,

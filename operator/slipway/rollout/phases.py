@@ -10,7 +10,8 @@ Phase = Literal["Idle", "Progressing", "Paused", "Promoting", "Succeeded", "Roll
 AT_REST: Final = frozenset({"Idle", "Succeeded", "RolledBack"})
 """Phases with no rollout under way: a new tracked version starts one."""
 LIVE: Final = frozenset({"Progressing", "Paused", "Promoting"})
-"""Phases a rollback can leave from (an abort or an alert rolls back to stable at once)."""
+"""Phases a rollback can leave from (an abort or an alert rolls back to stable at once); an alert also
+rolls a Succeeded deployment back while its promotion is within spec.rollback.window."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,12 @@ TRANSITIONS: Final[tuple[Transition, ...]] = (
     _t("Progressing", "RollingBack", "AlertFiring", "a matching alert fired during the rollout"),
     _t("Paused", "RollingBack", "AlertFiring", "a matching alert fired while paused"),
     _t("Promoting", "RollingBack", "AlertFiring", "a matching alert fired while the old version is still up"),
+    _t(
+        "Succeeded",
+        "RollingBack",
+        "AlertFiring",
+        "a matching alert fired within spec.rollback.window of the promotion: back to the previous version",
+    ),
     _t("Progressing", "RollingBack", "TargetReverted", "the tracked version moved back to stable"),
     _t("Paused", "RollingBack", "TargetReverted", "the tracked version moved back to stable while paused"),
     _t("RollingBack", "RolledBack", "RolledBack", "all traffic on stable and the new version's children gone"),

@@ -19,6 +19,8 @@ WAIT_SECONDS = 5.0
 """How soon to look again while waiting on the cluster (readiness, children going away)."""
 NEXT_SECONDS = 0.5
 """How soon to look again after a step completed (the next step starts at once)."""
+RECHECK_SECONDS = 1.0
+"""How soon to look again while rolling back (the pass itself removed the children it waits on)."""
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,17 @@ class RolloutState:
     @property
     def previous_version(self) -> str | None:
         """While Promoting: the version the promotion replaced (still up until the scale-down delay)."""
-        if self.phase != "Promoting" or not self.history or self.history[-1].outcome != "Promoted":
+        if self.phase != "Promoting":
             return None
-        return self.history[-1].previous_version
+        return self.replaced_version
+
+    @property
+    def replaced_version(self) -> str | None:
+        """The version the last promotion replaced, if the last finished rollout was that promotion."""
+        last = self.history[-1] if self.history else None
+        if last is None or last.outcome != "Promoted" or last.version != self.stable_version:
+            return None
+        return last.previous_version
 
     def blocked_entry(self, version: str | None) -> Blocked | None:
         """The block on a version, if it is blocked."""
@@ -125,7 +135,7 @@ def desired_weights(state: RolloutState) -> dict[str, int]:
     if state.stable_version is None:
         return {}
     weights = {state.stable_version: 100}
-    if state.phase in {"Progressing", "Paused"} and state.canary_version:
+    if state.canary_version and (state.phase in {"Progressing", "Paused"} or _serving_while_rolling_back(state)):
         weights = {state.stable_version: 100 - state.canary_weight, state.canary_version: state.canary_weight}
     previous = state.previous_version
     if previous and previous != state.stable_version:
@@ -136,11 +146,16 @@ def desired_weights(state: RolloutState) -> dict[str, int]:
 def desired_versions(state: RolloutState) -> frozenset[str]:
     """Live versions: stable, plus the canary during a rollout, plus the old version while Promoting."""
     out = {state.stable_version} if state.stable_version else set()
-    if state.phase in {"Progressing", "Paused"} and state.canary_version:
+    if state.canary_version and (state.phase in {"Progressing", "Paused"} or _serving_while_rolling_back(state)):
         out.add(state.canary_version)
     if state.previous_version:
         out.add(state.previous_version)
     return frozenset(v for v in out if v)
+
+
+def _serving_while_rolling_back(state: RolloutState) -> bool:
+    """Rolling back to a version that had to be recreated: the failed one serves until it is ready."""
+    return state.phase == "RollingBack" and state.canary_weight > 0
 
 
 def hold(state: RolloutState, message: str, requeue: float | None = None, *, action_used: bool = False) -> Decision:
@@ -231,9 +246,19 @@ def promote(
 def rollback(
     state: RolloutState, obs: Observations, reason: str, message: str, *, block: bool = True, action_used: bool = False
 ) -> Decision:
-    """All traffic back to stable at once; block the failed version (unless the user simply moved back)."""
+    """All traffic back to stable at once; block the failed version (unless the user simply moved back).
+
+    After a promotion (Promoting, or Succeeded within the watch window) "stable" is the version the
+    promotion replaced. If that version is not ready (Succeeded: its children were removed and
+    come back now), the failed version keeps all traffic until it is: the rollback never routes
+    to a backend without pods, and the switch is still one write of the route.
+    """
+    weight = 0
     if state.phase == "Promoting":
         failed, stable = state.stable_version, state.previous_version
+    elif state.phase == "Succeeded":
+        failed, stable = state.stable_version, state.replaced_version
+        weight = 0 if stable in obs.ready_versions else 100
     else:
         failed, stable = state.canary_version, state.stable_version
     assert failed is not None
@@ -251,7 +276,7 @@ def rollback(
         action_used=action_used,
         stable_version=stable,
         canary_version=failed,
-        canary_weight=0,
+        canary_weight=weight,
         mirror_percent=0,
         blocked=blocked,
         history=cap((*state.history, entry)),

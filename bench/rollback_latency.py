@@ -1,0 +1,426 @@
+"""Alert-driven rollback: Alertmanager notification → HTTPRoute write, against Alertmanager → a bare receiver.
+
+    python bench/rollback_latency.py [--trials 24] [--annotation-trials 8]
+
+Uses the running test bed (or brings one up with ``hack/testbed.py`` and takes it down after).
+In a fresh namespace it starts the real operator (``python -m slipway``, webhook token set, no
+MLflow, no Prometheus poller) and, in this process, a bare ``AlertmanagerReceiver`` whose
+handler only records the arrival time. Alertmanager is pointed at both (one receiver, two
+webhook configs, notified in parallel). ``trials + annotation-trials`` ModelDeployments share
+one model; each gets its canary (v2) to 50 % and pauses there.
+
+Per trial, one alert naming one deployment is posted to Alertmanager's API, and the clock
+starts. It stops twice: when the bare receiver gets the notification (the baseline — what any
+webhook costs), and when a watch on the namespace's HTTPRoutes sees all weight back on v1
+(the rollback). The operator also logs its own alert arrival → route write time. The next
+trial waits until the previous deployment is ``RolledBack``, so trials do not overlap.
+
+For comparison, ``annotation-trials`` deployments are rolled back the other way a handler
+could be fed — an annotation (``ml.slipway.dev/action: abort``) that kopf picks up, batches
+(``settings.batching``, 0.1 s window by default) and hands to a full reconcile pass — timed
+from the annotation write to the route write.
+
+Prints p50 and p99 (nearest rank: over fewer than 100 trials p99 is the slowest) and the ratios
+to the baseline. Bounded: about 1-2 minutes, aborted at 170 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "hack"))
+sys.path.insert(0, str(REPO / "operator"))
+
+import httpx  # noqa: E402
+from kubernetes import client, config, watch  # noqa: E402
+
+import testbed as tb  # noqa: E402
+from slipway.receivers.alertmanager import PATH, AlertmanagerReceiver  # noqa: E402
+from slipway.receivers.http import HttpServer  # noqa: E402
+from slipway.rollout.alerts import Alert  # noqa: E402
+
+GROUP, VERSION = "ml.slipway.dev", "v1alpha1"
+MODEL = "bench"
+TOKEN = "bench-" + uuid.uuid4().hex
+BUDGET_SECONDS = 170.0
+START = time.monotonic()
+
+
+class OutOfTime(RuntimeError):
+    """The bench would run past its time budget."""
+
+
+def remaining(cap: float) -> float:
+    left = BUDGET_SECONDS - (time.monotonic() - START)
+    if left <= 0:
+        raise OutOfTime(f"over the {BUDGET_SECONDS:.0f}s budget")
+    return min(cap, left)
+
+
+def wait_for(what: str, probe, timeout: float = 60.0, interval: float = 0.05):
+    deadline = time.monotonic() + remaining(timeout)
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+# --- the bare receiver (baseline) -------------------------------------------------------------------
+
+
+class BareReceiver:
+    """Alertmanager's webhook with the same receiver class, in this process, recording arrivals by deployment."""
+
+    def __init__(self) -> None:
+        self.arrivals: dict[str, float] = {}
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._server = HttpServer()
+        self._server.route("POST", PATH, AlertmanagerReceiver(TOKEN, self._handle))
+        ready = threading.Event()
+        threading.Thread(target=self._run, args=(ready,), daemon=True).start()
+        ready.wait(10)
+
+    async def _handle(self, alert: Alert) -> None:
+        self.arrivals[alert.labels["modeldeployment"]] = alert.received or time.monotonic()
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+        self.port = self._loop.run_until_complete(self._server.start("127.0.0.1", 0))
+        ready.set()
+        self._loop.run_forever()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{PATH}"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._server.stop(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+# --- the route watch -----------------------------------------------------------------------------------
+
+
+class RouteWatch:
+    """Watches the namespace's HTTPRoutes; records when each one goes back to all traffic on v1."""
+
+    def __init__(self, custom: client.CustomObjectsApi, namespace: str) -> None:
+        self.custom, self.namespace = custom, namespace
+        self.restored: dict[str, float] = {}
+        self.weights: dict[str, dict[str, int]] = {}
+        self._watch = watch.Watch()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(Exception):
+            for event in self._watch.stream(
+                self.custom.list_namespaced_custom_object,
+                "gateway.networking.k8s.io",
+                "v1",
+                self.namespace,
+                "httproutes",
+                timeout_seconds=int(BUDGET_SECONDS) + 30,
+            ):
+                seen = time.monotonic()
+                route = event["object"]
+                name = route["metadata"]["name"]
+                refs = route["spec"]["rules"][0]["backendRefs"]
+                weights = {
+                    r["name"].removeprefix(f"{name}-v").removesuffix("-predictor"): r.get("weight", 1) for r in refs
+                }
+                if weights == {"1": 100} and self.weights.get(name) != weights:
+                    self.restored[name] = seen
+                self.weights[name] = weights
+
+    def stop(self) -> None:
+        self._watch.stop()
+
+
+# --- the cluster -----------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, state: tb.State, trials: int, annotation_trials: int) -> None:
+        self.state = state
+        self.api = config.new_client_from_config(config_file=state.kubeconfig)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.apps = client.AppsV1Api(self.api)
+        self.core = client.CoreV1Api(self.api)
+        self.ns = f"bench-{uuid.uuid4().hex[:8]}"
+        self.names = [f"md-{i:02d}" for i in range(trials + annotation_trials)]
+        self.alert_names = self.names[:trials]
+        self.annotation_names = self.names[trials:]
+        self.operator: subprocess.Popen[bytes] | None = None
+        self.log = Path(tempfile.mkdtemp(prefix="slipway-bench-")) / "operator.log"
+        self.port = free_port()
+
+    def kubectl(self, *args: str) -> None:
+        cmd = [self.state.kubectl, "--kubeconfig", self.state.kubeconfig, *args]
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+    def setup(self) -> None:
+        self.kubectl(
+            "apply", "--server-side", "--force-conflicts", "--field-manager=slipway-crds", "-f", str(REPO / "crds")
+        )
+        self.core.create_namespace({"metadata": {"name": self.ns}})
+        wait_for("default ServiceAccount", lambda: self.core.list_namespaced_service_account(self.ns).items, 30, 0.2)
+        self.start_operator()
+        for version, aliases in (("1", ["champion"]), ("2", [])):
+            self.custom.create_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                self.ns,
+                "modelversions",
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "ModelVersion",
+                    "metadata": {
+                        "name": f"{MODEL}-v{version}",
+                        "labels": {f"{GROUP}/model": MODEL, f"{GROUP}/version": version},
+                    },
+                    "spec": {"model": MODEL, "version": version},
+                },
+            )
+            self.aliases(version, aliases)
+        for name in self.names:
+            self.predictor(name, "2")  # the canary must be ready before it gets weight (v1 needs no pods here)
+            self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, self.ns, "modeldeployments", self.deployment(name)
+            )
+        wait_for("v1 serving everywhere", lambda: self.phases() == {"Succeeded"}, 90, 0.5)
+        self.aliases("1", [])
+        self.aliases("2", ["champion"])
+        wait_for("every canary paused at 50%", lambda: self.phases() == {"Paused"}, 90, 0.5)
+
+    def aliases(self, version: str, aliases: list[str]) -> None:
+        status = {"aliases": aliases, "stage": "None", "storageUri": f"s3://models/{MODEL}/{version}"}
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, self.ns, "modelversions", f"{MODEL}-v{version}", {"status": status}
+        )
+
+    def predictor(self, md: str, version: str) -> None:
+        labels = {"app": f"{md}-v{version}"}
+        self.apps.create_namespaced_deployment(
+            self.ns,
+            {
+                "metadata": {"name": f"{md}-v{version}-predictor"},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": labels},
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {"containers": [{"name": "kserve-container", "image": "registry.invalid/serving:1"}]},
+                    },
+                },
+            },
+        )
+
+    def deployment(self, name: str) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ModelDeployment",
+            "metadata": {"name": name},
+            "spec": {
+                "model": {"name": MODEL, "track": {"alias": "champion"}},
+                "autoscaling": {"minReplicas": 1, "maxReplicas": 2},
+                "strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}},
+                "gateway": {"parentRefs": [{"name": "ml-gateway"}]},
+                "rollback": {"alerts": {"alertNames": ["SlipwayModelDrift"]}, "registry": "none"},
+            },
+        }
+
+    def phases(self, names: list[str] | None = None) -> set[str]:
+        items = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, "modeldeployments")["items"]
+        wanted = set(names or self.names)
+        got = {i["metadata"]["name"]: (i.get("status") or {}).get("phase", "") for i in items}
+        return {got.get(n, "") for n in wanted}
+
+    def start_operator(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLIPWAY_", "MLFLOW_"))}
+        env.update(
+            KUBECONFIG=self.state.kubeconfig,
+            PYTHONPATH=str(REPO / "operator"),
+            SLIPWAY_ALERTMANAGER_TOKEN=TOKEN,
+            SLIPWAY_HTTP_HOST="127.0.0.1",
+            SLIPWAY_HTTP_PORT=str(self.port),
+        )
+        with self.log.open("wb") as out:
+            self.operator = subprocess.Popen(
+                [sys.executable, "-m", "slipway", "-n", self.ns, "--liveness", ""],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+
+        def ready() -> bool:
+            if self.operator is None or self.operator.poll() is not None:
+                raise RuntimeError(f"operator exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1):
+                    pass
+            except OSError:
+                return False
+            return "'start_alert_intake' succeeded" in self.log.read_text(errors="replace")
+
+        wait_for("the operator", ready, 60, 0.2)
+
+    def teardown(self) -> None:
+        with contextlib.suppress(Exception):
+            self.custom.delete_collection_namespaced_custom_object(GROUP, VERSION, self.ns, "modeldeployments")
+            wait_for(
+                "deployments deleted (kopf's finalizers need the operator)", lambda: not self.phases() - {""}, 30, 0.5
+            )
+        if self.operator is not None and self.operator.poll() is None:
+            self.operator.send_signal(signal.SIGINT)
+            try:
+                self.operator.wait(15)
+            except subprocess.TimeoutExpired:
+                self.operator.kill()
+        with contextlib.suppress(Exception):
+            self.core.delete_namespace(self.ns)
+
+
+# --- the trials -------------------------------------------------------------------------------------------
+
+
+def post_alert(http: httpx.Client, am_url: str, namespace: str, md: str) -> None:
+    labels = {
+        "alertname": "SlipwayModelDrift",
+        "namespace": namespace,
+        "modeldeployment": md,
+        "model_version": "2",
+        "severity": "critical",
+    }
+    body = [{"labels": labels, "annotations": {"summary": "bench"}, "startsAt": datetime.now(UTC).isoformat()}]
+    http.post(f"{am_url}/api/v2/alerts", json=body).raise_for_status()
+
+
+def operator_latencies(log: Path) -> dict[str, tuple[float, float]]:
+    """md → (read, status, route) milliseconds after the alert arrived, as the operator logged them."""
+    pattern = re.compile(
+        r"/(md-\d+): alert .* route written (\d+) ms after the alert arrived \(read at (\d+), status at (\d+)\)"
+    )
+    out = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if m := pattern.search(line):
+            out[m.group(1)] = (float(m.group(3)), float(m.group(4)), float(m.group(2)))
+    return out
+
+
+def row(label: str, values: list[float], baseline: list[float] | None = None) -> str:
+    p50, p99 = percentile(values, 0.5), percentile(values, 0.99)
+    text = f"{label:<46} {p50:8.1f} {p99:8.1f}"
+    if baseline:
+        text += f"   x{p50 / percentile(baseline, 0.5):5.1f}  x{p99 / percentile(baseline, 0.99):5.1f}"
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=24, help="alert trials (>= 20)")
+    parser.add_argument("--annotation-trials", type=int, default=8, help="annotation → kopf trials, for comparison")
+    parser.add_argument("--verbose", action="store_true", help="print every sample")
+    args = parser.parse_args(argv)
+
+    existing = tb.State.load(tb.testbed_dir())
+    reuse = tb.is_up(existing) and existing is not None and "prometheus" in existing.pids
+    state = existing if reuse and existing else tb.up(("mlflow", "prometheus"))
+    assert state is not None
+    bench = Bench(state, args.trials, args.annotation_trials)
+    bare = BareReceiver()
+    am = state.urls["alertmanager"]
+    base, total, read_ms, status_ms, route_ms, annotation = [], [], [], [], [], []
+    http = httpx.Client(timeout=5)  # made before the clock starts: a new client costs tens of ms
+    try:
+        print(f"setting up {len(bench.names)} ModelDeployments in {bench.ns} …", file=sys.stderr)
+        bench.setup()
+        routes = RouteWatch(bench.custom, bench.ns)
+        wait_for("the route watch", lambda: len(routes.weights) == len(bench.names), 30)
+        tb.set_alert_webhooks(state, [f"http://127.0.0.1:{bench.port}{PATH}", bare.url], TOKEN)
+        time.sleep(1.0)  # Alertmanager reloads its configuration
+        print(f"setup took {time.monotonic() - START:.0f}s; {args.trials} alert trials …", file=sys.stderr)
+        for md in bench.alert_names:
+            started = time.monotonic()
+            post_alert(http, am, bench.ns, md)
+            wait_for(f"{md} rolled back", lambda md=md, t=started: routes.restored.get(md, 0) > t, 10, 0.002)
+            wait_for(f"{md} at the bare receiver", lambda md=md, t=started: bare.arrivals.get(md, 0) > t, 10, 0.002)
+            total.append((routes.restored[md] - started) * 1000)
+            base.append((bare.arrivals[md] - started) * 1000)
+            wait_for(f"{md} RolledBack", lambda md=md: bench.phases([md]) == {"RolledBack"}, 15, 0.1)
+        logged = operator_latencies(bench.log)
+        read_ms = [logged[md][0] for md in bench.alert_names if md in logged]
+        status_ms = [logged[md][1] for md in bench.alert_names if md in logged]
+        route_ms = [logged[md][2] for md in bench.alert_names if md in logged]
+        tb.set_alert_webhooks(state, [])
+        print(f"{args.annotation_trials} annotation trials …", file=sys.stderr)
+        for md in bench.annotation_names:
+            started = time.monotonic()
+            patch = {"metadata": {"annotations": {f"{GROUP}/action": "abort"}}}
+            bench.custom.patch_namespaced_custom_object(GROUP, VERSION, bench.ns, "modeldeployments", md, patch)
+            wait_for(f"{md} aborted", lambda md=md, t=started: routes.restored.get(md, 0) > t, 10, 0.002)
+            annotation.append((routes.restored[md] - started) * 1000)
+            wait_for(f"{md} RolledBack", lambda md=md: bench.phases([md]) == {"RolledBack"}, 15, 0.1)
+        routes.stop()
+    finally:
+        with contextlib.suppress(Exception):
+            tb.set_alert_webhooks(state, [])
+        bench.teardown()
+        bare.stop()
+        http.close()
+        if not reuse:
+            tb.down()
+
+    print(f"\nrollback latency, {len(total)} alert trials ({len(annotation)} annotation trials), ms")
+    print(f"{'':<46} {'p50':>8} {'p99':>8}   ratio to baseline (p50, p99)")
+    print(row("Alertmanager → bare receiver (baseline)", base))
+    print(row("Alertmanager → HTTPRoute write (seen by watch)", total, base))
+    if route_ms:
+        print(row("  operator: alert arrival → object read", read_ms))
+        print(row("  operator: alert arrival → status write", status_ms))
+        print(row("  operator: alert arrival → route write", route_ms))
+    if annotation:
+        print(row("annotation → kopf → full pass → route write", annotation))
+    print(f"(p99 over {len(total)} trials is the slowest trial; total {time.monotonic() - START:.0f}s)")
+    if args.verbose:
+        samples = (("baseline", base), ("total", total), ("read", read_ms), ("status", status_ms), ("route", route_ms))
+        for label, values in samples:
+            print(f"{label}: {[round(v) for v in values]}")
+        print(f"annotation: {[round(v) for v in annotation]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

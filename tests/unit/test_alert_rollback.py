@@ -1,0 +1,471 @@
+"""Alert-driven rollback, pure and in-process parts: the watch window, the alert pass (status before the route),
+idempotence, the intake, the Prometheus poller, the registry write-back and the webhook's retry on failure."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from slipway.api.modeldeployment import ModelDeploymentSpec
+from slipway.clients.alerts import AlertsUnavailable
+from slipway.clients.mlflow import ModelSnapshot, RegistryUnavailable
+from slipway.receivers.alertmanager import PATH, AlertmanagerReceiver
+from slipway.receivers.http import HttpServer
+from slipway.reconcilers import alert_poller
+from slipway.reconcilers.alert_intake import AlertDeferred, AlertIntake
+from slipway.reconcilers.alert_poller import AlertPoller
+from slipway.reconcilers.alert_rollback import react
+from slipway.reconcilers.modeldeployment import Driver, entered_rollback
+from slipway.reconcilers.rollout_status import state_to_status
+from slipway.reconcilers.writeback import TAG, RolledBack, WriteBack, rolled_back
+from slipway.rollout.alerts import Alert, matches, promoted_within_window, watched_versions
+from slipway.rollout.machine import next
+from slipway.rollout.state import Blocked, Finished, Observations, RolloutState
+
+T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+NS, MD = "ml", "digits"
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def spec(window: str = "30m", registry: str = "revertAlias", **extra: Any) -> ModelDeploymentSpec:
+    return ModelDeploymentSpec.model_validate(
+        {
+            "model": {"name": "digits", "track": {"alias": "champion"}},
+            "strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}},
+            "rollback": {
+                "alerts": {"alertNames": ["SlipwayModelDrift"], "matchLabels": {"severity": "critical"}},
+                "window": window,
+                "registry": registry,
+            },
+            **extra,
+        }
+    )
+
+
+def canary(**kw: Any) -> RolloutState:
+    base: dict[str, Any] = {
+        "phase": "Paused",
+        "reason": "PausedByStep",
+        "stable_version": "1",
+        "canary_version": "2",
+        "canary_weight": 50,
+        "current_step": 1,
+        "step_started_at": T0,
+        "rollout_started_at": T0,
+    }
+    return RolloutState(**{**base, **kw})
+
+
+def promoted(phase: str = "Succeeded", seconds_ago: float = 0) -> RolloutState:
+    entry = Finished("2", "1", "Promoted", "StepsCompleted", T0, at(-seconds_ago))
+    return RolloutState(phase=phase, stable_version="2", promoted_at=at(-seconds_ago), history=(entry,))  # type: ignore[arg-type]
+
+
+def obs(now: float = 0, **kw: Any) -> Observations:
+    kw.setdefault("tracked_version", "2")
+    return Observations(now=at(now), **kw)
+
+
+def alert(version: str | None = "2", name: str = "SlipwayModelDrift", md: str = MD, **labels: str) -> Alert:
+    merged = {"alertname": name, "namespace": NS, "modeldeployment": md, "severity": "critical", **labels}
+    if version is not None:
+        merged["model_version"] = version
+    return Alert(name=name, labels=merged, fingerprint=f"fp-{name}-{version}", starts_at=T0)
+
+
+# --- the watch window ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "window", "now", "want"),
+    [
+        (canary(), "30m", 0, {"2"}),
+        (canary(phase="Progressing", reason="StepCompleted"), "30m", 0, {"2"}),
+        (promoted("Promoting"), "30m", 10, {"2"}),
+        (promoted("Succeeded"), "30m", 29 * 60, {"2"}),
+        (promoted("Succeeded"), "30m", 31 * 60, set()),
+        (promoted("Promoting"), "1m", 120, set()),
+        (promoted("Succeeded"), "0s", 1, set()),
+        (RolloutState(phase="Succeeded", stable_version="1"), "30m", 0, set()),  # first version: nothing to go back to
+        (RolloutState(phase="RollingBack", stable_version="1", canary_version="2"), "30m", 0, set()),
+        (RolloutState(phase="RolledBack", stable_version="1"), "30m", 0, set()),
+    ],
+)
+def test_versions_under_watch(state, window, now, want):
+    assert watched_versions(state, spec(window), at(now)) == want
+
+
+def test_matching_with_the_window():
+    s = spec("10m")
+    inside = watched_versions(promoted(), s, at(300))
+    assert matches(alert("2"), NS, MD, s.rollback.alerts, set(inside))
+    assert not matches(alert("1"), NS, MD, s.rollback.alerts, set(inside)), "about the old version, not the new one"
+    assert not watched_versions(promoted(), s, at(601)), "after the window nothing is under watch"
+
+
+def test_a_rollback_closes_the_window():
+    rolled = RolloutState(
+        phase="Succeeded",
+        stable_version="1",
+        promoted_at=T0,
+        history=(
+            Finished("2", "1", "Promoted", "StepsCompleted", T0, T0),
+            Finished("2", "1", "RolledBack", "AlertFiring", T0, T0),
+        ),
+    )
+    assert promoted_within_window(rolled, spec(), at(1)) is None
+
+
+# --- the machine --------------------------------------------------------------------------------
+
+
+def test_alert_after_promotion_within_the_window_goes_back_to_the_previous_version_once_it_is_ready():
+    d = next(promoted(), obs(600, alert="SlipwayModelDrift"), spec())
+    assert d.transition is not None and (d.transition.source, d.transition.target) == ("Succeeded", "RollingBack")
+    s = d.state
+    assert (s.stable_version, s.canary_version) == ("1", "2") and s.blocked[0].version == "2"
+    assert "within the 30m window" in s.message
+    assert dict(d.weights) == {"1": 0, "2": 100}, "v1 was removed: v2 serves until v1 is back"
+    assert d.keep == {"1", "2"}
+    waiting = next(s, obs(601, ready_versions=frozenset({"2"}), live_versions=frozenset({"1", "2"})), spec())
+    assert waiting.transition is None and dict(waiting.weights) == {"1": 0, "2": 100}
+    switch = next(s, obs(602, ready_versions=frozenset({"1", "2"}), live_versions=frozenset({"1", "2"})), spec())
+    assert switch.transition is None and dict(switch.weights) == {"1": 100} and switch.keep == {"1"}
+    done = next(switch.state, obs(603, live_versions=frozenset({"1"})), spec())
+    assert done.state.phase == "RolledBack" and "SlipwayModelDrift" in done.state.message
+
+
+def test_alert_after_promotion_with_the_previous_version_ready_switches_at_once():
+    d = next(promoted(), obs(600, alert="SlipwayModelDrift", ready_versions=frozenset({"1", "2"})), spec())
+    assert dict(d.weights) == {"1": 100} and d.keep == {"1"}
+
+
+def test_alert_while_promoting_goes_back_in_the_same_write():
+    d = next(promoted("Promoting"), obs(5, alert="SlipwayModelDrift"), spec())
+    assert d.state.phase == "RollingBack" and dict(d.weights) == {"1": 100}
+
+
+@pytest.mark.parametrize(
+    ("state", "window", "now"),
+    [
+        (promoted(), "30m", 31 * 60),
+        (promoted(), "0s", 1),
+        (promoted("Promoting"), "10s", 20),
+        (RolloutState(phase="RollingBack", reason="AlertFiring", stable_version="1", canary_version="2"), "30m", 0),
+        (RolloutState(phase="RolledBack", stable_version="1", blocked=(Blocked("2", "AlertFiring", T0),)), "30m", 0),
+        (RolloutState(phase="Idle"), "30m", 0),
+    ],
+)
+def test_alert_outside_a_rollout_and_the_window_changes_nothing(state, window, now):
+    d = next(state, obs(now, alert="SlipwayModelDrift", tracked_version=state.stable_version), spec(window))
+    assert d.transition is None or d.transition.reason != "AlertFiring"
+    assert d.state.blocked == state.blocked
+
+
+def test_alias_moved_back_by_the_write_back_is_neither_a_rollout_nor_an_unblock():
+    d = next(canary(), obs(alert="SlipwayModelDrift"), spec())
+    rolled = next(d.state, obs(1, live_versions=frozenset({"1"})), spec()).state
+    assert rolled.phase == "RolledBack"
+    after_revert = next(rolled, obs(2, tracked_version="1"), spec())
+    assert after_revert.transition is None and after_revert.state.blocked == rolled.blocked
+    alias_on_2_again = next(rolled, obs(3, tracked_version="2"), spec())
+    assert alias_on_2_again.transition is None and "blocked" in alias_on_2_again.state.message
+    assert next(rolled, obs(4, tracked_version="2", action="retry"), spec()).state.phase == "Progressing"
+    assert next(rolled, obs(4, tracked_version="2", spec_changed=True), spec()).state.phase == "Progressing"
+
+
+def test_entered_rollback_ignores_a_users_revert_and_repeats():
+    d = next(canary(), obs(alert="SlipwayModelDrift"), spec())
+    old, new = state_to_status(canary()), state_to_status(d.state)
+    assert entered_rollback(old, new) and not entered_rollback(new, new)
+    reverted = next(canary(), obs(tracked_version="1"), spec())
+    assert not entered_rollback(old, state_to_status(reverted.state))
+    assert rolled_back(new) == RolledBack("2", "1", "AlertFiring")
+
+
+# --- the alert pass on a fake API server ------------------------------------------------------------
+
+
+class FakeKube:
+    """Just enough of slipway.clients.kube.Kube: objects in a dict, every call recorded in order."""
+
+    def __init__(self, md: dict[str, Any]) -> None:
+        self.md = md
+        self.calls: list[tuple[str, Any]] = []
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        self.calls.append(("get", kind))
+        if kind == "ModelDeployment":
+            return copy.deepcopy(self.md) if name == self.md["metadata"]["name"] else None
+        return self.objects.get((kind, name))
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None):
+        self.calls.append(("list", kind))
+        return [o for (k, _), o in self.objects.items() if k == kind]
+
+    def patch_status(self, api_version: str, kind: str, name: str, namespace: str | None, status: dict[str, Any]):
+        self.calls.append(("patch_status", copy.deepcopy(status)))
+        merged = {**(self.md.get("status") or {}), **status}
+        self.md["status"] = {k: v for k, v in merged.items() if v is not None}
+        return self.md
+
+    def apply(self, manifest: dict[str, Any], *, force: bool = True) -> dict[str, Any]:
+        self.calls.append(("apply", manifest["kind"]))
+        self.objects[(manifest["kind"], manifest["metadata"]["name"])] = manifest
+        return manifest
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
+        self.calls.append(("delete", kind))
+        return self.objects.pop((kind, name), None) is not None
+
+    def merge_patch(self, *args: Any) -> dict[str, Any]:
+        self.calls.append(("merge_patch", None))
+        return self.md
+
+    def resource(self, api_version: str, kind: str) -> Any:
+        fake = self
+
+        class Events:
+            def create(self, body: dict[str, Any], namespace: str | None = None) -> None:
+                fake.events.append(body)
+
+        return Events()
+
+    def writes(self) -> list[str]:
+        return [c[0] if c[0] != "apply" else f"apply {c[1]}" for c in self.calls if c[0] not in ("get", "list")]
+
+
+def md_body(state: RolloutState, **spec_extra: Any) -> dict[str, Any]:
+    s = spec(**spec_extra)
+    status = state_to_status(state)
+    status["observedGeneration"] = 1
+    status["trackedVersion"] = "2"
+    return {
+        "apiVersion": "ml.slipway.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": MD, "namespace": NS, "generation": 1, "uid": "u1"},
+        "spec": s.to_dict(),
+        "status": {k: v for k, v in status.items() if v is not None},
+    }
+
+
+def test_alert_pass_writes_status_then_the_route_once():
+    kube = FakeKube(md_body(canary()))
+    r = react(kube, kube.get("", "ModelDeployment", MD), alert(), at(1))  # type: ignore[arg-type]
+    assert r.rolled_back and r.status_written is not None and r.route_written is not None
+    assert kube.writes() == ["patch_status", "apply HTTPRoute"], "status first, then one route write, nothing else"
+    route = kube.objects[("HTTPRoute", MD)]
+    backends = route["spec"]["rules"][0]["backendRefs"]
+    assert [(b["name"], b["weight"]) for b in backends] == [("digits-v1-predictor", 100)]
+    status = kube.md["status"]
+    assert status["phase"] == "RollingBack" and status["blockedVersions"][0]["version"] == "2"
+    assert status["lastAlert"]["name"] == "SlipwayModelDrift" and status["lastAlert"]["labels"]["model_version"] == "2"
+    degraded = {c["type"]: c for c in status["conditions"]}["Degraded"]
+    assert degraded["status"] == "True" and degraded["reason"] == "AlertFiring"
+    assert "SlipwayModelDrift" in degraded["message"] and "SlipwayModelDrift" in status["history"][-1]["message"]
+
+
+def test_alert_pass_is_idempotent():
+    kube = FakeKube(md_body(canary()))
+    assert react(kube, kube.get("", "ModelDeployment", MD), alert(), at(1)).rolled_back  # type: ignore[arg-type]
+    kube.calls.clear()
+    again = react(kube, kube.get("", "ModelDeployment", MD), alert(), at(2))  # type: ignore[arg-type]
+    other = react(kube, kube.get("", "ModelDeployment", MD), alert(name="SlipwayModelDrift", version=None), at(2))  # type: ignore[arg-type]
+    assert not again.rolled_back and not other.rolled_back and kube.writes() == []
+    assert "RollingBack" in again.why
+
+
+@pytest.mark.parametrize(
+    "a",
+    [
+        alert("1"),  # about the stable version
+        alert("2", name="HighCPU"),  # not selected
+        alert("2", severity="warning"),  # matchLabels differ
+        alert("2", md="other"),  # another deployment
+    ],
+)
+def test_alert_pass_ignores_what_does_not_match(a):
+    kube = FakeKube(md_body(canary()))
+    r = react(kube, kube.get("", "ModelDeployment", MD), a, at(1))  # type: ignore[arg-type]
+    assert not r.rolled_back and kube.writes() == []
+
+
+def test_alert_pass_after_the_window_scale_down_keeps_traffic_until_the_old_version_is_back():
+    kube = FakeKube(md_body(promoted(seconds_ago=120)))
+    r = react(kube, kube.get("", "ModelDeployment", MD), alert("2"), T0)  # type: ignore[arg-type]
+    assert r.rolled_back and r.route_written is None and kube.writes() == ["patch_status"]
+    assert kube.md["status"]["stableVersion"] == "1" and kube.md["status"]["canaryWeight"] == 100
+
+
+# --- the intake ---------------------------------------------------------------------------------
+
+
+class FakeRegistry:
+    def __init__(self, aliases: dict[str, str], unavailable: int = 0) -> None:
+        self.aliases = dict(aliases)
+        self.tags: dict[tuple[str, str], dict[str, str]] = {}
+        self.unavailable = unavailable
+
+    async def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        if self.unavailable:
+            self.unavailable -= 1
+            raise RegistryUnavailable("MLflow down")
+        self.tags.setdefault((name, version), {})[key] = value
+
+    async def snapshot(self, name: str) -> ModelSnapshot:
+        return ModelSnapshot(name, True, dict(self.aliases), {})
+
+    async def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.aliases[alias] = version
+
+
+async def settle(driver: Driver) -> None:
+    for _ in range(100):
+        if not driver._background:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_intake_rolls_back_once_then_finishes_and_writes_back():
+    kube = FakeKube(md_body(canary()))
+    registry = FakeRegistry({"champion": "2"})
+    driver = Driver(kube, "")  # type: ignore[arg-type]
+    intake = AlertIntake()
+    resynced: list[str] = []
+    intake.bind(driver, WriteBack(kube, registry, resynced.append, retry_seconds=0))  # type: ignore[arg-type]
+    driver.watch(NS, MD)  # kopf handed it over
+    assert await intake.handle(replace(alert(), received=None)) == "rolled_back"
+    assert await intake.handle(alert()) == "ignored", "a repeated delivery changes nothing"
+    await settle(driver)
+    assert kube.md["status"]["phase"] == "RolledBack", "the follow-up pass finished the rollback"
+    assert registry.tags[("digits", "2")][TAG].startswith("AlertFiring: SlipwayModelDrift")
+    assert registry.aliases["champion"] == "1" and resynced == ["digits"]
+    reasons = [e["reason"] for e in kube.events]
+    assert reasons[:1] == ["AlertFiring"] and "RolledBack" in reasons and "RegistryUpdated" in reasons
+    assert "ms after the alert arrived" in kube.events[0]["message"]
+    assert await intake.handle(Alert(name="x", labels={"alertname": "x"})) == "no_target"
+
+
+async def test_intake_acts_only_on_deployments_kopf_handed_over():
+    kube = FakeKube(md_body(canary()))
+    driver = Driver(kube, "")  # type: ignore[arg-type]
+    intake = AlertIntake()
+    with pytest.raises(AlertDeferred):
+        await intake.handle(alert())  # not bound yet
+    intake.bind(driver, None)
+    with pytest.raises(AlertDeferred):
+        await intake.handle(alert())  # starting: kopf may not have listed it yet
+    intake.bound_at -= 60
+    assert await intake.handle(alert()) == "not_watched", "another namespace's, or another operator's"
+    assert kube.calls == [] and kube.md["status"]["phase"] == "Paused", "not even read"
+    driver.watch(NS, MD)
+    kube.md["metadata"]["name"] = "renamed"  # watched, but gone from the API server
+    assert await intake.handle(alert()) == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("mode", "aliases", "tagged", "alias_after"),
+    [
+        ("none", {"champion": "2"}, False, "2"),
+        ("tag", {"champion": "2"}, True, "2"),
+        ("revertAlias", {"champion": "2"}, True, "1"),
+        ("revertAlias", {"champion": "3"}, True, "3"),  # moved on by someone: left alone
+    ],
+)
+async def test_write_back_modes(mode, aliases, tagged, alias_after):
+    body = md_body(canary(), registry=mode)
+    kube, registry = FakeKube(body), FakeRegistry(aliases, unavailable=1)
+    events = await WriteBack(kube, registry, retry_seconds=0).write(body, RolledBack("2", "1", "AlertFiring"), "AF")  # type: ignore[arg-type]
+    assert (("digits", "2") in registry.tags) == tagged and registry.aliases["champion"] == alias_after
+    assert [e.reason for e in events] == (["RegistryUpdated"] if tagged else [])
+
+
+async def test_write_back_gives_up_with_a_warning_when_mlflow_stays_down():
+    body = md_body(canary(), registry="tag")
+    kube, registry = FakeKube(body), FakeRegistry({}, unavailable=5)
+    events = await WriteBack(kube, registry, attempts=2, retry_seconds=0).write(body, RolledBack("2", "1", "X"), "X")  # type: ignore[arg-type]
+    assert [(e.reason, e.type) for e in events] == [("RegistryWriteBackFailed", "Warning")]
+
+
+# --- the poller and the webhook ----------------------------------------------------------------------
+
+
+async def test_poller_outage_is_logged_and_exported_never_a_rollback(caplog):
+    handed: list[Alert] = []
+
+    async def handle(a: Alert) -> None:
+        handed.append(a)
+
+    async def down(url: str, timeout: float) -> list[Alert]:
+        raise AlertsUnavailable("connection refused")
+
+    poller = AlertPoller("http://prom", 1.0, handle, fetch=down)
+    assert await poller.poll() == 0 and await poller.poll() == 0
+    assert alert_poller.POLL_UP._value.get() == 0 and not handed
+    assert sum("Prometheus unavailable" in r.message for r in caplog.records) == 1, "logged once per outage"
+
+    async def up(url: str, timeout: float) -> list[Alert]:
+        return [alert(), Alert(name="Unrelated", labels={"alertname": "Unrelated"})]
+
+    poller.fetch = up
+    assert await poller.poll() == 1 and alert_poller.POLL_UP._value.get() == 1
+    assert handed[0].received is not None and handed[0].source == "alertmanager"
+
+
+async def test_webhook_answers_503_and_forgets_the_alert_when_it_could_not_be_handled():
+    calls: list[Alert] = []
+
+    async def handle(a: Alert) -> None:
+        calls.append(a)
+        if len(calls) == 1:
+            raise AlertDeferred("API server unreachable")
+
+    server = HttpServer()
+    server.route("POST", PATH, AlertmanagerReceiver("tok", handle))
+    port = await server.start("127.0.0.1", 0)
+    payload = {
+        "version": "4",
+        "status": "firing",
+        "alerts": [
+            {"status": "firing", "labels": dict(alert().labels), "fingerprint": "f", "startsAt": T0.isoformat()}
+        ],
+    }
+    try:
+        async with httpx.AsyncClient() as client:
+            url, auth = f"http://127.0.0.1:{port}{PATH}", {"Authorization": "Bearer tok"}
+            assert (await client.post(url, json=payload, headers=auth)).status_code == 503
+            again = await client.post(url, json=payload, headers=auth)
+            assert again.status_code == 200 and again.json()["new"] == 1, "Alertmanager's retry acts"
+            assert calls[1].received is not None
+    finally:
+        await server.stop()
+
+
+async def test_a_pass_that_rolls_back_for_another_reason_writes_back_too():
+    body = md_body(canary())
+    body["metadata"]["annotations"] = {"ml.slipway.dev/action": "abort"}
+    kube = FakeKube(body)
+    driver = Driver(kube, "")  # type: ignore[arg-type]
+    calls: list[dict[str, Any]] = []
+
+    async def after(b: dict[str, Any], status: dict[str, Any]) -> None:
+        calls.append(status)
+
+    driver.after_rollback = after
+    await driver.drive(NS, MD)
+    await settle(driver)
+    assert [c["phase"] for c in calls] == ["RollingBack"] and rolled_back(calls[0]) == RolledBack("2", "1", "Aborted")
+    await driver.drive(NS, MD)
+    await settle(driver)
+    assert len(calls) == 1, "once per rollback, not per pass"
