@@ -390,3 +390,24 @@ def test_conditions():
 def test_weights_at_rest():
     assert desired_weights(RolloutState(phase="Succeeded", stable_version="4")) == {"4": 100}
     assert desired_weights(RolloutState()) == {}
+
+
+def test_post_promotion_analysis_is_refused_rather_than_silently_ignored() -> None:
+    from slipway.api.modeldeployment import ModelDeployment
+    from slipway.reconcilers.modeldeployment import unhonourable
+
+    md = ModelDeployment.model_validate(
+        {
+            "metadata": {"name": "digits", "namespace": "ml"},
+            "spec": {
+                "model": {"name": "digits", "track": {"alias": "champion"}},
+                "strategy": {
+                    "blueGreen": {
+                        "postPromotionAnalysis": {"metrics": [{"name": "errors", "query": "vector(0)", "max": 0.01}]}
+                    }
+                },
+            },
+        }
+    )
+    why = unhonourable(md)
+    assert why is not None and "postPromotionAnalysis" in why

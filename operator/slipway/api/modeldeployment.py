@@ -377,7 +377,11 @@ class BlueGreen(ApiModel):
         None, description="Analysis of the preview that must pass before the switch."
     )
     post_promotion_analysis: Analysis | None = Field(
-        None, description="Analysis after the switch; a failure switches back."
+        None,
+        description=(
+            "Analysis after the switch; reserved: this operator version reports InvalidSpec for it "
+            "(use rollback.alerts with a window to watch a promoted version)."
+        ),
     )
     scale_down_delay_seconds: int = Field(
         300,

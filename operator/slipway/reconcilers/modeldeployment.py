@@ -92,6 +92,11 @@ def unhonourable(md: ModelDeployment) -> str | None:
     strategy = md.spec.strategy
     if strategy.ab_test is not None:
         return "strategy.abTest is not implemented by this operator version: use canary or blueGreen"
+    if strategy.blue_green is not None and strategy.blue_green.post_promotion_analysis is not None:
+        return (
+            "strategy.blueGreen.postPromotionAnalysis is not implemented by this operator version: "
+            "use rollback.alerts with a window for checks after the switch"
+        )
     if md.spec.router == "kserve-knative" and strategy.blue_green is not None:
         return "strategy.blueGreen with router kserve-knative is not supported: use canary or router gateway-api"
     return None
