@@ -887,12 +887,22 @@ def restart(name: str, sig: int = signal.SIGKILL, state: State | None = None) ->
     env = dict(e.decode().split("=", 1) for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in e)
     os.killpg(pid, sig)
     deadline = time.monotonic() + 30
-    while _alive(pid, state.identities[name]):
+    while not _exited(pid, state.identities[name]):
         if time.monotonic() > deadline:
             raise TestbedError(f"{name} (pid {pid}) did not exit after signal {sig}")
         time.sleep(0.05)
     _spawn(state, name, argv, env)
     return state
+
+
+def _exited(pid: int, identity: str) -> bool:
+    """Whether all of a process's threads are gone (its leader turns zombie first, while the others still hold
+    its sockets: a restart before then cannot bind the same port)."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    return not _alive(pid, identity) and len(threads) <= 1
 
 
 def env_lines(state: State) -> Iterator[str]:

@@ -1,0 +1,346 @@
+"""Registry sync lag: an MLflow alias move → the rollout starting, by MLflow's webhook and by polling.
+
+    python bench/registry_sync.py [--trials 20] [--poll-seconds 2]
+
+Uses the running test bed with MLflow (or brings one up with ``hack/testbed.py`` and takes it
+down after). One registered model gets two versions (backed by one run's tiny MLmodel artifact)
+and the alias ``champion`` on v1. Then, once per mode, in a fresh namespace:
+
+- ``polling``: the operator polls MLflow every ``--poll-seconds`` (no webhook);
+- ``webhook``: the operator polls every 600 s, and an MLflow webhook (signed, events
+  ``model_version_alias.created``/``deleted``) points at its ``/webhooks/mlflow``.
+
+A ModelDeployment follows ``champion`` (canary; no predictor runs, so a rollout waits in
+``Progressing`` once started). Per trial the alias moves v1 → v2 through MLflow's API and the
+clock starts; it stops when a watch on the ModelDeployment sees ``status.canaryVersion: "2"``
+in phase ``Progressing`` (the rollout started: MLflow → operator → ModelVersion status →
+ModelDeployment pass). The alias then moves back (the rollout is withdrawn, ``TargetReverted``)
+and, after a random pause of up to one poll interval (so polling trials sample the poll phase
+evenly), the next trial starts.
+
+Baselines measured in the same run: the ``set_registered_model_alias`` call itself (the MLflow
+round trip a user pays), and the poll interval. Prints p50 and p99 (nearest rank: with fewer
+than 100 trials p99 is the slowest) per mode, and the ratios: webhook lag ÷ set-alias call,
+polling lag ÷ poll interval, polling ÷ webhook. Bounded: about 2-3 minutes with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "hack"))
+
+from kubernetes import client, config, watch  # noqa: E402
+
+import testbed as tb  # noqa: E402
+
+GROUP, VERSION = "ml.slipway.dev", "v1alpha1"
+ALIAS = "champion"
+SECRET = "bench-" + uuid.uuid4().hex
+WEBHOOK_POLL_SECONDS = 600.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def wait_for(what: str, probe: Any, timeout: float, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def crds_established(api: client.ApiClient) -> bool:
+    """Whether the Slipway CRDs are Established (they may have just been applied)."""
+    ext = client.ApiextensionsV1Api(api)
+    for crd in ("modeldeployments", "modelversions"):
+        try:
+            conditions = ext.read_custom_resource_definition(f"{crd}.{GROUP}").status.conditions or []
+        except client.exceptions.ApiException:
+            return False
+        if not any(c.type == "Established" and c.status == "True" for c in conditions):
+            return False
+    return True
+
+
+class Operator:
+    """``python -m slipway`` watching one namespace, syncing the test bed's MLflow."""
+
+    def __init__(self, state: tb.State, namespace: str, poll_seconds: float, log: Path) -> None:
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLIPWAY_", "MLFLOW_"))}
+        paths = [str(REPO / "operator"), env.get("PYTHONPATH", "")]
+        env.update(
+            KUBECONFIG=state.kubeconfig,
+            PYTHONPATH=os.pathsep.join(p for p in paths if p),
+            SLIPWAY_MLFLOW_URI=state.urls["mlflow"],
+            SLIPWAY_MLFLOW_POLL_SECONDS=str(poll_seconds),
+            SLIPWAY_MLFLOW_WEBHOOK_SECRET=SECRET,
+            SLIPWAY_MLFLOW_ARTIFACTS_DESTINATION=str(Path(state.dir) / "mlflow" / "artifacts"),
+            SLIPWAY_HTTP_HOST="127.0.0.1",
+            SLIPWAY_HTTP_PORT=str(self.port),
+        )
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "slipway", "-n", namespace, "--liveness", ""],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+
+    @property
+    def webhook_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/webhooks/mlflow"
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited ({self.proc.returncode}); log: {self.log}")
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1),
+            ):
+                return "'start_registry_sync' succeeded" in self.log.read_text(errors="replace")
+            return False
+
+        wait_for("the operator", ready, timeout, 0.2)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+class StatusWatch:
+    """Watches one ModelDeployment; keeps its last status and when each (phase, canaryVersion) was first seen."""
+
+    def __init__(self, custom: client.CustomObjectsApi, namespace: str, name: str) -> None:
+        self.custom, self.namespace, self.name = custom, namespace, name
+        self.status: dict[str, Any] = {}
+        self.seen: list[tuple[float, str | None, str | None]] = []
+        self._watch = watch.Watch()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                for event in self._watch.stream(
+                    self.custom.list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    self.namespace,
+                    "modeldeployments",
+                    field_selector=f"metadata.name={self.name}",
+                    timeout_seconds=300,
+                ):
+                    at = time.monotonic()
+                    status = dict(event["object"].get("status") or {})
+                    with self._lock:
+                        self.status = status
+                        key = (status.get("phase"), status.get("canaryVersion"))
+                        if not self.seen or self.seen[-1][1:] != key:
+                            self.seen.append((at, *key))
+            except Exception:
+                if getattr(self._watch, "_stop", False):
+                    return
+                time.sleep(0.2)
+            if getattr(self._watch, "_stop", False):
+                return
+
+    def first(self, since: float, phase: str, canary: str | None) -> float | None:
+        with self._lock:
+            return next((t for t, p, c in self.seen if t >= since and p == phase and c == canary), None)
+
+    def phase(self) -> str | None:
+        with self._lock:
+            return self.status.get("phase")
+
+    def stop(self) -> None:
+        self._watch.stop()
+
+
+def registered_model(mlflow: Any) -> tuple[str, str, str]:
+    """A registered model with two versions (one run's MLmodel artifact behind both)."""
+    experiment = mlflow.get_experiment_by_name("slipway-bench")
+    experiment_id = experiment.experiment_id if experiment else mlflow.create_experiment("slipway-bench")
+    run = mlflow.create_run(experiment_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "MLmodel").write_text("flavors: {python_function: {loader_module: mlflow.sklearn}}\n")
+        mlflow.log_artifact(run.info.run_id, str(Path(tmp) / "MLmodel"), "model")
+    mlflow.set_terminated(run.info.run_id)
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    mlflow.create_registered_model(name)
+    source = f"runs:/{run.info.run_id}/model"
+    v1 = str(mlflow.create_model_version(name, source=source, run_id=run.info.run_id).version)
+    v2 = str(mlflow.create_model_version(name, source=source, run_id=run.info.run_id).version)
+    return name, v1, v2
+
+
+def run_mode(
+    state: tb.State, mlflow: Any, model: str, versions: tuple[str, str], mode: str, poll: float, trials: int, logs: Path
+) -> tuple[list[float], list[float]]:
+    """(lags, set-alias call latencies) of ``trials`` alias moves in one mode."""
+    v1, v2 = versions
+    api = config.new_client_from_config(config_file=state.kubeconfig)
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    ns = f"bench-sync-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": ns}})
+    mlflow.set_registered_model_alias(model, ALIAS, v1)
+    op = Operator(state, ns, poll if mode == "polling" else WEBHOOK_POLL_SECONDS, logs / f"operator-{mode}.log")
+    hook = None
+    lags: list[float] = []
+    calls: list[float] = []
+    status: StatusWatch | None = None
+    try:
+        op.wait_ready()
+        if mode == "webhook":
+            events = ["model_version_alias.created", "model_version_alias.deleted"]
+            hook = mlflow.create_webhook(name=f"slipway-{ns}", url=op.webhook_url, events=events, secret=SECRET)
+            time.sleep(1.5)  # the test bed's MLflow caches its webhook list for 1 s
+        md = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "bench"},
+            "spec": {"model": {"name": model, "track": {"alias": ALIAS}}, "gateway": {"parentRefs": [{"name": "gw"}]}},
+        }
+        custom.create_namespaced_custom_object(GROUP, VERSION, ns, "modeldeployments", md)
+        status = StatusWatch(custom, ns, "bench")
+        wait_for("v1 serving", lambda: status is not None and status.status.get("stableVersion") == v1, 90)
+        rng = random.Random(7)
+        for i in range(trials):
+            started = time.monotonic()
+            mlflow.set_registered_model_alias(model, ALIAS, v2)
+            calls.append(time.monotonic() - started)
+            seen = wait_for("rollout start", lambda s=started: status.first(s, "Progressing", v2), 60, 0.01)
+            lags.append(seen - started)
+            back = time.monotonic()
+            mlflow.set_registered_model_alias(model, ALIAS, v1)
+            wait_for("rollout withdrawn", lambda b=back: status.first(b, "RolledBack", None), 60, 0.02)
+            print(f"  {mode} trial {i + 1}/{trials}: {lags[-1] * 1000:.0f} ms", flush=True)
+            time.sleep(rng.uniform(0, poll))
+    finally:
+        if status is not None:
+            status.stop()
+        if hook is not None:
+            with contextlib.suppress(Exception):
+                mlflow.delete_webhook(hook.webhook_id)
+        with contextlib.suppress(Exception):
+            custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "modeldeployments", "bench")
+            wait_for(
+                "deletion",
+                lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, ns, "modeldeployments")["items"],
+                30,
+            )
+        op.stop()
+        with contextlib.suppress(Exception):
+            items = custom.list_namespaced_custom_object(GROUP, VERSION, ns, "modeldeployments")["items"]
+            for item in items:
+                patch = {"metadata": {"finalizers": None}}
+                custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, ns, "modeldeployments", item["metadata"]["name"], patch
+                )
+        with contextlib.suppress(Exception):
+            core.delete_namespace(ns)
+        api.close()
+    return lags, calls
+
+
+def row(label: str, values: list[float]) -> str:
+    p50, p99 = percentile(values, 0.5), percentile(values, 0.99)
+    return f"  {label:<36} p50 {p50 * 1000:8.0f} ms   p99 {p99 * 1000:8.0f} ms   (n={len(values)})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=20, help="alias moves per mode")
+    parser.add_argument("--poll-seconds", type=float, default=2.0, help="the polling mode's interval")
+    args = parser.parse_args(argv)
+
+    from mlflow import MlflowClient
+
+    state = tb.State.load(tb.testbed_dir())
+    ours = not (tb.is_up(state) and state is not None and "mlflow" in state.pids)
+    if ours:
+        state = tb.up(("mlflow",))
+    assert state is not None
+    subprocess.run(
+        [state.kubectl, "--kubeconfig", state.kubeconfig, "apply", "--server-side", "-f", str(REPO / "crds")],
+        capture_output=True,
+        check=True,
+    )
+    with config.new_client_from_config(config_file=state.kubeconfig) as api:
+        wait_for("the Slipway CRDs", lambda: crds_established(api), 60, 0.5)
+    mlflow = MlflowClient(state.urls["mlflow"])
+    logs = Path(tempfile.mkdtemp(prefix="slipway-bench-sync-"))
+    print(f"registry sync lag: {args.trials} trials per mode, poll {args.poll_seconds:g}s; operator logs in {logs}")
+    model, v1, v2 = registered_model(mlflow)
+    results: dict[str, tuple[list[float], list[float]]] = {}
+    try:
+        for mode in ("webhook", "polling"):
+            results[mode] = run_mode(state, mlflow, model, (v1, v2), mode, args.poll_seconds, args.trials, logs)
+    finally:
+        with contextlib.suppress(Exception):
+            mlflow.delete_registered_model(model)
+        if ours:
+            tb.down()
+
+    calls = results["webhook"][1] + results["polling"][1]
+    hook, poll = results["webhook"][0], results["polling"][0]
+    print("\nMLflow alias move → rollout start (status.canaryVersion set, phase Progressing)")
+    print(row("baseline: set_registered_model_alias call", calls))
+    print(row("webhook (poll 600 s)", hook))
+    print(row(f"polling every {args.poll_seconds:g} s", poll))
+    c50, c99 = percentile(calls, 0.5), percentile(calls, 0.99)
+    print("ratios")
+    print(
+        f"  webhook lag ÷ set-alias call:   p50 {percentile(hook, 0.5) / c50:6.1f}x   "
+        f"p99 {percentile(hook, 0.99) / c99:6.1f}x"
+    )
+    interval = args.poll_seconds
+    print(
+        f"  polling lag ÷ poll interval:    p50 {percentile(poll, 0.5) / interval:6.2f}x   "
+        f"p99 {percentile(poll, 0.99) / interval:6.2f}x"
+    )
+    print(
+        f"  polling lag ÷ webhook lag:      p50 {percentile(poll, 0.5) / percentile(hook, 0.5):6.1f}x   "
+        f"p99 {percentile(poll, 0.99) / percentile(hook, 0.99):6.1f}x"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
