@@ -146,7 +146,7 @@ def test_defaults_are_in_the_schema() -> None:
 def test_durations_have_a_pattern() -> None:
     spec = _schema("ModelDeployment")["properties"]["spec"]
     window = spec["properties"]["rollback"]["properties"]["window"]
-    assert window["pattern"] == "^([0-9]+(ms|s|m|h))+$"
+    assert window["pattern"] == "^([0-9]{1,7}(ms|s|m|h))+$"
     assert window["default"] == "30m"
 
 

@@ -16,7 +16,7 @@ VERSION = "v1alpha1"
 API_VERSION: Final = "ml.slipway.dev/v1alpha1"
 CATEGORY = "slipway"
 
-DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
+DURATION_PATTERN = r"^([0-9]{1,7}(ms|s|m|h))+$"  # at most 7 digits a part: no date arithmetic overflows
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
