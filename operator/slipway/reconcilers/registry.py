@@ -33,11 +33,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import prometheus_client
@@ -47,7 +45,8 @@ from slipway.builders.names import LABEL_MANAGED_BY, LABEL_MODEL, LABEL_VERSION,
 from slipway.clients.kube import Kube, off_loop
 from slipway.clients.mlflow import MlflowRegistry, ModelSnapshot, RegistryError, RegistryUnavailable
 from slipway.reconcilers import modelversion
-from slipway.reconcilers.status import Event, now_iso, status_changed
+from slipway.reconcilers.events import post_events
+from slipway.reconcilers.status import status_changed
 
 log = logging.getLogger(__name__)
 
@@ -436,8 +435,7 @@ class RegistrySync:
                 log.warning("could not write status of ModelVersion %s/%s: %s", meta["namespace"], meta["name"], exc)
                 return
             self.view.stored(stored)
-        for event in outcome.events:
-            await _post_event(self.kube, body, event)
+        await post_events(self.kube, {**body, "apiVersion": API_VERSION, "kind": KIND}, outcome.events)
 
     async def _collect_garbage(self, now: float) -> None:
         """Delete managed mirrors of models no object in their namespace has referenced for the grace period."""
@@ -482,41 +480,3 @@ def _observer(snapshot: ModelSnapshot, slow: str) -> Observer:
 def _short(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-_HOST = socket.gethostname()
-
-
-async def _post_event(kube: Kube, body: Mapping[str, Any], event: Event) -> None:
-    """Post a core/v1 Event about a ModelVersion (the sync runs outside kopf's handlers, so kopf.event cannot)."""
-    meta = body.get("metadata") or {}
-    stamp = now_iso(datetime.now(UTC))
-    manifest = {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace")},
-        "involvedObject": {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "name": meta.get("name"),
-            "namespace": meta.get("namespace"),
-            "uid": meta.get("uid"),
-        },
-        "reason": event.reason,
-        "message": event.message[:1024],
-        "type": event.type,
-        "source": {"component": "slipway"},
-        "reportingComponent": "slipway",
-        "reportingInstance": _HOST,
-        "firstTimestamp": stamp,
-        "lastTimestamp": stamp,
-        "count": 1,
-    }
-
-    def create() -> None:
-        kube.resource("v1", "Event").create(body=manifest, namespace=meta.get("namespace"))
-
-    try:
-        await off_loop(create)
-    except Exception as exc:
-        log.warning("could not post event %s on %s/%s: %s", event.reason, meta.get("namespace"), meta.get("name"), exc)
