@@ -117,3 +117,37 @@ def test_cli_drives_a_rollout_and_prints_what_changed(cli, kubectl, namespace, t
         assert "RolledBack" in status.output or "Progressing" in status.output
     finally:
         stop_after_deleting_deployments(kubectl, proc)
+
+
+def test_plan_shows_version_steps_and_children_without_doing_anything(cli, kubectl, namespace, tmp_path):
+    from test_modeldeployment import model_version
+
+    model_version(kubectl, "1", [])
+    model_version(kubectl, "2", ["champion"])
+    body = {
+        "apiVersion": "ml.slipway.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "digits"},
+        "spec": {
+            "model": {"name": "digits", "track": {"alias": "champion"}},
+            "strategy": {"canary": {"steps": [{"setWeight": 25}, {"pause": {}}, {"setWeight": 75}]}},
+        },
+    }
+    path = tmp_path / "md.yaml"
+    path.write_text(yaml.safe_dump(body))
+    res = cli("plan", str(path), "-n", namespace)
+    assert res.exit_code == 0, res.output
+    assert "create" in res.output and "tracked version: v2" in res.output
+    assert "InferenceService" in res.output and "digits-v2" in res.output and "HTTPRoute" in res.output
+    assert kubectl("get", "modeldeployment", "digits", check=False).returncode != 0, "plan must create nothing"
+    assert kubectl("get", "inferenceservices", "-o", "name").stdout.strip() == ""
+
+    body["spec"]["strategy"] = {"abTest": {"duration": "1h", "split": {"weight": 50}}}
+    path.write_text(yaml.safe_dump(body))
+    invalid = cli("plan", str(path), "-n", namespace)
+    assert invalid.exit_code == 2, invalid.output
+
+    body["spec"]["strategy"] = {"canary": {"steps": [{"setWeight": 120}]}}
+    path.write_text(yaml.safe_dump(body))
+    bad = cli("plan", str(path), "-n", namespace)
+    assert bad.exit_code == 2 and ("setWeight" in bad.output or "set_weight" in bad.output), bad.output

@@ -255,6 +255,58 @@ def retry(name: str, namespace: NamespaceOpt = "default", wait: WaitOpt = 15) ->
     _set_action(name, namespace, "retry", wait)
 
 
+@app.command(name="plan")
+def plan_command(
+    file: Annotated[typer.FileText, typer.Argument(help="ModelDeployment YAML (a changed version of one, or new).")],
+    namespace: NamespaceOpt = "default",
+) -> None:
+    """What a ModelDeployment would do — tracked version, steps and traffic, children — without doing it."""
+    import yaml
+    from pydantic import ValidationError
+
+    from slipway.api.modeldeployment import ModelDeployment
+    from slipway.cli.plan import plan
+    from slipway.reconcilers.modeldeployment import resolve, unhonourable
+
+    try:
+        body = yaml.safe_load(file.read())
+        body.setdefault("metadata", {}).setdefault("namespace", namespace)
+        body["metadata"].setdefault("uid", "00000000-0000-0000-0000-000000000000")
+        md = ModelDeployment.model_validate(body)
+    except (yaml.YAMLError, AttributeError) as exc:
+        fail(f"{file.name}: not a YAML object: {exc}", EXIT_USAGE)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        fail(f"{file.name}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}", EXIT_USAGE)
+    kube = _kube()
+    ns, name = md.metadata.namespace or namespace, md.metadata.name or ""
+    try:
+        current = kube.get(API_VERSION, "ModelDeployment", name, ns)
+        resolved = resolve(kube, md)
+    except KindNotServed as exc:
+        fail(str(exc))
+    stable = ((current or {}).get("status") or {}).get("stableVersion")
+    result = plan(md, unhonourable(md), stable, resolved.version, resolved.message, resolved.storage_uris)
+    out.print(f"modeldeployment/{name} in {ns}: {'update' if current else 'create'}")
+    if result.invalid:
+        out.print(f"  InvalidSpec: {result.invalid} — the operator would touch nothing")
+        raise typer.Exit(EXIT_USAGE)
+    if result.target is None:
+        out.print(f"  waits: {result.waiting}")
+        return
+    out.print(f"  tracked version: v{result.target}; stable now: {f'v{stable}' if stable else 'none'}")
+    steps = Table("STEP", "TRAFFIC", title="Rollout")
+    for what, traffic in result.traffic:
+        steps.add_row(what, traffic)
+    out.print(steps)
+    kids = Table("KIND", "NAME", "ACTION", title="Children")
+    for child in result.children:
+        meta = child["metadata"]
+        exists = kube.get(child["apiVersion"], child["kind"], meta["name"], ns) is not None
+        kids.add_row(child["kind"], meta["name"], "update" if exists else "create")
+    out.print(kids)
+
+
 GATE = re.compile(r"^(?P<metric>[A-Za-z0-9_.\-/]+)\s*(?P<op>>=|<=)\s*(?P<bound>-?[0-9.]+(e-?[0-9]+)?)$")
 
 

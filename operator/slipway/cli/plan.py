@@ -1,0 +1,92 @@
+"""`slipway plan`: what a (changed) ModelDeployment would do — version, steps, traffic, children — without doing it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from slipway.api.modeldeployment import ModelDeployment
+from slipway.builders.hpa import build_hpa
+from slipway.builders.httproute import build_http_route
+from slipway.builders.inferenceservice import build_inference_service
+
+
+@dataclass
+class Plan:
+    """The outcome of planning: what would be served, how traffic would move, which children would exist."""
+
+    invalid: str | None = None
+    stable: str | None = None
+    target: str | None = None
+    waiting: str = ""
+    traffic: list[tuple[str, str]] = field(default_factory=list)
+    children: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _split(stable: str | None, target: str, weight: int) -> str:
+    if stable is None or stable == target:
+        return f"v{target} 100%"
+    return f"v{stable} {100 - weight}% · v{target} {weight}%"
+
+
+def traffic_steps(md: ModelDeployment, stable: str | None, target: str) -> list[tuple[str, str]]:
+    """Each step of the strategy with the traffic split it leaves behind."""
+    strategy = md.spec.strategy
+    if stable is None or stable == target:
+        return [("first version" if stable is None else "no change", f"v{target} 100%")]
+    steps: list[tuple[str, str]] = []
+    if strategy.canary is not None:
+        weight = 0
+        for i, step in enumerate(strategy.canary.steps):
+            if step.set_weight is not None:
+                weight = step.set_weight
+                what = f"{i}: setWeight {weight} (once v{target} is ready)"
+            elif step.pause is not None:
+                what = f"{i}: pause {step.pause.duration}" if step.pause.duration else f"{i}: pause until promoted"
+            elif step.analysis is not None:
+                what = f"{i}: analysis (failures above failureLimit roll back; no data waits)"
+            elif step.mirror is not None:
+                what = f"{i}: mirror {step.mirror.percent}% to v{target}"
+            else:
+                what = f"{i}: {step}"
+            steps.append((what, _split(stable, target, weight)))
+        steps.append(("promote", f"v{target} 100% (v{stable} kept for the scale-down delay)"))
+    elif strategy.blue_green is not None:
+        bg = strategy.blue_green
+        steps.append((f"preview v{target} at full size", _split(stable, target, 0)))
+        if bg.pre_promotion_analysis is not None:
+            steps.append(("pre-promotion analysis", _split(stable, target, 0)))
+        when = f"after {bg.auto_promotion_seconds}s" if bg.auto_promotion_seconds else "when promoted"
+        steps.append((f"switch {when}, in one route write", f"v{target} 100%"))
+        steps.append((f"remove v{stable} after {bg.scale_down_delay_seconds}s", f"v{target} 100%"))
+    return steps
+
+
+def children(md: ModelDeployment, versions: dict[str, str], weights: dict[str, int]) -> list[dict[str, Any]]:
+    """The manifests the operator would apply for these live versions (version → storageUri)."""
+    out: list[dict[str, Any]] = []
+    for version, uri in sorted(versions.items(), key=lambda kv: int(kv[0])):
+        out.append(build_inference_service(md, version, uri))
+        out.append(build_hpa(md, version))
+    if md.spec.router == "gateway-api":
+        out.append(build_http_route(md, weights))
+    return out
+
+
+def plan(
+    md: ModelDeployment,
+    invalid: str | None,
+    stable: str | None,
+    target: str | None,
+    waiting: str,
+    storage_uris: dict[str, str],
+) -> Plan:
+    """Put the pieces together (pure): the caller resolved the versions against the cluster."""
+    result = Plan(invalid=invalid, stable=stable, target=target, waiting=waiting)
+    if invalid or target is None:
+        return result
+    result.traffic = traffic_steps(md, stable, target)
+    live = {v: storage_uris.get(v, "<unresolved>") for v in {stable, target} if v is not None}
+    first_weight = {target: 100} if stable in (None, target) else {stable: 100, target: 0}
+    result.children = children(md, live, {v: w for v, w in first_weight.items() if v is not None})
+    return result
