@@ -6,12 +6,14 @@ from typing import Any, cast
 
 import kopf
 
-from slipway.builders.names import LABEL_MODEL
+from slipway.builders.names import LABEL_MODEL, sanitise_model_name
 from slipway.reconcilers.modeldeployment import Driver
 from slipway.reconcilers.status import Outcome
 
 GROUP, VERSION = "ml.slipway.dev", "v1alpha1"
 TICK_SECONDS = 1.0
+ModelKey = tuple[str, str]
+"""(namespace, sanitised model name): how ModelVersions and the ModelDeployments tracking them meet."""
 
 
 @kopf.on.startup()
@@ -50,9 +52,17 @@ async def tick(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
         _post(*await _driver(memo).drive(namespace or "", name))
 
 
+@kopf.index(GROUP, VERSION, "modeldeployments")
+def deployments_by_model(name: str, namespace: str | None, spec: kopf.Spec, **_: Any) -> dict[ModelKey, str]:
+    """ModelDeployments by the model they track, kept in memory from the watch (no list per ModelVersion event)."""
+    model = sanitise_model_name(str((spec.get("model") or {}).get("name") or ""))
+    return {(namespace or "", model): name}
+
+
 @kopf.on.event(GROUP, VERSION, "modelversions")
-async def version_moved(body: kopf.Body, namespace: str | None, memo: Any, **_: Any) -> None:
+async def version_moved(body: kopf.Body, namespace: str | None, memo: Any, **kwargs: Any) -> None:
     """A ModelVersion changed (an alias or stage moved): run a pass on the deployments of its model."""
+    index: kopf.Index[ModelKey, str] = kwargs["deployments_by_model"]  # kopf passes each index by its name
     model = (body.get("metadata", {}).get("labels") or {}).get(LABEL_MODEL)
-    for name in await _driver(memo).deployments_of(namespace or "", model) if model else []:
+    for name in sorted(set(index.get((namespace or "", model), ()))) if model else []:
         _post(*await _driver(memo).drive(namespace or "", name))

@@ -333,12 +333,3 @@ class Driver:
             delay = outcome.requeue_after if outcome.requeue_after is not None else RESYNC_SECONDS
             self._due[key] = time.monotonic() + delay
             return body, outcome
-
-    async def deployments_of(self, namespace: str, model_label: str) -> list[str]:
-        """Names of the ModelDeployments in a namespace serving the model with this sanitised name."""
-        items = await off_loop(self.kube.list, GROUP_VERSION, "ModelDeployment", namespace)
-        return [
-            i["metadata"]["name"]
-            for i in items
-            if sanitise_model_name(i.get("spec", {}).get("model", {}).get("name", "")) == model_label
-        ]
