@@ -11,6 +11,7 @@ import pytest
 
 from slipway.api.modeldeployment import ModelDeploymentSpec
 from slipway.rollout.analysis import AnalysisState, Measurement
+from slipway.rollout.comparison import Comparison, VariantResult
 from slipway.rollout.machine import measurement_due, next
 from slipway.rollout.phases import TRANSITIONS, IllegalTransition, conditions_for, transition
 from slipway.rollout.state import Blocked, Decision, Finished, Observations, RolloutState, desired_weights
@@ -75,6 +76,21 @@ def promoting() -> RolloutState:
     return RolloutState(phase="Promoting", stable_version="2", promoted_at=T0, history=(entry,))
 
 
+def ab_spec(**extra: Any) -> ModelDeploymentSpec:
+    criterion = {"metric": "accuracy", "query": "q", "goal": "maximize", "minImprovement": 0.01}
+    return spec(abTest={"weight": 50, "duration": "60s", "criterion": criterion, **extra})
+
+
+def ab_decide_state() -> RolloutState:
+    return canary_state(3, canary_weight=50)
+
+
+def ab_comparison(a: float | None, b: float | None, winner: Any) -> Comparison:
+    return Comparison(
+        at(60), "60s", VariantResult("1", "A", criterion=a), VariantResult("2", "B", criterion=b), "accuracy", winner
+    )
+
+
 def succeeded_after_promotion() -> RolloutState:
     return replace(promoting(), phase="Succeeded", reason="ScaledDown")
 
@@ -117,6 +133,12 @@ SCENARIOS: dict[tuple[str, str, str], Callable[[], Decision]] = {
         ),
         obs(now=30, measurements=round_("Failed", 0.5)),
         spec(),
+    ),
+    ("Progressing", "Promoting", "CandidateWon"): lambda: next(
+        ab_decide_state(), obs(now=61, comparison=ab_comparison(0.8, 0.95, "B")), ab_spec()
+    ),
+    ("Progressing", "RollingBack", "CandidateLost"): lambda: next(
+        ab_decide_state(), obs(now=61, comparison=ab_comparison(0.95, 0.8, "A")), ab_spec()
     ),
     ("Progressing", "RollingBack", "ProgressDeadlineExceeded"): lambda: next(
         canary_state(0, canary_weight=0), obs(now=301, ready_versions=frozenset({"1"})), spec()

@@ -361,8 +361,32 @@ class Canary(ApiModel):
     )
 
 
+class Shadow(ApiModel):
+    """Shadow traffic: mirror a share of live requests to the new version (its answers are
+    discarded, users only ever see the stable version's) for a while, analysing the new
+    version's metrics; failures roll back without the stable traffic ever moving."""
+
+    percent: int = Field(100, ge=1, le=100, description="Percent of requests to mirror to the new version.")
+    duration: Duration = Field("5m", description="How long to mirror before the strategy goes on, e.g. 10m.")
+    analysis: Analysis | None = Field(
+        None,
+        description=(
+            "Analysis of the new version's metrics while mirrored (e.g. its error rate and drift); "
+            "it must pass before the strategy goes on. Unset: the duration alone."
+        ),
+    )
+
+
 class BlueGreen(ApiModel):
     """Blue-green: bring the new version up as a preview, then switch all traffic at once."""
+
+    shadow: Shadow | None = Field(
+        None,
+        description=(
+            "Mirror live traffic to the preview first (router gateway-api); the mirror stays on "
+            "until the switch, so the pre-promotion analysis has traffic to judge."
+        ),
+    )
 
     auto_promotion_seconds: int | None = Field(
         None,
@@ -440,7 +464,10 @@ class AbCriterion(ApiModel):
     min_improvement: float = Field(
         0.0,
         ge=0,
-        description="Relative improvement B must show over A to win, e.g. 0.02 for 2%.",
+        description=(
+            "Relative improvement B must show over A to win, e.g. 0.02 for 2%. B must be strictly "
+            "better; a tie keeps A."
+        ),
     )
 
 
@@ -458,6 +485,12 @@ class AbTest(ApiModel):
         None, description="How to decide. Unset: wait for `kubectl slipway promote` or abort."
     )
     analysis: Analysis | None = Field(None, description="Guard-rail analysis during the test; failures roll back.")
+    shadow: Shadow | None = Field(
+        None, description="Mirror live traffic to B before the test starts; failures roll back."
+    )
+    progress_deadline: Duration = Field(
+        "10m", description="Longest B may take to become ready before the test is rolled back."
+    )
 
 
 @cel(exactly_one("canary", "blue_green", "ab_test", prefix="strategy."))
@@ -569,7 +602,7 @@ _KNATIVE = "self.router != 'kserve-knative'"
     ),
     Rule(
         rule=f"{_KNATIVE} || !has(self.strategy.abTest)",
-        message="strategy.abTest needs router gateway-api (header and cookie matching)",
+        message="strategy.abTest needs router gateway-api (header and cookie matching, mirroring)",
         field_path=".strategy",
         check=lambda s: s.router != "kserve-knative" or s.strategy.ab_test is None,
     ),
@@ -581,6 +614,14 @@ _KNATIVE = "self.router != 'kserve-knative'"
             s.router != "kserve-knative"
             or s.strategy.canary is None
             or all(st.mirror is None for st in s.strategy.canary.steps)
+        ),
+    ),
+    Rule(
+        rule=f"{_KNATIVE} || !has(self.strategy.blueGreen) || !has(self.strategy.blueGreen.shadow)",
+        message="strategy.blueGreen.shadow needs router gateway-api (request mirroring)",
+        field_path=".strategy",
+        check=lambda s: (
+            s.router != "kserve-knative" or s.strategy.blue_green is None or s.strategy.blue_green.shadow is None
         ),
     ),
     Rule(
@@ -641,6 +682,37 @@ class AnalysisStatus(ApiModel):
     measurements: list[Measurement] | None = Field(None, description="The latest measurement of each metric.")
 
 
+class VariantResult(ApiModel):
+    """What one version of an A/B test showed over the test (from Prometheus)."""
+
+    version: str = Field(description="MLflow version number.")
+    variant: Literal["A", "B"] = Field(description="A (the stable version) or B (the candidate).")
+    requests: float | None = Field(None, description="Inference requests answered.")
+    error_rate: float | None = Field(None, description="Share of 5xx answers.")
+    p50_latency_seconds: float | None = Field(None, description="Median request latency.")
+    p99_latency_seconds: float | None = Field(None, description="99th percentile request latency.")
+    predictions: dict[str, float] | None = Field(
+        None, description="Share of predicted instances per class (the 20 most frequent)."
+    )
+    drift: float | None = Field(None, description="Mean drift score (PSI) over the test, if the model has a baseline.")
+    feedback: float | None = Field(None, description="Predictions whose true label was fed back.")
+    accuracy: float | None = Field(None, description="Share of fed-back predictions that were right.")
+    criterion: float | None = Field(None, description="Value of the criterion's query.")
+
+
+class Comparison(ApiModel):
+    """The end of an A/B test: both versions side by side and the verdict."""
+
+    measured_at: datetime = Field(description="When the comparison was measured.")
+    window: str = Field(description="The time range measured, e.g. 10m.")
+    metric: str | None = Field(None, description="The criterion's metric name, if one was declared.")
+    winner: Literal["A", "B"] | None = Field(
+        None, description="The declared winner; unset: no criterion, or no evidence yet."
+    )
+    message: str | None = Field(None, description="The verdict in words.")
+    variants: list[VariantResult] = Field(description="A and B.")
+
+
 class BlockedVersion(ApiModel):
     """A version that was rolled back and is not retried until the spec changes or a retry."""
 
@@ -689,6 +761,9 @@ class ModelDeploymentStatus(ApiModel):
     rollout_started_at: datetime | None = Field(None, description="When the rollout started.")
     promoted_at: datetime | None = Field(None, description="When the last promotion finished.")
     analysis: AnalysisStatus | None = Field(None, description="The running analysis.")
+    comparison: Comparison | None = Field(
+        None, description="The A/B comparison of the last A/B test (kept after it is decided)."
+    )
     blocked_versions: list[BlockedVersion] | None = Field(
         None, description="Rolled-back versions not retried until the spec changes or a retry."
     )

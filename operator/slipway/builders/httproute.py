@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
-from slipway.api.modeldeployment import ModelDeployment
+from slipway.api.modeldeployment import AbMatch, ModelDeployment
 
 from .names import child_metadata, predictor_name
 
@@ -21,13 +23,37 @@ def _backend(md: str, version: str, weight: int | None = None) -> dict[str, Any]
     return ref
 
 
+def cookie_pattern(name: str, value: str) -> str:
+    """The regular expression matching a Cookie header that carries ``name=value`` (RE2 syntax)."""
+    return f"(^|;\\s*){re.escape(name)}={re.escape(value)}(;|$)"
+
+
+def http_match(match: AbMatch) -> dict[str, Any]:
+    """One HTTPRouteMatch: a header (Exact or RegularExpression), or a cookie as a regex on Cookie."""
+    if match.header is not None:
+        header = {"type": match.header.type, "name": match.header.name, "value": match.header.value}
+    else:
+        assert match.cookie is not None
+        header = {
+            "type": "RegularExpression",
+            "name": "Cookie",
+            "value": cookie_pattern(match.cookie.name, match.cookie.value),
+        }
+    return {"path": {"type": "PathPrefix", "value": "/"}, "headers": [header]}
+
+
 def build_http_route(
-    md: ModelDeployment, weights: dict[str, int], mirror: tuple[str, int] | None = None
+    md: ModelDeployment,
+    weights: dict[str, int],
+    mirror: tuple[str, int] | None = None,
+    matches: tuple[str, Sequence[AbMatch]] | None = None,
 ) -> dict[str, Any]:
-    """The route: one rule with a weighted backend per version; optionally mirror a percent to a version.
+    """The route: one rule with a weighted backend per version; optionally mirror a percent to a version,
+    and (A/B tests) a second rule sending requests with matching headers or cookies to one version.
 
     Versions with weight 0 stay listed, so a shift is one patch of the route and rolling back is
-    one write of the weights.
+    one write of the weights. The weighted rule comes first; a rule with header matches takes
+    precedence over it whatever the order (Gateway API: more header matches win).
     """
     name = md.metadata.name or ""
     rule: dict[str, Any] = {
@@ -38,7 +64,11 @@ def build_http_route(
         rule["filters"] = [
             {"type": "RequestMirror", "requestMirror": {"backendRef": _backend(name, version), "percent": percent}}
         ]
-    spec: dict[str, Any] = {"rules": [rule]}
+    rules = [rule]
+    if matches is not None and matches[1]:
+        version, conditions = matches
+        rules.append({"matches": [http_match(m) for m in conditions], "backendRefs": [_backend(name, version, 1)]})
+    spec: dict[str, Any] = {"rules": rules}
     gateway = md.spec.gateway
     if gateway is not None:
         spec["parentRefs"] = [p.to_dict() for p in gateway.parent_refs]

@@ -37,6 +37,24 @@ class Prometheus:
 
     def query(self, promql: str) -> float:
         """The value of an instant query that returns one sample (a vector of one series, or a scalar)."""
+        return parse_result(self._data(promql))
+
+    def query_by(self, promql: str, label: str) -> dict[str, float]:
+        """An instant vector as ``{value of label: sample}`` (NaN samples left out; empty: NoData)."""
+        data = self._data(promql)
+        result = data.get("result")
+        if data.get("resultType") != "vector" or not isinstance(result, list):
+            raise QueryFailed(f"result type {data.get('resultType')} is not an instant vector")
+        out = {}
+        for series in result:
+            value = float(series["value"][1])
+            if not math.isnan(value):
+                out[str((series.get("metric") or {}).get(label, ""))] = value
+        if not out:
+            raise NoData("the query returned no series")
+        return out
+
+    def _data(self, promql: str) -> dict[str, Any]:
         if not self.base_url:
             raise Unreachable("no Prometheus URL configured (SLIPWAY_PROMETHEUS_URL)")
         try:
@@ -51,7 +69,8 @@ class Prometheus:
             raise Unreachable(f"Prometheus answered non-JSON ({resp.status_code})") from exc
         if body.get("status") != "success":
             raise QueryFailed(f"query refused: {body.get('errorType', '')} {body.get('error', resp.text[:200])}")
-        return parse_result(body.get("data") or {})
+        data: dict[str, Any] = body.get("data") or {}
+        return data
 
 
 def parse_result(data: dict[str, Any]) -> float:

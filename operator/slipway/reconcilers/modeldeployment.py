@@ -29,12 +29,13 @@ from slipway.builders.names import (
 )
 from slipway.clients.kube import Kube, off_loop
 from slipway.clients.prometheus import NoData, Prometheus, PrometheusError
-from slipway.rollout import machine
+from slipway.rollout import abtest, machine
 from slipway.rollout.analysis import AnalysisConfig, Measurement, judge, render_query
 from slipway.rollout.phases import conditions_for
 from slipway.rollout.state import ACTIONS, Action, Decision, Observations, RolloutState
 
 from . import rollout_metrics
+from .ab_comparison import compare
 from .rollout_status import state_from_status, state_to_status
 from .status import Event, Outcome, set_condition, status_changed
 
@@ -90,8 +91,6 @@ def resolve(kube: Kube, md: ModelDeployment) -> Resolved:
 def unhonourable(md: ModelDeployment) -> str | None:
     """Why a spec that passed the schema cannot be carried out (None: it can)."""
     strategy = md.spec.strategy
-    if strategy.ab_test is not None:
-        return "strategy.abTest is not implemented by this operator version: use canary or blueGreen"
     if strategy.blue_green is not None and strategy.blue_green.post_promotion_analysis is not None:
         return (
             "strategy.blueGreen.postPromotionAnalysis is not implemented by this operator version: "
@@ -158,7 +157,9 @@ def apply_children(kube: Kube, md: ModelDeployment, decision: Decision, uris: di
     weights = dict(decision.weights)
     if weights:
         mirror = (state.canary_version, state.mirror_percent) if state.canary_version and state.mirror_percent else None
-        kube.apply(build_http_route(md, weights, mirror))
+        ab = md.spec.strategy.ab_test
+        matches = abtest.route_matches(state, ab) if ab is not None else None
+        kube.apply(build_http_route(md, weights, mirror, matches))
     for isvc in kube.list(*ISVC, ns, f"{LABEL_DEPLOYMENT}={name}"):
         version = (isvc["metadata"].get("labels") or {}).get(LABEL_VERSION)
         if version and version not in decision.keep:
@@ -210,6 +211,7 @@ def reconcile(kube: Kube, prom: Prometheus, body: dict[str, Any], now: datetime 
     measurements = None
     if config is not None and state.canary_version is not None:
         measurements = measure(prom, md, config, state.canary_version, now)
+    comparison = compare(prom, md, state, now) if machine.comparison_due(state, md.spec, now) else None
     obs = Observations(
         now=now,
         tracked_version=resolved.version,
@@ -219,10 +221,11 @@ def reconcile(kube: Kube, prom: Prometheus, body: dict[str, Any], now: datetime 
         action=action,
         measurements=measurements,
         spec_changed=old.get("observedGeneration") not in (None, md.metadata.generation),
+        comparison=comparison,
     )
     decision = machine.next(state, obs, md.spec)
     apply_children(kube, md, decision, resolved.storage_uris)
-    strategy = "blueGreen" if md.spec.strategy.blue_green else "canary"
+    strategy = "blueGreen" if md.spec.strategy.blue_green else "abTest" if md.spec.strategy.ab_test else "canary"
     rollout_metrics.record(md.metadata.namespace or "", md.metadata.name or "", strategy, decision)
     events = [Event(n.reason, n.message, "Warning" if n.warning else "Normal") for n in decision.events]
     if action is not None and not decision.action_used:

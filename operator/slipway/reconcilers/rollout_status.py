@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from slipway.rollout.analysis import AnalysisState, Measurement
+from slipway.rollout.comparison import Comparison, VariantResult
 from slipway.rollout.state import Blocked, Finished, RolloutState
 
 from .status import get_condition
@@ -42,6 +43,68 @@ def _analysis(raw: dict[str, Any] | None) -> AnalysisState | None:
     )
 
 
+_RESULT_FIELDS = (
+    ("requests", "requests"),
+    ("error_rate", "errorRate"),
+    ("p50_latency_seconds", "p50LatencySeconds"),
+    ("p99_latency_seconds", "p99LatencySeconds"),
+    ("drift", "drift"),
+    ("feedback", "feedback"),
+    ("accuracy", "accuracy"),
+    ("criterion", "criterion"),
+)
+
+
+def _variant(raw: dict[str, Any]) -> VariantResult:
+    values = {attr: raw.get(key) for attr, key in _RESULT_FIELDS}
+    predictions = tuple((str(k), float(v)) for k, v in (raw.get("predictions") or {}).items())
+    return VariantResult(str(raw.get("version", "")), raw.get("variant", "A"), predictions=predictions, **values)
+
+
+def _comparison(raw: dict[str, Any] | None) -> Comparison | None:
+    if not raw or not raw.get("variants"):
+        return None
+    variants = {v.get("variant"): _variant(v) for v in raw["variants"]}
+    if "A" not in variants or "B" not in variants:
+        return None
+    return Comparison(
+        measured_at=_time(raw.get("measuredAt")) or datetime.min,
+        window=str(raw.get("window", "")),
+        a=variants["A"],
+        b=variants["B"],
+        metric=raw.get("metric"),
+        winner=raw.get("winner"),
+        message=raw.get("message") or "",
+    )
+
+
+def comparison_to_status(c: Comparison | None) -> dict[str, Any] | None:
+    """status.comparison."""
+    if c is None:
+        return None
+
+    def variant(r: VariantResult) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": r.version, "variant": r.variant}
+        for attr, key in _RESULT_FIELDS:
+            value = getattr(r, attr)
+            if value is not None:
+                out[key] = round(value, 6)
+        if r.predictions:
+            out["predictions"] = dict(r.predictions)
+        return out
+
+    return _drop_none(
+        {
+            "measuredAt": _iso(c.measured_at),
+            "window": c.window,
+            "metric": c.metric,
+            "winner": c.winner,
+            "message": c.message,
+            "variants": [variant(c.a), variant(c.b)],
+        }
+    )
+
+
 def state_from_status(status: dict[str, Any] | None) -> RolloutState:
     """The machine's state as the status holds it (an empty status is Idle)."""
     s = status or {}
@@ -58,6 +121,7 @@ def state_from_status(status: dict[str, Any] | None) -> RolloutState:
         rollout_started_at=_time(s.get("rolloutStartedAt")),
         promoted_at=_time(s.get("promotedAt")),
         analysis=_analysis(s.get("analysis")),
+        comparison=_comparison(s.get("comparison")),
         blocked=tuple(
             Blocked(b["version"], b["reason"], _time(b["at"]) or datetime.min, b.get("message") or "")
             for b in s.get("blockedVersions") or []
@@ -124,6 +188,7 @@ def state_to_status(state: RolloutState) -> dict[str, Any]:
         "rolloutStartedAt": _iso(state.rollout_started_at),
         "promotedAt": _iso(state.promoted_at),
         "analysis": analysis_to_status(state.analysis),
+        "comparison": comparison_to_status(state.comparison),
         "blockedVersions": [
             _drop_none({"version": b.version, "reason": b.reason, "at": _iso(b.at), "message": b.message})
             for b in state.blocked

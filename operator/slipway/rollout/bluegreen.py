@@ -1,4 +1,4 @@
-"""Blue-green: the preview at full size, its pre-promotion analysis, then one atomic switch (auto or by hand)."""
+"""Blue-green: the preview at full size, shadow traffic, its pre-promotion analysis, then one atomic switch."""
 
 from __future__ import annotations
 
@@ -7,24 +7,36 @@ from dataclasses import replace
 from slipway.api.common import parse_duration
 from slipway.api.modeldeployment import BlueGreen
 
+from . import shadow
 from .analysis import AnalysisConfig, explain, fold, resolve, until_due
 from .canary import fresh
 from .state import WAIT_SECONDS, Decision, Observations, RolloutState, go, hold, promote, rollback
 
-PREVIEW, ANALYSIS, AWAITING = 0, 1, 2
-"""Stages of a blue-green rollout, kept in status.currentStep."""
+PREVIEW, ANALYSIS, AWAITING, SHADOW = 0, 1, 2, 3
+"""Stages of a blue-green rollout, kept in status.currentStep (in order: preview, shadow, analysis, awaiting)."""
 
 
 def analysis_config(state: RolloutState, bg: BlueGreen) -> AnalysisConfig | None:
-    """The pre-promotion analysis, when the rollout is at that stage."""
+    """The pre-promotion analysis, or the shadow's, when the rollout is at that stage."""
+    if state.current_step == SHADOW and bg.shadow is not None:
+        return shadow.analysis_config(bg.shadow)
     if state.current_step != ANALYSIS or bg.pre_promotion_analysis is None:
         return None
     return resolve(None, bg.pre_promotion_analysis)
 
 
 def _next_stage(state: RolloutState, bg: BlueGreen, what: str) -> Decision:
-    stage = ANALYSIS if state.current_step == PREVIEW and bg.pre_promotion_analysis is not None else AWAITING
-    return go(state, "Progressing", "StepCompleted", what, current_step=stage, step_started_at=None)
+    current = state.current_step or PREVIEW
+    mirror = state.mirror_percent
+    if current == PREVIEW and bg.shadow is not None:
+        stage, mirror = SHADOW, bg.shadow.percent
+    elif current in (PREVIEW, SHADOW) and bg.pre_promotion_analysis is not None:
+        stage = ANALYSIS
+    else:
+        stage = AWAITING
+    return go(
+        state, "Progressing", "StepCompleted", what, current_step=stage, step_started_at=None, mirror_percent=mirror
+    )
 
 
 def advance(state: RolloutState, obs: Observations, bg: BlueGreen) -> Decision:
@@ -45,6 +57,9 @@ def advance(state: RolloutState, obs: Observations, bg: BlueGreen) -> Decision:
                 state, obs, "ProgressDeadlineExceeded", f"preview v{version} not ready in {bg.progress_deadline}"
             )
         return hold(state, f"waiting for preview v{version} to be ready", WAIT_SECONDS)
+    if stage == SHADOW and bg.shadow is not None:
+        state, decision = shadow.advance(state, obs, bg.shadow, started)
+        return decision or _next_stage(state, bg, f"shadow v{version}: {bg.shadow.percent}% mirrored, passed")
     if stage == ANALYSIS:
         config = analysis_config(state, bg)
         assert config is not None

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from slipway.api.modeldeployment import ModelDeploymentSpec
 
-from . import bluegreen, canary
+from . import abtest, bluegreen, canary
 from .alerts import promoted_within_window
 from .analysis import AnalysisConfig, due, until_due
 from .phases import AT_REST, LIVE
@@ -42,7 +42,14 @@ def analysis_config(state: RolloutState, spec: ModelDeploymentSpec) -> AnalysisC
         return canary.analysis_config(state, spec.strategy.canary)
     if spec.strategy.blue_green is not None:
         return bluegreen.analysis_config(state, spec.strategy.blue_green)
+    if spec.strategy.ab_test is not None:
+        return abtest.analysis_config(state, spec.strategy.ab_test)
     return None
+
+
+def comparison_due(state: RolloutState, spec: ModelDeploymentSpec, now: datetime) -> bool:
+    """Whether an A/B test is over and the reconciler should measure its comparison in this pass."""
+    return spec.strategy.ab_test is not None and abtest.comparison_due(state, now)
 
 
 def measurement_due(state: RolloutState, spec: ModelDeploymentSpec, now: datetime) -> AnalysisConfig | None:
@@ -164,10 +171,18 @@ def _superseded(state: RolloutState, obs: Observations) -> Decision | None:
 
 
 def _paused(state: RolloutState, obs: Observations, spec: ModelDeploymentSpec) -> Decision:
-    if obs.action == "promote-full" or (
-        obs.action in ("promote", "resume") and state.reason == "PausedByStep" and spec.strategy.blue_green is not None
+    if (
+        obs.action == "promote-full"
+        or (
+            obs.action in ("promote", "resume")
+            and state.reason == "PausedByStep"
+            and spec.strategy.blue_green is not None
+        )
+        or (obs.action == "promote" and state.reason == "PausedByStep" and spec.strategy.ab_test is not None)
     ):
         return promote(state, obs, "PromotedByUser", f"v{state.canary_version} promoted by the user", action_used=True)
+    if obs.action == "resume" and state.reason == "PausedByStep" and spec.strategy.ab_test is not None:
+        return hold(state, state.message or "A/B test over: promote or abort", None)
     if spec.paused and state.reason != "PausedByStep":
         return hold(state, "paused: spec.paused is true", None, action_used=obs.action is not None)
     by_user = obs.action in ("promote", "resume")
@@ -198,6 +213,8 @@ def _progressing(state: RolloutState, obs: Observations, spec: ModelDeploymentSp
         return bluegreen.advance(state, obs, spec.strategy.blue_green)
     if spec.strategy.canary is not None:
         return canary.advance(state, obs, spec.strategy.canary)
+    if spec.strategy.ab_test is not None:
+        return abtest.advance(state, obs, spec.strategy.ab_test)
     return hold(state, "strategy not supported", WAIT_SECONDS)
 
 

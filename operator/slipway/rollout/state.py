@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Literal
 
 from .analysis import AnalysisState, Measurement
+from .comparison import Comparison
 from .phases import Phase, Transition, transition
 
 Action = Literal["promote", "promote-full", "abort", "retry", "pause", "resume"]
@@ -61,6 +62,7 @@ class RolloutState:
     rollout_started_at: datetime | None = None
     promoted_at: datetime | None = None
     analysis: AnalysisState | None = None
+    comparison: Comparison | None = None
     blocked: tuple[Blocked, ...] = ()
     history: tuple[Finished, ...] = ()
     message: str = ""
@@ -98,6 +100,7 @@ class Observations:
     measurements: tuple[Measurement, ...] | None = None
     alert: str | None = None
     spec_changed: bool = False
+    comparison: Comparison | None = None
 
 
 @dataclass(frozen=True)
