@@ -14,6 +14,22 @@ class Settings(BaseModel):
     mlflow_poll_seconds: float = Field(
         10.0, gt=0, description="Registry polling interval (SLIPWAY_MLFLOW_POLL_SECONDS)."
     )
+    mlflow_resync_seconds: float = Field(
+        60.0,
+        ge=0,
+        description=(
+            "Re-read every tracked model's versions at least this often, spread over the polls; catches "
+            "version tag and description changes, which no poll of the model heads shows, when no webhook "
+            "reports them (SLIPWAY_MLFLOW_RESYNC_SECONDS; 0: every poll)."
+        ),
+    )
+    mlflow_max_backoff_seconds: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "Longest wait between registry reads while MLflow is down or slow (SLIPWAY_MLFLOW_MAX_BACKOFF_SECONDS)."
+        ),
+    )
     mlflow_artifacts_destination: str = Field(
         "",
         description=(
@@ -49,6 +65,8 @@ class Settings(BaseModel):
         raw: dict[str, str] = {
             "mlflow_uri": e.get("SLIPWAY_MLFLOW_URI") or e.get("MLFLOW_TRACKING_URI", ""),
             "mlflow_poll_seconds": e.get("SLIPWAY_MLFLOW_POLL_SECONDS", ""),
+            "mlflow_resync_seconds": e.get("SLIPWAY_MLFLOW_RESYNC_SECONDS", ""),
+            "mlflow_max_backoff_seconds": e.get("SLIPWAY_MLFLOW_MAX_BACKOFF_SECONDS", ""),
             "mlflow_webhook_secret": e.get("SLIPWAY_MLFLOW_WEBHOOK_SECRET", ""),
             "mlflow_artifacts_destination": e.get("SLIPWAY_MLFLOW_ARTIFACTS_DESTINATION", ""),
             "registry_gc_grace_seconds": e.get("SLIPWAY_REGISTRY_GC_GRACE_SECONDS", ""),

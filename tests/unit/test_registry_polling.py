@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from slipway.clients.mlflow import ModelSnapshot, RegistryUnavailable, RunData, VersionInfo, VersionRecord
+from slipway.clients.mlflow import (
+    Heads,
+    ModelHead,
+    ModelSnapshot,
+    RegistryUnavailable,
+    RunData,
+    VersionInfo,
+    VersionRecord,
+)
 from slipway.reconcilers.registry import (
     ClusterView,
     RegistrySync,
@@ -81,16 +88,30 @@ def test_cluster_view_tracks_uses_per_namespace() -> None:
 
 
 class FakeRegistry:
-    def __init__(self) -> None:
-        self.snapshots: dict[str, ModelSnapshot] = {}
-        self.down = False
-        self.reads = 0
+    """The two batched reads of the sync over an in-memory registry: {model: (last_updated_ms, snapshot)}."""
 
-    async def snapshot(self, name: str) -> ModelSnapshot:
-        self.reads += 1
+    def __init__(self) -> None:
+        self.models: dict[str, tuple[int, ModelSnapshot]] = {}
+        self.down = False
+        self.seconds = 0.0
+        self.head_reads: list[set[str]] = []
+        self.version_reads: list[set[str]] = []
+
+    def put(self, snap: ModelSnapshot, updated: int = 1) -> None:
+        self.models[snap.name] = (updated, snap)
+
+    async def heads(self, names: Any) -> Heads:
+        self.head_reads.append(set(names))
         if self.down:
             raise RegistryUnavailable("connection refused")
-        return self.snapshots.get(name, ModelSnapshot(name, False, {}, {}))
+        out = {n: ModelHead(n, self.models[n][0], dict(self.models[n][1].aliases)) for n in names if n in self.models}
+        return Heads(out, self.seconds, 1)
+
+    async def snapshots(self, heads: Any) -> dict[str, ModelSnapshot]:
+        self.version_reads.append(set(heads))
+        if self.down:
+            raise RegistryUnavailable("connection refused")
+        return {n: self.models[n][1] for n in heads}
 
 
 class FakeResource:
@@ -136,12 +157,12 @@ class FakeKube:
         return FakeResource(self)
 
 
-def snapshot(stage: str = "None", aliases: dict[str, str] | None = None) -> ModelSnapshot:
+def snapshot(stage: str = "None", aliases: dict[str, str] | None = None, name: str = "m") -> ModelSnapshot:
     aliases = aliases or {}
     versions = {}
     for v in ("1", "2"):
         info = VersionInfo(
-            "m",
+            name,
             v,
             stage if v == "2" else "None",
             tuple(a for a, t in aliases.items() if t == v),
@@ -155,7 +176,7 @@ def snapshot(stage: str = "None", aliases: dict[str, str] | None = None) -> Mode
         )
         run = RunData("r", "FINISHED", "", {"accuracy": 0.9}, {})
         versions[v] = VersionRecord(info, run, "s3://b/m", "s3://b/m", ())
-    return ModelSnapshot("m", True, aliases, versions)
+    return ModelSnapshot(name, True, aliases, versions)
 
 
 class Clock:
@@ -169,68 +190,139 @@ class Clock:
 @pytest.fixture
 def world() -> tuple[RegistrySync, FakeKube, FakeRegistry, Clock]:
     kube, registry, clock = FakeKube(), FakeRegistry(), Clock()
-    sync = RegistrySync(kube, registry, poll_seconds=10, gc_grace_seconds=60, clock=clock)  # type: ignore[arg-type]
+    sync = RegistrySync(kube, registry, poll_seconds=10, resync_seconds=60, gc_grace_seconds=60, clock=clock)  # type: ignore[arg-type]
     return sync, kube, registry, clock
 
 
+async def poll(sync: RegistrySync, clock: Clock, advance: float = 10) -> None:
+    """Let the clock reach the next poll and run the loop's pass."""
+    clock.now = max(clock.now, sync.next_poll) if advance else clock.now
+    await sync.step()
+
+
 async def test_discovery_creates_mirrors_and_writes_only_changes(world: Any) -> None:
-    sync, kube, registry, _clock = world
-    registry.snapshots["m"] = snapshot()
+    sync, kube, registry, clock = world
+    registry.put(snapshot())
     sync.observe("ModelDeployment", None, md("a", "d", "m"))
-    await sync.sync_model("m")
+    await poll(sync, clock)
     assert kube.writes == ["apply m-v1", "apply m-v2", "status m-v1", "status m-v2"]
     assert kube.objects[("a", "m-v2")]["status"]["storageUri"] == "s3://b/m"
+    assert sync.next_poll == clock.now + 10
     kube.writes.clear()
-    await sync.sync_model("m")
-    assert kube.writes == [] and registry.reads == 2  # a steady poll writes nothing
-    registry.snapshots["m"] = snapshot("Production", {"champion": "2"})
-    await sync.sync_model("m")
+    await poll(sync, clock)
+    assert kube.writes == [] and len(registry.head_reads) == 2  # a steady poll writes nothing
+    registry.put(snapshot("Production", {"champion": "2"}), updated=2)
+    await poll(sync, clock)
     assert kube.writes == ["status m-v2"]
     assert [(n, r) for n, r, _ in kube.events] == [("m-v2", "StageChanged"), ("m-v2", "AliasMoved")]
 
 
+async def test_unchanged_heads_cost_one_read_and_versions_rotate_within_the_resync(world: Any) -> None:
+    sync, kube, registry, clock = world
+    names = [f"m{i}" for i in range(12)]
+    for i, name in enumerate(names):
+        registry.put(snapshot(name=name))
+        sync.observe("ModelDeployment", None, md("a", f"d{i}", name))
+    await poll(sync, clock)
+    assert registry.head_reads == [set(names)] and registry.version_reads == [set(names)]  # all read together
+    registry.version_reads.clear()
+    for _ in range(6):  # resync 60 s / poll 10 s: a sixth of the models each poll, the stalest first
+        clock.now = sync.next_poll
+        await sync.step()
+    assert [len(r) for r in registry.version_reads] == [2] * 6
+    assert set().union(*registry.version_reads) == set(names)
+    registry.version_reads.clear()
+    registry.put(snapshot(aliases={"champion": "1"}, name="m5"))  # an alias move: the head differs, same timestamp
+    registry.put(snapshot("Staging", name="m7"), updated=5)  # a stage transition bumps the timestamp
+    clock.now = sync.next_poll
+    await sync.step()
+    assert {"m5", "m7"} <= registry.version_reads[0] and len(registry.version_reads[0]) == 4
+    assert kube.objects[("a", "m5-v1")]["status"]["aliases"] == ["champion"]
+    assert kube.objects[("a", "m7-v2")]["status"]["stage"] == "Staging"
+    del registry.models["m9"]  # the registered model is deleted: NotFound, mirrors kept
+    clock.now = sync.next_poll
+    await sync.step()
+    assert kube.objects[("a", "m9-v1")]["status"]["conditions"][0]["reason"] == "NotFound"
+
+
+async def test_a_webhook_reads_only_its_model_at_once(world: Any) -> None:
+    sync, kube, registry, clock = world
+    for name in ("m", "n"):
+        registry.put(snapshot(name=name))
+        sync.observe("ModelDeployment", None, md("a", f"d-{name}", name))
+    await poll(sync, clock)
+    registry.put(snapshot(aliases={"champion": "2"}))
+    clock.now += 1  # well before the next poll
+    assert sync.trigger("m")
+    await sync.step()
+    assert registry.head_reads[-1] == {"m"} and registry.version_reads[-1] == {"m"}
+    assert kube.objects[("a", "m-v2")]["status"]["aliases"] == ["champion"]
+    assert sync.next_poll == 1010  # the poll's rhythm is untouched
+
+
 async def test_outage_backs_off_says_so_and_recovers(world: Any) -> None:
     sync, kube, registry, clock = world
-    registry.snapshots["m"] = snapshot()
+    registry.put(snapshot())
+    registry.put(snapshot(name="other"))
     sync.observe("ModelDeployment", None, md("a", "d", "m"))
     sync.observe("ModelDeployment", None, md("a", "d2", "other"))
-    await sync.sync_model("m")
+    await poll(sync, clock)
     registry.down = True
-    dues = []
-    for _ in range(3):
-        await sync.sync_model("m")
-        dues.append(sync._schedules["m"].due - clock.now)
-    assert dues == [20, 40, 60]  # capped at max_backoff_seconds (60)
-    await sync.sync_model("other")
-    assert sync._schedules["other"].due - clock.now == 20
+    delays = []
+    for _ in range(4):
+        clock.now = sync.next_poll
+        await sync.step()
+        delays.append(sync.next_poll - clock.now)
+    assert delays == [20, 40, 60, 60]  # capped at max_backoff_seconds (60)
     status = kube.objects[("a", "m-v1")]["status"]
     assert status["conditions"][0]["reason"] == "RegistryUnavailable" and status["stage"] == "None"
-    assert len(kube.objects) == 2  # nothing deleted or created during the outage
+    assert "retrying in" in status["message"]
+    assert len(kube.objects) == 4 and not any(w.startswith(("delete", "apply")) for w in kube.writes[4:])
     registry.down = False
-    assert sync.trigger("m") and sync._schedules["m"].due == 0  # a webhook means it is back: read now
-    await sync.sync_model("m")
-    assert sync._schedules["m"].due - clock.now == 10
-    assert sync._schedules["other"].due == 0  # MLflow is back: models still backing off are read at once
+    registry.put(snapshot("Production"), updated=9)  # changed while nobody could see
+    clock.now += 1
+    assert sync.trigger("m") and sync.next_poll == 0  # a webhook means it is back: the full poll, now
+    registry.version_reads.clear()
+    await sync.step()
+    assert registry.version_reads == [{"m", "other"}]  # recovery re-reads every model
+    assert sync.failures == 0 and sync.next_poll == clock.now + 10
+    assert kube.objects[("a", "m-v1")]["status"]["conditions"][0]["reason"] == "Synced"
+    assert kube.objects[("a", "m-v2")]["status"]["stage"] == "Production"
+    assert kube.objects[("a", "other-v1")]["status"]["conditions"][0]["reason"] == "Synced"
+
+
+async def test_slow_answers_back_off_and_say_so(world: Any) -> None:
+    sync, kube, registry, clock = world
+    registry.put(snapshot())
+    sync.observe("ModelDeployment", None, md("a", "d", "m"))
+    registry.seconds = 3.0
+    await poll(sync, clock)
+    assert sync.next_poll - clock.now == 20
+    synced = kube.objects[("a", "m-v1")]["status"]["conditions"][0]
+    assert (synced["status"], synced["reason"]) == ("True", "RegistrySlow")
+    registry.seconds = 0.1
+    await poll(sync, clock)
+    assert sync.next_poll - clock.now == 10
     assert kube.objects[("a", "m-v1")]["status"]["conditions"][0]["reason"] == "Synced"
 
 
 async def test_missing_version_is_kept_as_not_found(world: Any) -> None:
-    sync, kube, registry, _clock = world
-    registry.snapshots["m"] = snapshot()
+    sync, kube, registry, clock = world
+    registry.put(snapshot())
     sync.observe("ModelDeployment", None, md("a", "d", "m"))
-    await sync.sync_model("m")
-    registry.snapshots["m"] = ModelSnapshot("m", True, {}, {"1": snapshot().versions["1"]})
-    await sync.sync_model("m")
+    await poll(sync, clock)
+    registry.put(ModelSnapshot("m", True, {}, {"1": snapshot().versions["1"]}), updated=2)
+    await poll(sync, clock)
     synced = kube.objects[("a", "m-v2")]["status"]["conditions"][0]
     assert (synced["status"], synced["reason"]) == ("False", "NotFound")
 
 
 async def test_unreferenced_managed_mirrors_are_collected_after_the_grace(world: Any) -> None:
     sync, kube, registry, clock = world
-    registry.snapshots["m"] = snapshot()
+    registry.put(snapshot())
     sync.observe("ModelDeployment", None, md("a", "d", "m"))
     sync.observe("ModelVersion", None, mv("a", "other", "1", managed=False))
-    await sync.sync_model("m")
+    await poll(sync, clock)
     for body in list(kube.objects.values()):
         sync.observe("ModelVersion", "MODIFIED", body)
     sync.observe("ModelDeployment", "DELETED", md("a", "d", "m"))
@@ -248,12 +340,24 @@ def test_trigger_ignores_untracked_models(world: Any) -> None:
 
 
 async def test_models_sharing_a_slug_are_not_mixed(world: Any) -> None:
-    sync, kube, registry, _clock = world
-    registry.snapshots["digits-cnn"] = replace(snapshot(), name="digits-cnn")
-    registry.snapshots["Digits_CNN"] = replace(snapshot(), name="Digits_CNN")
+    sync, kube, registry, clock = world
+    registry.put(snapshot(name="digits-cnn"))
+    registry.put(snapshot(name="Digits_CNN"))
     sync.observe("ModelDeployment", None, md("a", "d1", "digits-cnn"))
     sync.observe("ModelDeployment", None, md("a", "d2", "Digits_CNN"))
-    await sync.sync_model("digits-cnn")
-    await sync.sync_model("Digits_CNN")  # its names are taken: skipped with a warning, nothing overwritten
+    await poll(sync, clock)  # the second one's names are taken: skipped with a warning, nothing overwritten
     assert sorted(kube.objects) == [("a", "digits-cnn-v1"), ("a", "digits-cnn-v2")]
-    assert {o["spec"]["model"] for o in kube.objects.values()} == {"digits-cnn"}
+    assert len({o["spec"]["model"] for o in kube.objects.values()}) == 1
+    assert kube.writes.count("apply digits-cnn-v1") == 1
+
+
+async def test_a_single_unchanged_model_is_re_read_once_per_resync(world: Any) -> None:
+    sync, _kube, registry, clock = world
+    registry.put(snapshot())
+    sync.observe("ModelDeployment", None, md("a", "d", "m"))
+    await poll(sync, clock)
+    registry.version_reads.clear()
+    for _ in range(12):  # two minutes of 10 s polls, resync 60 s
+        clock.now = sync.next_poll
+        await sync.step()
+    assert len(registry.head_reads) == 13 and registry.version_reads == [{"m"}, {"m"}]

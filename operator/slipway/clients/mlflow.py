@@ -1,11 +1,22 @@
 """MLflow registry I/O: models, versions, aliases, stages, tags, run metrics and KServe-loadable storage URIs.
 
-Reads come back as plain frozen dataclasses. One :meth:`MlflowRegistry.snapshot` of a model is
-the batched poll the operator does per model: one ``get_registered_model`` (the only read that
-carries aliases on the SQL store: ``search_model_versions`` leaves them empty) plus one
-``search_model_versions``. What never changes once known — the finished run's metrics and
+Reads come back as plain frozen dataclasses. The registry sync reads many models at once:
+
+- :meth:`MlflowRegistry.heads` — one ``search_registered_models`` with ``name IN (…)`` per chunk
+  of names (at most :data:`MAX_FILTER_CHARS` of filter, so the GET's URL stays short): each
+  model's aliases (``search_registered_models`` returns them; ``search_model_versions`` leaves
+  them empty on the SQL store) and ``last_updated_timestamp``, which MLflow bumps on a stage
+  transition and on a version's creation or deletion — but not on an alias move (the aliases
+  themselves are compared) nor on a version tag or description change (webhooks, or the sync's
+  periodic full re-read, catch those);
+- :meth:`MlflowRegistry.snapshots` — the versions of the models whose head changed, one
+  ``search_model_versions`` with ``name IN (…)`` per chunk, paged.
+
+:meth:`MlflowRegistry.snapshot` reads one model the old way (``get_registered_model`` plus
+``search_model_versions``). What never changes once known — the finished run's metrics and
 params, the resolved artifact location and the flavors of a version's artifacts — is fetched
-once per version and cached, so a steady-state poll costs exactly two requests.
+once per version and cached, so a steady-state poll of any number of unchanged models costs one
+request per chunk of names.
 
 Storage URIs. KServe cannot load ``models:/``, ``runs:/`` or ``mlflow-artifacts:/`` URIs
 (kserve#3555), so a version's ``source`` is resolved in two steps:
@@ -38,7 +49,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +76,10 @@ _TRANSIENT_CODES = frozenset(
     {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED", "ABORTED"}
 )
 _LOGGED_MODEL_ID = re.compile(r"^m-[0-9a-f]+$")
+MAX_FILTER_CHARS = 6000
+"""Longest ``name IN (…)`` filter one search sends (MLflow's server refuses URLs of about 64 KiB; proxies less)."""
+SEARCH_MODELS_PAGE = 1000  # MLflow's maximum for search_registered_models
+SEARCH_VERSIONS_PAGE = 10000
 
 
 class RegistryError(Exception):
@@ -130,6 +145,45 @@ class ModelSnapshot:
     """version number → record."""
     seconds: float = 0.0
     """How long the two registry reads took."""
+
+
+@dataclass(frozen=True)
+class ModelHead:
+    """What ``search_registered_models`` says of one registered model: enough to tell whether it changed."""
+
+    name: str
+    updated_ms: int | None
+    aliases: Mapping[str, str]
+    """alias → version number."""
+
+
+@dataclass(frozen=True)
+class Heads:
+    """The heads of the registered models that exist among those asked for, from one batched read."""
+
+    heads: Mapping[str, ModelHead]
+    seconds: float = 0.0
+    """The slowest single request of the read."""
+    requests: int = 0
+
+
+def name_filters(names: Collection[str], max_chars: int = MAX_FILTER_CHARS) -> Iterator[str]:
+    """``name IN (…)`` filters covering ``names``, each at most ``max_chars`` long (one name may exceed it alone).
+
+    MLflow parses the list with :func:`ast.literal_eval`, so Python string literals quote any
+    name (``name = '…'`` cannot match a name with a quote in it; ``IN`` can).
+    """
+    chunk: list[str] = []
+    size = len("name IN ()")
+    for name in sorted(names):
+        literal = repr(str(name))
+        if chunk and size + len(literal) + 2 > max_chars:
+            yield f"name IN ({', '.join(chunk)})"
+            chunk, size = [], len("name IN ()")
+        chunk.append(literal)
+        size += len(literal) + 2
+    if chunk:
+        yield f"name IN ({', '.join(chunk)})"
 
 
 def storage_uri(artifact_uri: str | None, artifacts_destination: str = "", tracking_uri: str = "") -> str | None:
@@ -243,6 +297,61 @@ class MlflowRegistry:
         """One version, with aliases (raises NotFound)."""
         return await self._off_loop(self._version, name, version)
 
+    async def heads(self, names: Collection[str]) -> Heads:
+        """Aliases and last-update time of each named model that exists (batched: one search per chunk)."""
+        return await self._off_loop(self._heads, tuple(names))
+
+    async def snapshots(self, heads: Mapping[str, ModelHead]) -> dict[str, ModelSnapshot]:
+        """Full snapshots of the models whose heads are given (batched: one version search per chunk)."""
+        return await self._off_loop(self._snapshots, dict(heads))
+
+    def _heads(self, names: tuple[str, ...]) -> Heads:
+        wanted, out, slowest, requests = set(names), {}, 0.0, 0
+        for flt in name_filters(wanted):
+            token: str | None = None
+            while True:
+                start = time.monotonic()
+                page = self._call(
+                    "search_registered_models", filter_string=flt, max_results=SEARCH_MODELS_PAGE, page_token=token
+                )
+                slowest, requests = max(slowest, time.monotonic() - start), requests + 1
+                for model in page:
+                    if str(model.name) in wanted:
+                        aliases = {str(a): str(v) for a, v in (model.aliases or {}).items()}
+                        updated = int(model.last_updated_timestamp) if model.last_updated_timestamp else None
+                        out[str(model.name)] = ModelHead(str(model.name), updated, aliases)
+                token = page.token or None
+                if not token:
+                    break
+        return Heads(out, slowest, requests)
+
+    def _snapshots(self, heads: dict[str, ModelHead]) -> dict[str, ModelSnapshot]:
+        found: dict[str, list[Any]] = {name: [] for name in heads}
+        seconds: dict[str, float] = dict.fromkeys(heads, 0.0)
+        for flt in name_filters(heads):
+            token: str | None = None
+            while True:
+                start = time.monotonic()
+                page = self._call(
+                    "search_model_versions", filter_string=flt, max_results=SEARCH_VERSIONS_PAGE, page_token=token
+                )
+                took = time.monotonic() - start
+                for v in page:
+                    if str(v.name) in found:
+                        found[str(v.name)].append(v)
+                        seconds[str(v.name)] = max(seconds[str(v.name)], took)
+                token = page.token or None
+                if not token:
+                    break
+        out = {}
+        for name, head in heads.items():
+            by_version = _invert(head.aliases)
+            versions = {
+                str(v.version): self._record(_version_info(v, by_version.get(str(v.version), ()))) for v in found[name]
+            }
+            out[name] = ModelSnapshot(name, True, dict(head.aliases), versions, seconds[name])
+        return out
+
     def _snapshot(self, name: str) -> ModelSnapshot:
         start = time.monotonic()
         try:
@@ -346,9 +455,12 @@ class MlflowRegistry:
                     artifact_uri=f"{artifact_uri.rstrip('/')}/MLmodel", dst_path=tmp, tracking_uri=self.tracking_uri
                 )
                 doc = yaml.safe_load(Path(path).read_text())
-        except (MlflowException, OSError, yaml.YAMLError, requests.RequestException) as exc:
-            if isinstance(exc, RestException | FileNotFoundError) or "404" in str(exc):
-                flavors: tuple[str, ...] = ()  # no MLmodel: not an MLflow model, remember that
+        except (MlflowException, OSError, ImportError, yaml.YAMLError, requests.RequestException) as exc:
+            if isinstance(exc, ImportError):
+                log.warning("cannot read flavors of %s: %s (the operator lacks that store's client)", artifact_uri, exc)
+                flavors: tuple[str, ...] = ()
+            elif isinstance(exc, RestException | FileNotFoundError) or "404" in str(exc):
+                flavors = ()  # no MLmodel: not an MLflow model, remember that
             else:
                 log.info("could not read flavors of %s (will retry): %s", artifact_uri, exc)
                 return ()

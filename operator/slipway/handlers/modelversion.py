@@ -29,6 +29,8 @@ async def start_registry_sync(memo: Any, logger: logging.Logger | logging.Logger
         memo.kube,
         registry,
         poll_seconds=settings.mlflow_poll_seconds,
+        resync_seconds=settings.mlflow_resync_seconds,
+        max_backoff_seconds=settings.mlflow_max_backoff_seconds,
         gc_grace_seconds=settings.registry_gc_grace_seconds,
     )
     mlflow_webhook.receiver.configure(settings.mlflow_webhook_secret, sync.trigger)

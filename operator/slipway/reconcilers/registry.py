@@ -15,13 +15,19 @@ the managed mirrors of that model in that namespace. Nothing else is ever delete
 that disappears from MLflow keeps its mirror with ``Synced=False, reason NotFound``, and an
 MLflow outage changes only the ``Synced`` condition.
 
-Change detection. One loop schedules models, not objects: each tracked model is read once per
-poll interval (one ``get_registered_model`` + one ``search_model_versions``, however many
-namespaces and versions use it) and the result fans out to every namespace that tracks it.
-When MLflow is down or slow the model's next poll backs off exponentially (to
-``max_backoff_seconds``) and the mirrors say so in ``Synced``. A webhook (or a new object)
-calls :meth:`RegistrySync.trigger`, which runs the model's sync at once; polling stays as the
-safety net because stage transitions have no webhook and deliveries can be lost.
+Change detection. One loop polls all tracked models together, once per poll interval: one
+batched ``search_registered_models`` (``name IN (…)``, one request per few hundred names) reads
+every model's head — aliases and ``last_updated_timestamp``, which a stage transition or a new
+or deleted version bumps. Only models whose head changed, plus the stalest share of the rest
+(so that every model's versions — tags, descriptions, which change no head — are re-read at
+least once per ``resync_seconds``), get their versions read, again batched
+(``search_model_versions`` with ``name IN (…)``). A steady poll of 500 models is thus two or
+three requests, not a thousand. Each model's last read fans out to every namespace that tracks
+it. When MLflow is down or slow the next poll backs off exponentially (to
+``max_backoff_seconds``) and the mirrors say so in ``Synced``; the first read that succeeds
+re-reads every model. A webhook (or a new object) calls :meth:`RegistrySync.trigger`, which
+reads that model at once (two requests); polling stays as the safety net because stage
+transitions have no webhook and deliveries can be lost.
 
 The informer: ModelDeployment, TrainingRun and ModelVersion watch events are fed in by the kopf
 handlers (:meth:`RegistrySync.observe`), so a poll reads the cluster from memory and writes to
@@ -33,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,7 +50,7 @@ import prometheus_client
 from slipway.api import API_VERSION
 from slipway.builders.names import LABEL_MANAGED_BY, LABEL_MODEL, LABEL_VERSION, sanitise_model_name
 from slipway.clients.kube import Kube, off_loop
-from slipway.clients.mlflow import MlflowRegistry, ModelSnapshot, RegistryError, RegistryUnavailable
+from slipway.clients.mlflow import MlflowRegistry, ModelHead, ModelSnapshot, RegistryError, RegistryUnavailable
 from slipway.reconcilers import modelversion
 from slipway.reconcilers.events import post_events
 from slipway.reconcilers.status import status_changed
@@ -238,11 +245,12 @@ def _managed(body: Mapping[str, Any]) -> bool:
 
 
 @dataclass
-class _Schedule:
-    due: float = 0.0
-    failures: int = 0
-    again: bool = False
-    task: asyncio.Task[None] | None = None
+class _Known:
+    """The last read of one model: its head (None: not in MLflow) and its versions."""
+
+    head: ModelHead | None
+    snapshot: ModelSnapshot
+    read_at: float
 
 
 class RegistrySync:
@@ -254,6 +262,7 @@ class RegistrySync:
         registry: MlflowRegistry,
         *,
         poll_seconds: float = 10.0,
+        resync_seconds: float = 60.0,
         max_backoff_seconds: float = 60.0,
         slow_seconds: float = 2.0,
         gc_grace_seconds: float = 60.0,
@@ -263,13 +272,21 @@ class RegistrySync:
         self.kube = kube
         self.registry = registry
         self.poll_seconds = poll_seconds
+        self.resync_seconds = resync_seconds
         self.max_backoff_seconds = max_backoff_seconds
         self.slow_seconds = slow_seconds
         self.gc_grace_seconds = gc_grace_seconds
         self.view = ClusterView()
+        self.failures = 0
+        """Failed or slow reads in a row (the backoff's exponent)."""
+        self.next_poll = 0.0
         self._clock = clock
         self._started = clock()
-        self._schedules: dict[str, _Schedule] = {}
+        self._known: dict[str, _Known] = {}
+        self._last_poll: float | None = None
+        self._credit = 0.0
+        """Models' worth of version re-reads owed to the resync (it accrues with time, so load is even)."""
+        self._asked: set[str] = set()
         self._unreferenced_since: dict[tuple[str, str], float] = {}
         self._clashes: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
@@ -288,113 +305,160 @@ class RegistrySync:
         """Resync a model now (a webhook said it changed); False if no namespace tracks it."""
         if not self.view.is_tracked(model):
             return False
-        schedule = self._schedules.setdefault(model, _Schedule())
-        schedule.due = 0.0
-        if schedule.task is not None and not schedule.task.done():
-            schedule.again = True  # the running read may predate the change: read once more after it
+        self._asked.add(model)
+        if self.failures:
+            self.next_poll = 0.0  # a delivery means MLflow is back: do the full poll now, not after the backoff
         self._wake.set()
         return True
 
     # --- the loop -----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Poll due models forever (until :meth:`stop`)."""
+        """Poll forever (until :meth:`stop`)."""
         while not self._stopping:
             self._wake.clear()
-            now = self._clock()
-            tracked = self.view.tracked()
-            TRACKED_MODELS.set(len(tracked))
-            for model in [m for m in self._schedules if m not in tracked]:
-                self._schedules.pop(model)
-            for model in tracked:
-                schedule = self._schedules.setdefault(model, _Schedule())
-                busy = schedule.task is not None and not schedule.task.done()
-                if schedule.due <= now and not busy:
-                    schedule.task = asyncio.create_task(self._sync_guarded(model), name=f"registry-sync {model}")
-            await self._collect_garbage(now)
-            upcoming = [s.due for s in self._schedules.values() if s.task is None or s.task.done()]
-            wait = min(upcoming, default=now + self.poll_seconds) - now
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("registry sync failed")
+                SYNC_ERRORS.labels("error").inc()
+                self._asked.clear()
+                self.next_poll = self._clock() + self.poll_seconds
+            wait = self.next_poll - self._clock()
+            if self._asked and not self.failures:
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.01, min(wait, self.poll_seconds)))
 
     async def stop(self) -> None:
-        """Stop the loop and wait for the syncs in flight."""
+        """Stop the loop (the pass in flight is cancelled by the caller's task cancellation)."""
         self._stopping = True
         self._wake.set()
-        tasks = [s.task for s in self._schedules.values() if s.task is not None and not s.task.done()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _sync_guarded(self, model: str) -> None:
-        try:
-            async with self._limit:
-                await self.sync_model(model)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("registry sync of %s failed", model)
-            SYNC_ERRORS.labels("error").inc()
-            schedule = self._schedules.get(model)
-            if schedule is not None:
-                schedule.due = self._clock() + self.poll_seconds
-        finally:
-            schedule = self._schedules.get(model)
-            if schedule is not None and schedule.again:
-                schedule.again = False
-                schedule.due = 0.0
-            self._wake.set()
+    async def step(self) -> None:
+        """One pass: the full poll when it is due, else a read of the models webhooks or new objects asked for."""
+        now = self._clock()
+        tracked = self.view.tracked()
+        TRACKED_MODELS.set(len(tracked))
+        for model in [m for m in self._known if m not in tracked]:
+            self._known.pop(model)
+        self._asked &= tracked
+        if now >= self.next_poll:
+            await self.poll(tracked)
+        elif self._asked and not self.failures:
+            await self.refresh(set(self._asked))
+        await self._collect_garbage(now)
 
-    async def sync_model(self, model: str) -> None:
-        """Read one model from MLflow and bring every namespace's mirrors of it in step."""
-        schedule = self._schedules.setdefault(model, _Schedule())
+    async def poll(self, tracked: set[str]) -> None:
+        """Read every tracked model's head; re-read the versions of the changed, the asked-for and the stalest."""
+        asked = set(self._asked)
+        self._asked -= asked
+        await self._sync(tracked, lambda heads, start: self._due(tracked, heads, start) | asked, full=True)
+
+    async def refresh(self, models: set[str]) -> None:
+        """Read these models now, head and versions (a webhook or a new reference asked)."""
+        self._asked -= models
+        await self._sync(models, lambda _heads, _start: set(models), full=False)
+
+    async def _sync(
+        self, models: set[str], choose: Callable[[Mapping[str, ModelHead], float], set[str]], *, full: bool
+    ) -> None:
         start = self._clock()
-        snapshot, observe = await self._read(model, schedule)
-        schedule.due = self._clock() + backoff(self.poll_seconds, schedule.failures, self.max_backoff_seconds)
-        for namespace in self.view.namespaces(model):
-            if snapshot is not None and snapshot.exists and self.view.referenced(namespace, model):
-                await self._create_missing(namespace, model, snapshot)
-            for body in self.view.mirrors(namespace, model):
-                await self._write(body, observe(modelversion.spec_of(body)[1]))
+        recovering = self.failures > 0
+        try:
+            heads = await self.registry.heads(models)
+            reread = set(models) if recovering else choose(heads.heads, start) & models
+            existing = {m: heads.heads[m] for m in reread if m in heads.heads}
+            snapshots = await self.registry.snapshots(existing) if existing else {}
+        except RegistryError as exc:
+            await self._failed(models, exc)
+            return
+        seconds = max([heads.seconds, *(s.seconds for s in snapshots.values())])
+        slow = self._pace(seconds, start, full=full)
+        for model in reread:
+            snapshot = snapshots.get(model) or ModelSnapshot(model, False, {}, {})
+            self._known[model] = _Known(heads.heads.get(model), snapshot, start)
+        fan_out = sorted(m for m in models if m in self._known)
+        for model in fan_out:  # one at a time: two models that share a slug must not race for the names
+            await self._create_all_missing(model)
+        await asyncio.gather(*(self._fan_out(model, slow) for model in fan_out))
         SYNC_SECONDS.observe(self._clock() - start)
 
-    async def _read(self, model: str, schedule: _Schedule) -> tuple[ModelSnapshot | None, Observer]:
-        """One batched read of the model; counts failures (and slow answers) for the backoff."""
-        try:
-            snapshot = await self.registry.snapshot(model)
-        except RegistryUnavailable as exc:
-            schedule.failures += 1
-            SYNC_ERRORS.labels("unavailable").inc()
-            delay = backoff(self.poll_seconds, schedule.failures, self.max_backoff_seconds)
-            log.warning(
-                "MLflow unavailable for %s (attempt %d, next in %.0fs): %s", model, schedule.failures, delay, exc
-            )
-            message = f"MLflow unavailable: {_short(exc)}; retrying in {delay:.0f}s"
-            return None, _constant(modelversion.failed("RegistryUnavailable", message))
-        except RegistryError as exc:
-            schedule.failures += 1
-            SYNC_ERRORS.labels("error").inc()
-            log.warning("MLflow refused to read %s: %s", model, exc)
-            return None, _constant(modelversion.failed("RegistryError", f"MLflow refused the read: {_short(exc)}"))
-        slow = ""
-        if snapshot.seconds > self.slow_seconds:
-            schedule.failures += 1
-            delay = backoff(self.poll_seconds, schedule.failures, self.max_backoff_seconds)
-            slow = f"MLflow took {snapshot.seconds:.1f}s to answer; polling every {delay:.0f}s until it is faster"
-            log.warning("MLflow slow for %s: %s", model, slow)
-        else:
-            if schedule.failures:
-                log.info("MLflow answers again for %s: resyncing every model that was backing off", model)
-                self._retry_backed_off()
-            schedule.failures = 0
-        return snapshot, _observer(snapshot, slow)
+    def _due(self, tracked: set[str], heads: Mapping[str, ModelHead], now: float) -> set[str]:
+        """Models whose versions to re-read: head changed (or never read), plus the stalest share of the rest.
 
-    def _retry_backed_off(self) -> None:
-        """MLflow is back: read now every model still waiting out a backoff instead of up to a minute later."""
-        for schedule in self._schedules.values():
-            if schedule.failures:
-                schedule.due = 0.0
-        self._wake.set()
+        MLflow bumps a registered model's ``last_updated_timestamp`` on stage transitions and on
+        version creation and deletion, and the head carries the aliases; version tags and
+        descriptions change nothing in the head, so every model's versions are also re-read at
+        least once per ``resync_seconds``, spread evenly over the polls in between.
+        """
+        changed = {m for m in tracked if m not in self._known or self._known[m].head != heads.get(m)}
+        rest = sorted((m for m in tracked if m not in changed), key=lambda m: (self._known[m].read_at, m))
+        if self.resync_seconds <= self.poll_seconds:
+            return changed | set(rest)
+        elapsed = now - self._last_poll if self._last_poll is not None else 0.0
+        self._last_poll = now
+        self._credit = min(self._credit + len(tracked) * elapsed / self.resync_seconds, float(len(tracked)))
+        share = math.floor(self._credit)
+        self._credit -= share
+        overdue = {m for m in rest if now - self._known[m].read_at >= self.resync_seconds}
+        return changed | overdue | set(rest[:share])
+
+    def _pace(self, seconds: float, now: float, *, full: bool) -> str:
+        """Count a slow answer as a failure for the backoff; schedule the next poll. Returns the slow note."""
+        slow = ""
+        if seconds > self.slow_seconds:
+            self.failures += 1
+            delay = backoff(self.poll_seconds, self.failures, self.max_backoff_seconds)
+            slow = f"MLflow took {seconds:.1f}s to answer; polling every {delay:.0f}s until it is faster"
+            log.warning("MLflow slow: %s", slow)
+            self.next_poll = now + delay
+        elif self.failures:
+            log.info("MLflow answers again: every tracked model was read")
+            self.failures = 0
+            self.next_poll = now + self.poll_seconds
+        elif full:
+            self.next_poll = now + self.poll_seconds
+        return slow
+
+    async def _failed(self, models: set[str], exc: RegistryError) -> None:
+        """MLflow could not be read: back off, and say so on every mirror of the models (nothing else changes)."""
+        self.failures += 1
+        delay = backoff(self.poll_seconds, self.failures, self.max_backoff_seconds)
+        self.next_poll = self._clock() + delay
+        if isinstance(exc, RegistryUnavailable):
+            SYNC_ERRORS.labels("unavailable").inc()
+            log.warning("MLflow unavailable (attempt %d, next in %.0fs): %s", self.failures, delay, exc)
+            obs = modelversion.failed(
+                "RegistryUnavailable", f"MLflow unavailable: {_short(exc)}; retrying in {delay:.0f}s"
+            )
+        else:
+            SYNC_ERRORS.labels("error").inc()
+            log.warning("MLflow refused the read: %s", exc)
+            obs = modelversion.failed("RegistryError", f"MLflow refused the read: {_short(exc)}")
+        for model in sorted(models):
+            for namespace in self.view.namespaces(model):
+                for body in self.view.mirrors(namespace, model):
+                    await self._write(body, obs)
+
+    async def _create_all_missing(self, model: str) -> None:
+        """Discovery: a managed mirror for each version of the model in each namespace that references it."""
+        snapshot = self._known[model].snapshot
+        if snapshot.exists:
+            for namespace in self.view.namespaces(model):
+                if self.view.referenced(namespace, model):
+                    await self._create_missing(namespace, model, snapshot)
+
+    async def _fan_out(self, model: str, slow: str) -> None:
+        """Bring every namespace's mirrors of one model in step with its last read (writes only what changed)."""
+        snapshot = self._known[model].snapshot
+        observe = _observer(snapshot, slow)
+        async with self._limit:
+            for namespace in self.view.namespaces(model):
+                for body in self.view.mirrors(namespace, model):
+                    await self._write(body, observe(modelversion.spec_of(body)[1]))
 
     # --- writes -------------------------------------------------------------------------------
 
