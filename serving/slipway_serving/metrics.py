@@ -30,6 +30,14 @@ other label has a bounded set of values. Names:
     Gauge: mean of the per-feature PSI. Same absence rules. Alert: ``> 0.25`` (major shift).
 ``slipway_drift_window_samples{model,version}``
     Gauge: instances currently in the drift window (present whenever a baseline is loaded).
+``slipway_feedback_total{model,version}``
+    Counter of predicted instances whose true label a client reported
+    (``POST /v2/models/{name}/feedback``, see ``feedback.py``).
+``slipway_feedback_correct_total{model,version}``
+    Counter of those whose prediction was right. Live accuracy:
+    ``sum(increase(slipway_feedback_correct_total[1h])) / sum(increase(slipway_feedback_total[1h]))``.
+``slipway_feedback_unmatched_total{model,version}``
+    Counter of feedback reports for request ids not remembered (unknown, evicted or answered).
 ``slipway_model_info{model,version,flavor}``
     Gauge, always 1: which artifact flavor this process serves.
 
@@ -71,6 +79,9 @@ CONFIDENCE = Histogram(
     buckets=CONFIDENCE_BUCKETS,
 )
 BATCH_SIZE = Histogram("slipway_batch_size", "Instances per model call.", LABELS, buckets=BATCH_BUCKETS)
+FEEDBACK = Counter("slipway_feedback", "Predicted instances whose true label was reported.", LABELS)
+FEEDBACK_CORRECT = Counter("slipway_feedback_correct", "Reported instances predicted right.", LABELS)
+FEEDBACK_UNMATCHED = Counter("slipway_feedback_unmatched", "Feedback reports for unknown request ids.", LABELS)
 MODEL_INFO = Gauge("slipway_model_info", "The artifact flavor served.", [*LABELS, "flavor"])
 
 #: Status code to error kind, for failures no ServingError explained (KServe's own errors).
@@ -99,6 +110,8 @@ class ModelMetrics:
         self._requests: dict[int, Counter] = {}
         self._errors: dict[str, Counter] = {}
         self._classes: dict[str, Counter] = {}
+        self.on_classes: Callable[[np.ndarray], None] | None = None
+        """Called with each request's predicted classes (the feedback log remembers them)."""
 
     def set_info(self, flavor: str) -> None:
         """Publish ``slipway_model_info`` for this model."""
@@ -121,6 +134,8 @@ class ModelMetrics:
     def predicted(self, classes: np.ndarray | None, confidence: np.ndarray | None) -> None:
         """Count predicted classes and observe their confidences."""
         if classes is not None and classes.size:
+            if self.on_classes is not None:
+                self.on_classes(classes)
             if classes.size == 1:
                 self._class_counter(classes.item()).inc()
             else:

@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from . import feedback
 from .config import ServingConfig
 from .errors import install_exception_handlers
 from .frameworks import configure_torch_threads
@@ -48,6 +49,10 @@ def install(app: FastAPI, model: SlipwayModel) -> None:
         in_flight=model.in_flight,
     )
     install_exception_handlers(app)
+    log_ = feedback.PredictionLog(feedback.DEFAULT_CAPACITY)
+    model.metrics.on_classes = feedback.install(
+        app, model.name, feedback.Feedback(model.name, model.config.version, log_)
+    )
 
 
 def model_server(config: ServingConfig) -> Any:
