@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, cast
 
 import kopf
@@ -60,9 +61,16 @@ def deployments_by_model(name: str, namespace: str | None, spec: kopf.Spec, **_:
 
 
 @kopf.on.event(GROUP, VERSION, "modelversions")
-async def version_moved(body: kopf.Body, namespace: str | None, memo: Any, **kwargs: Any) -> None:
+async def version_moved(
+    body: kopf.Body,
+    namespace: str | None,
+    memo: Any,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **kwargs: Any,
+) -> None:
     """A ModelVersion changed (an alias or stage moved): run a pass on the deployments of its model."""
     index: kopf.Index[ModelKey, str] = kwargs["deployments_by_model"]  # kopf passes each index by its name
     model = (body.get("metadata", {}).get("labels") or {}).get(LABEL_MODEL)
     for name in sorted(set(index.get((namespace or "", model), ()))) if model else []:
+        logger.info("model %s changed: a pass on ModelDeployment %s", model, name)
         _post(*await _driver(memo).drive(namespace or "", name))
