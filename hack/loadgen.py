@@ -11,6 +11,14 @@ Service ``<isvc>-predictor`` to the InferenceService's local URL (``status.addre
 - ``shifted``: the same digits with inverted ink and a little noise (``16 - x + N(0, 1)``,
   clipped to 0..16) — the kind of input shift the drift alert is for.
 
+Header and cookie matches are honoured: a rule of the route with ``matches`` (header matches,
+Exact or RegularExpression, on e.g. ``x-variant`` or ``Cookie``) takes the requests that carry
+them, like a gateway's precedence does; ``segments`` make a share of the simulated clients carry
+a header or cookie (``--header x-variant=b --share 0.3``). In ``held-out`` mode the generator
+knows the true labels, so after each answer it reports them to the version that answered
+(``POST /v2/models/{m}/feedback`` with the response's ``x-request-id``): the serving runtime
+counts live accuracy per version from that ground truth.
+
 The route and the URLs are re-read every half second, so a weight change or a rollback is
 followed within about that, like a gateway would; a request refused by a backend that just went
 away is retried once wherever the route points after a fresh read (``retried_elsewhere`` counts
@@ -27,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import threading
 import time
@@ -63,18 +72,56 @@ class Backend:
 
 
 @dataclass(frozen=True)
+class HeaderCondition:
+    """One header of an HTTPRouteMatch: Exact or RegularExpression (names compare case-insensitively)."""
+
+    name: str
+    value: str
+    type: str = "Exact"
+
+    def holds(self, headers: dict[str, str]) -> bool:
+        got = next((v for k, v in headers.items() if k.lower() == self.name.lower()), None)
+        if got is None:
+            return False
+        return re.search(self.value, got) is not None if self.type == "RegularExpression" else got == self.value
+
+
+@dataclass(frozen=True)
+class MatchRule:
+    """A rule with matches: a request fitting any one match (all its headers) goes to its backends."""
+
+    matches: tuple[tuple[HeaderCondition, ...], ...]
+    backends: tuple[Backend, ...]
+
+    def fits(self, headers: dict[str, str]) -> bool:
+        return any(all(c.holds(headers) for c in match) for match in self.matches)
+
+
+def _draw(backends: tuple[Backend, ...], rng: random.Random) -> Backend | None:
+    live = [b for b in backends if b.weight > 0]
+    if not live:
+        return None
+    return rng.choices(live, weights=[b.weight for b in live])[0]
+
+
+@dataclass(frozen=True)
 class RouteView:
-    """The route's first rule as last read: backends with weights, and an optional mirror."""
+    """The route as last read: the plain rule's weighted backends, its optional mirror, and rules with matches."""
 
     backends: tuple[Backend, ...] = ()
     mirror: tuple[Backend, int] | None = None
+    matched: tuple[MatchRule, ...] = ()
 
-    def pick(self, rng: random.Random) -> Backend | None:
-        """A backend drawn by weight (None when every weight is 0 or there is no route)."""
-        live = [b for b in self.backends if b.weight > 0]
-        if not live:
-            return None
-        return rng.choices(live, weights=[b.weight for b in live])[0]
+    def pick(self, rng: random.Random, headers: dict[str, str] | None = None) -> Backend | None:
+        """A backend for a request with these headers: a fitting rule with matches (the one with the
+        most header conditions, as Gateway API precedence has it) or else the plain rule, drawn by weight
+        (None when every weight is 0 or there is no route)."""
+        if headers:
+            fitting = [r for r in self.matched if r.fits(headers)]
+            if fitting:
+                best = max(fitting, key=lambda r: max(len(m) for m in r.matches))
+                return _draw(best.backends, rng)
+        return _draw(self.backends, rng)
 
     def weights(self) -> dict[str, int]:
         """version → weight."""
@@ -118,7 +165,7 @@ class RouteReader:
         return Backend(service, str(version), weight, check_loopback(url) if url else None, _model_name(isvc))
 
     def read(self) -> RouteView:
-        """The route's first rule now (an empty view when the route does not exist yet)."""
+        """The route now (an empty view when the route does not exist yet)."""
         from kubernetes.client.exceptions import ApiException
 
         try:
@@ -134,15 +181,31 @@ class RouteReader:
             "serving.kserve.io", "v1beta1", self.namespace, "inferenceservices"
         )
         isvcs = {str(i["metadata"]["name"]): i for i in listed.get("items") or []}
-        backends = tuple(
-            self._backend(ref, isvcs, int(ref.get("weight", 1))) for ref in rules[0].get("backendRefs") or []
-        )
+
+        def backends_of(rule: dict[str, Any]) -> tuple[Backend, ...]:
+            return tuple(self._backend(ref, isvcs, int(ref.get("weight", 1))) for ref in rule.get("backendRefs") or [])
+
+        plain = next((r for r in rules if not _header_matches(r)), rules[0])
         mirror = None
-        for f in rules[0].get("filters") or []:
+        for f in plain.get("filters") or []:
             if f.get("type") == "RequestMirror":
                 spec = f.get("requestMirror") or {}
                 mirror = (self._backend(spec.get("backendRef") or {}, isvcs, 0), int(spec.get("percent", 100)))
-        return RouteView(backends, mirror)
+        matched = tuple(MatchRule(_header_matches(r), backends_of(r)) for r in rules if _header_matches(r))
+        return RouteView(backends_of(plain), mirror, matched)
+
+
+def _header_matches(rule: dict[str, Any]) -> tuple[tuple[HeaderCondition, ...], ...]:
+    """A rule's matches that test headers (path-only matches are the plain rule's concern)."""
+    out = []
+    for match in rule.get("matches") or []:
+        headers = tuple(
+            HeaderCondition(str(h.get("name", "")), str(h.get("value", "")), str(h.get("type", "Exact")))
+            for h in match.get("headers") or []
+        )
+        if headers:
+            out.append(headers)
+    return tuple(out)
 
 
 def held_out_digits() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
@@ -171,6 +234,9 @@ class VersionStats:
     correct: int = 0
     labelled: int = 0
     retried: int = 0
+    matched: int = 0
+    feedback: int = 0
+    feedback_failed: int = 0
     codes: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -212,6 +278,8 @@ class LoadGenerator:
         mode: Mode = "held-out",
         seed: int = 0,
         refresh_seconds: float = 0.5,
+        segments: tuple[tuple[float, dict[str, str]], ...] = (),
+        feedback: bool = True,
     ) -> None:
         if not 0 < rate <= MAX_RATE or not 0 < duration <= MAX_DURATION or not 0 < batch <= MAX_BATCH:
             raise ValueError(f"rate (0, {MAX_RATE}], duration (0, {MAX_DURATION}] s and batch (0, {MAX_BATCH}]")
@@ -219,6 +287,10 @@ class LoadGenerator:
         self.rate, self.batch, self.duration = rate, batch, duration
         self.mode: Mode = mode
         self.refresh_seconds = refresh_seconds
+        if sum(share for share, _ in segments) > 1 or any(share < 0 for share, _ in segments):
+            raise ValueError("segment shares must be non-negative and add up to at most 1")
+        self.segments = segments
+        self.feedback = feedback
         self.rng = random.Random(seed)
         self.np_rng = np.random.default_rng(seed)
         self.x, self.y = held_out_digits()
@@ -245,7 +317,33 @@ class LoadGenerator:
         tensor = {"name": "input-0", "shape": list(rows.shape), "datatype": "FP32", "data": rows.ravel().tolist()}
         return {"inputs": [tensor]}
 
-    def _send(self, http: httpx.Client, backend: Backend, mode: Mode, at: float) -> None:
+    def client_headers(self) -> dict[str, str]:
+        """The headers of one simulated client: a segment's (by its share of clients) or none."""
+        draw = self.rng.random()
+        for share, headers in self.segments:
+            if draw < share:
+                return dict(headers)
+            draw -= share
+        return {}
+
+    def _feedback(self, http: httpx.Client, backend: Backend, resp: httpx.Response, labels: npt.NDArray[Any]) -> bool:
+        """Report the true labels of an answered request to the version that answered it."""
+        request_id = resp.headers.get("x-request-id")
+        if not request_id:
+            return False
+        try:
+            answer = http.post(
+                f"{backend.url}/v2/models/{backend.model}/feedback",
+                json={"id": request_id, "labels": labels.tolist()},
+            )
+        except httpx.HTTPError:
+            return False
+        return answer.status_code == 200
+
+    def _send(
+        self, http: httpx.Client, backend: Backend, mode: Mode, at: float, headers: dict[str, str] | None = None
+    ) -> None:
+        headers = headers or {}
         idx = self.np_rng.integers(0, len(self.x), self.batch)
         rows, labels = self.x[idx], self.y[idx]
         if mode == "shifted":
@@ -253,24 +351,29 @@ class LoadGenerator:
         if self.view.mirror is not None and self.view.mirror[0].url and self.rng.random() * 100 < self.view.mirror[1]:
             mirror = self.view.mirror[0]
             try:  # a mirror's answer is discarded, as a gateway does
-                http.post(f"{mirror.url}/v2/models/{mirror.model}/infer", json=self._body(rows))
+                http.post(f"{mirror.url}/v2/models/{mirror.model}/infer", json=self._body(rows), headers=headers)
                 self.stats.mirrored += 1
             except httpx.HTTPError:
                 pass
         with self.lock:
             st = self.stats.version(backend.version)
             st.requests += 1
+            st.matched += bool(headers) and backend in {b for r in self.view.matched for b in r.backends}
             self.stats.sent.append((at, backend.version, mode))
         code = "transport"
+        answered = backend
+        fed_back: bool | None = None
         predictions: npt.NDArray[Any] | None = None
         try:
             try:
-                resp = http.post(f"{backend.url}/v2/models/{backend.model}/infer", json=self._body(rows))
+                resp = http.post(
+                    f"{backend.url}/v2/models/{backend.model}/infer", json=self._body(rows), headers=headers
+                )
             except httpx.ConnectError:
                 # The backend went away (a rollback removes the canary): re-read the route and retry once
                 # where it points now, as a gateway retries a refused connection on another endpoint.
                 self.view = self.read_route()
-                again = self.view.pick(self.rng)
+                again = self.view.pick(self.rng, headers)
                 if again is None or not again.url or again.url == backend.url:
                     raise
                 with self.lock:
@@ -279,11 +382,14 @@ class LoadGenerator:
                     st = self.stats.version(again.version)
                     st.requests += 1
                     self.stats.sent[-1] = (at, again.version, mode)
-                resp = http.post(f"{again.url}/v2/models/{again.model}/infer", json=self._body(rows))
+                resp = http.post(f"{again.url}/v2/models/{again.model}/infer", json=self._body(rows), headers=headers)
+                answered = again
             code = str(resp.status_code)
             if resp.status_code == 200:
                 outputs = {o["name"]: o for o in resp.json().get("outputs", [])}
                 predictions = np.asarray(outputs.get("predictions", {}).get("data", []))
+                if self.feedback and mode == "held-out":
+                    fed_back = self._feedback(http, answered, resp, labels)
         except (httpx.HTTPError, ValueError):
             pass
         with self.lock:
@@ -294,6 +400,9 @@ class LoadGenerator:
                 if mode == "held-out" and predictions is not None and len(predictions) == len(labels):
                     st.correct += int((predictions == labels).sum())
                     st.labelled += len(labels)
+                if fed_back is not None:
+                    st.feedback += fed_back
+                    st.feedback_failed += not fed_back
             else:
                 st.errors += 1
 
@@ -317,12 +426,13 @@ class LoadGenerator:
                     self.stopped.wait(min(next_send, next_refresh) - now)
                     continue
                 next_send = max(next_send + 1.0 / self.rate, now)  # never burst to catch up
-                backend = self.view.pick(self.rng)
+                headers = self.client_headers()
+                backend = self.view.pick(self.rng, headers)
                 if backend is None or not backend.url:
                     with self.lock:
                         self.stats.no_backend += 1
                     continue
-                self._send(http, backend, self.mode, now)
+                self._send(http, backend, self.mode, now, headers)
 
 
 def summary(stats: Stats) -> list[dict[str, Any]]:
@@ -337,6 +447,9 @@ def summary(stats: Stats) -> list[dict[str, Any]]:
                 "errors": st.errors,
                 "codes": st.codes,
                 "retried_elsewhere": st.retried,
+                "matched": st.matched,
+                "feedback": st.feedback,
+                "feedback_failed": st.feedback_failed,
                 "instances": st.instances,
                 "accuracy": round(st.accuracy, 4) if st.accuracy is not None else None,
             }
@@ -355,11 +468,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help=f"seconds (at most {MAX_DURATION:g})")
     parser.add_argument("--mode", choices=MODES, default="held-out")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--header", action="append", default=[], help="NAME=VALUE a share of clients carry")
+    parser.add_argument("--cookie", action="append", default=[], help="NAME=VALUE a share of clients carry")
+    parser.add_argument("--share", type=float, default=0.2, help="share of clients with those headers/cookies")
+    parser.add_argument("--no-feedback", action="store_true", help="do not report true labels")
     args = parser.parse_args(argv)
+    carried = dict(h.split("=", 1) for h in args.header)
+    if args.cookie:
+        carried["Cookie"] = "; ".join(args.cookie)
+    segments = ((args.share, carried),) if carried else ()
     reader = RouteReader(args.kubeconfig, args.namespace, args.route)
     try:
         gen = LoadGenerator(
-            reader.read, rate=args.rate, batch=args.batch, duration=args.duration, mode=args.mode, seed=args.seed
+            reader.read,
+            rate=args.rate,
+            batch=args.batch,
+            duration=args.duration,
+            mode=args.mode,
+            seed=args.seed,
+            segments=segments,
+            feedback=not args.no_feedback,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -1,0 +1,285 @@
+"""A/B tests and shadow traffic on the real test bed: real serving processes, a route-honouring load generator.
+
+The operator runs as a subprocess with the registry sync on the test bed's MLflow, where the
+test registers scikit-learn digit classifiers: v1 trained on 40 digits (the weaker one), v2 on
+the whole training split (the better one), v3 trained on 32 pixels only, so every real request
+(64 pixels) makes it fail with a 500. The local KServe stand-in runs each version as a real
+``python -m slipway_serving`` process, scraped by the test bed's Prometheus every second.
+``hack/loadgen.py`` plays the gateway and the clients: it follows the HTTPRoute the operator
+writes (weights, header/cookie matches, the mirror filter), a share of its clients carry the
+A/B header or cookie, and it feeds the true labels of held-out digits back to the version that
+answered.
+
+- A/B: v1 (A) against v2 (B) for a short duration, 30 % of the plain traffic plus every request
+  with ``x-variant: b`` or cookie ``variant=b`` on B, criterion live accuracy from the fed-back
+  labels. It ends with the comparison in status and an event, and v2 promoted (CandidateWon).
+- Shadow: blue-green with a shadow stage mirroring 100 % to v3, an error-rate analysis on v3:
+  the rollout rolls back (AnalysisFailed) while the route's weights stay 100 % on v1 and no user
+  request ever reaches v3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "hack"))
+
+import loadgen  # noqa: E402
+from operator_fixture import OperatorProcess, StartOperator, start_operator  # noqa: E402
+
+pytestmark = pytest.mark.integration
+__all__ = ["start_operator"]  # a fixture, imported for pytest
+
+SEL = 'namespace="{{namespace}}",modeldeployment="{{name}}",version="{{version}}"'
+ACCURACY = (
+    f"sum(increase(slipway_feedback_correct_total{{{SEL}}}[{{{{window}}}}]))"
+    f" / sum(increase(slipway_feedback_total{{{SEL}}}[{{{{window}}}}]))"
+)
+ERROR_RATE = (
+    f'(sum(rate(slipway_requests_total{{{SEL},code=~"5.."}}[10s])) or vector(0))'
+    f" / sum(rate(slipway_requests_total{{{SEL}}}[10s]))"
+)
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 120.0, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="module")
+def model_uris(mlflow_uri: str) -> dict[str, str]:
+    """weak (40 digits), strong (the training split) and broken (32 of the 64 pixels) classifiers, logged once."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from slipway_training.config import TrainConfig
+    from slipway_training.data import load_digits
+
+    cfg = TrainConfig()
+    digits = load_digits(val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
+    x, y = digits.train.x, digits.train.y
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_experiment("slipway-abtest")
+    uris = {}
+    for name, rows, cols in (("weak", 40, 64), ("strong", len(x), 64), ("broken", len(x), 32)):
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[:rows, :cols], y[:rows])
+        signature = infer_signature(x[:2, :cols], model.predict(x[:2, :cols])) if cols == 64 else None
+        with mlflow.start_run(run_name=name):
+            info = mlflow.sklearn.log_model(model, name="model", signature=signature, pip_requirements=["scikit-learn"])
+        uris[name] = str(info.model_uri)
+    return uris
+
+
+@dataclass
+class Registry:
+    client: Any
+    name: str
+
+    def alias(self, version: str) -> None:
+        self.client.set_registered_model_alias(self.name, "champion", version)
+
+
+@pytest.fixture
+def registry(mlflow_uri: str, model_uris: dict[str, str]) -> Iterator[Registry]:
+    import mlflow
+    from mlflow import MlflowClient
+
+    name = f"ab-{uuid.uuid4().hex[:8]}"
+    for kind in ("weak", "strong", "broken"):  # versions 1, 2, 3
+        mlflow.register_model(model_uris[kind], name)
+    reg = Registry(MlflowClient(mlflow_uri), name)
+    reg.alias("1")
+    yield reg
+    with contextlib.suppress(Exception):
+        reg.client.delete_registered_model(name)
+
+
+@pytest.fixture
+def ab_operator(start_operator: StartOperator, namespace: str, testbed: Any) -> OperatorProcess:
+    return start_operator(namespace, env={"SLIPWAY_PROMETHEUS_URL": testbed.prometheus_url})
+
+
+def get(kubectl: Any, *args: str) -> dict[str, Any] | None:
+    out = kubectl("get", *args, "-o", "json", check=False)
+    return json.loads(out.stdout) if out.returncode == 0 else None
+
+
+def status(kubectl: Any, name: str) -> dict[str, Any]:
+    return (get(kubectl, "modeldeployment", name) or {}).get("status") or {}
+
+
+def deploy(kubectl: Any, name: str, model: str, strategy: dict[str, Any]) -> None:
+    body = {
+        "apiVersion": "ml.slipway.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": model, "track": {"alias": "champion"}},
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
+            "strategy": strategy,
+            "gateway": {"parentRefs": [{"name": "ml-gateway"}]},
+        },
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(body))
+
+
+def stable_serving(kubectl: Any, name: str) -> None:
+    def ready() -> bool:
+        s = status(kubectl, name)
+        isvc = get(kubectl, "inferenceservice", f"{name}-v1") or {}
+        conditions = (isvc.get("status") or {}).get("conditions") or []
+        up = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        return s.get("phase") == "Succeeded" and s.get("stableVersion") == "1" and up
+
+    wait_for("v1 serving all traffic", ready, timeout=240)
+
+
+@contextlib.contextmanager
+def load(testbed: Any, namespace: str, route: str, **kw: Any) -> Iterator[loadgen.LoadGenerator]:
+    reader = loadgen.RouteReader(str(testbed.kubeconfig), namespace, route)
+    gen = loadgen.LoadGenerator(reader.read, rate=10, batch=16, duration=600, **kw).start()
+    try:
+        yield gen
+    finally:
+        gen.stop()
+        for row in loadgen.summary(gen.stats):
+            print("loadgen", json.dumps(row))
+
+
+def cleanup(kubectl: Any, op: OperatorProcess) -> None:
+    kubectl("delete", "modeldeployments", "--all", "--timeout=60s", check=False)
+    print(op.log_tail(60))
+
+
+@pytest.mark.timeout(600)
+def test_ab_test_compares_both_versions_and_promotes_the_declared_winner(
+    testbed: Any, namespace: str, kubectl: Any, registry: Registry, ab_operator: OperatorProcess
+):
+    md = "abdigits"
+    strategy = {
+        "abTest": {
+            "weight": 30,
+            "match": [{"header": {"name": "x-variant", "value": "b"}}, {"cookie": {"name": "variant", "value": "b"}}],
+            "duration": "30s",
+            "criterion": {"metric": "accuracy", "query": ACCURACY, "goal": "maximize", "minImprovement": 0.02},
+            "analysis": {
+                "interval": "5s",
+                "failureLimit": 2,
+                "metrics": [{"name": "error-rate", "query": ERROR_RATE, "max": 0.05}],
+            },
+        }
+    }
+    deploy(kubectl, md, registry.name, strategy)
+    try:
+        stable_serving(kubectl, md)
+        segments = ((0.2, {"x-variant": "b"}), (0.1, {"Cookie": "session=42; variant=b"}))
+        with load(testbed, namespace, md, segments=segments) as gen:
+            registry.alias("2")
+
+            def split_route() -> dict[str, Any] | None:
+                route = get(kubectl, "httproute", md) or {}
+                rules = (route.get("spec") or {}).get("rules") or []
+                return route if len(rules) == 2 else None
+
+            route = wait_for("the A/B route with header matches", split_route, timeout=240)
+            weights = {r["name"]: r["weight"] for r in route["spec"]["rules"][0]["backendRefs"]}
+            assert weights == {f"{md}-v1-predictor": 70, f"{md}-v2-predictor": 30}
+            headers = [m["headers"][0] for m in route["spec"]["rules"][1]["matches"]]
+            assert headers[0] == {"type": "Exact", "name": "x-variant", "value": "b"}
+            assert headers[1]["name"] == "Cookie" and headers[1]["type"] == "RegularExpression"
+            assert [r["name"] for r in route["spec"]["rules"][1]["backendRefs"]] == [f"{md}-v2-predictor"]
+
+            final = wait_for(
+                "the A/B verdict", lambda: (s := status(kubectl, md)).get("stableVersion") == "2" and s, timeout=240
+            )
+        stats = gen.stats
+    finally:
+        print(json.dumps(status(kubectl, md), indent=1))
+    assert final["phase"] in ("Promoting", "Succeeded")
+    assert final["history"][-1]["reason"] == "CandidateWon" and final["history"][-1]["outcome"] == "Promoted"
+    comparison = final["comparison"]
+    assert comparison["winner"] == "B" and comparison["metric"] == "accuracy" and "B wins" in comparison["message"]
+    a, b = comparison["variants"]
+    assert (a["variant"], a["version"], b["variant"], b["version"]) == ("A", "1", "B", "2")
+    for v in (a, b):
+        assert v["requests"] > 0 and v["feedback"] > 0 and 0 <= v["errorRate"] <= 0.05
+        assert 0 < v["p50LatencySeconds"] <= v["p99LatencySeconds"]
+        assert abs(sum(v["predictions"].values()) - 1) < 0.01
+        assert v["criterion"] == v["accuracy"]
+    assert b["accuracy"] > a["accuracy"] * 1.02
+    # what the load generator saw agrees: B answered better on the same kind of digits
+    seen_a, seen_b = stats.by_version["1"], stats.by_version["2"]
+    assert seen_b.matched > 0 and seen_a.feedback > 0 and seen_b.feedback > 0 and seen_b.feedback_failed == 0
+    assert (seen_b.accuracy or 0) > (seen_a.accuracy or 1)
+    events = get(kubectl, "events", "--field-selector", "reason=ABTestCompared") or {"items": []}
+    assert any("A=v1" in e["message"] and "B=v2" in e["message"] for e in events["items"])
+    cleanup(kubectl, ab_operator)
+
+
+@pytest.mark.timeout(600)
+def test_failing_shadow_rolls_back_without_touching_stable_traffic(
+    testbed: Any, namespace: str, kubectl: Any, registry: Registry, ab_operator: OperatorProcess
+):
+    md = "shadowdigits"
+    analysis = {
+        "interval": "2s",
+        "failureLimit": 1,
+        "count": 3,
+        "metrics": [{"name": "error-rate", "query": ERROR_RATE, "max": 0.05}],
+    }
+    deploy(
+        kubectl, md, registry.name, {"blueGreen": {"shadow": {"percent": 100, "duration": "60s", "analysis": analysis}}}
+    )
+    try:
+        stable_serving(kubectl, md)
+        with load(testbed, namespace, md) as gen:
+            registry.alias("3")
+            seen: list[dict[str, Any]] = []
+
+            def rolled_back() -> bool:
+                route = get(kubectl, "httproute", md)
+                if route is not None:
+                    seen.append(route["spec"])
+                return status(kubectl, md).get("phase") == "RolledBack"
+
+            wait_for("the shadow to roll back", rolled_back, timeout=300)
+        stats = gen.stats
+    finally:
+        print(json.dumps(status(kubectl, md), indent=1))
+    final = status(kubectl, md)
+    assert final["stableVersion"] == "1" and final["history"][-1]["reason"] == "AnalysisFailed"
+    assert "shadow" in final["history"][-1]["message"]
+    assert final["blockedVersions"][0]["version"] == "3"
+    mirrors = [s["rules"][0]["filters"][0]["requestMirror"] for s in seen if s["rules"][0].get("filters")]
+    assert mirrors and all(m["backendRef"]["name"] == f"{md}-v3-predictor" and m["percent"] == 100 for m in mirrors)
+    for spec in seen:  # the stable weights never moved
+        weights = {r["name"]: r.get("weight", 1) for r in spec["rules"][0]["backendRefs"]}
+        assert weights.get(f"{md}-v1-predictor") == 100 and not any(
+            w for n, w in weights.items() if n != f"{md}-v1-predictor"
+        ), weights
+    assert set(stats.by_version) == {"1"}, "a user request reached the shadow"
+    assert stats.by_version["1"].errors == 0 and stats.mirrored > 0
+    assert "shadowdigits-v3" not in (kubectl("get", "inferenceservices", "-o", "name").stdout)
+    np.testing.assert_equal(final.get("mirrorPercent"), None)
+    cleanup(kubectl, ab_operator)
