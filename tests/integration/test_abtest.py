@@ -283,3 +283,58 @@ def test_failing_shadow_rolls_back_without_touching_stable_traffic(
     assert "shadowdigits-v3" not in (kubectl("get", "inferenceservices", "-o", "name").stdout)
     np.testing.assert_equal(final.get("mirrorPercent"), None)
     cleanup(kubectl, ab_operator)
+
+
+def test_knative_router_refuses_matches_and_mirrors(kubectl: Any, slipway_crds: list[str]):
+    shadow = {"blueGreen": {"shadow": {"percent": 50}}}
+    ab = {"abTest": {"weight": 10, "duration": "1h"}}
+    mirror = {"canary": {"steps": [{"mirror": {"percent": 10}}, {"setWeight": 50}]}}
+    for strategy, message in (
+        (shadow, "strategy.blueGreen.shadow needs router gateway-api"),
+        (ab, "strategy.abTest needs router gateway-api"),
+        (mirror, "strategy.canary.steps[].mirror needs router gateway-api"),
+    ):
+        body = {
+            "apiVersion": "ml.slipway.dev/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "knative"},
+            "spec": {"model": {"name": "m", "track": {"alias": "a"}}, "router": "kserve-knative", "strategy": strategy},
+        }
+        out = kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(body), check=False)
+        assert out.returncode != 0 and message in out.stderr, out.stderr
+
+
+def test_routes_with_matches_and_mirrors_are_accepted_by_the_gateway_api_crd(kubectl: Any, namespace: str):
+    from slipway.api.modeldeployment import ModelDeployment
+    from slipway.builders.httproute import build_http_route
+
+    md = ModelDeployment.model_validate(
+        {
+            "metadata": {"name": "routes", "namespace": namespace, "uid": "0b1c2d3e-0000-4000-8000-000000000001"},
+            "spec": {
+                "model": {"name": "m", "track": {"alias": "a"}},
+                "strategy": {
+                    "abTest": {
+                        "weight": 10,
+                        "duration": "1h",
+                        "match": [
+                            {"header": {"name": "x-variant", "value": "b"}},
+                            {"header": {"name": "x-beta", "value": "^(yes|1)$", "type": "RegularExpression"}},
+                            {"cookie": {"name": "variant", "value": "b.2+x"}},
+                        ],
+                    }
+                },
+                "gateway": {"parentRefs": [{"name": "ml-gateway"}], "hostnames": ["m.example.com"]},
+            },
+        }
+    )
+    test = md.spec.strategy.ab_test
+    assert test is not None and test.match is not None
+    for route in (
+        build_http_route(md, {"1": 90, "2": 10}, None, ("2", test.match)),
+        build_http_route(md, {"1": 100, "2": 0}, ("2", 100)),
+        build_http_route(md, {"1": 90, "2": 10}, ("2", 30), ("2", test.match)),
+    ):
+        route["metadata"].pop("ownerReferences")
+        out = kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(route), check=False)
+        assert out.returncode == 0, out.stderr

@@ -315,3 +315,16 @@ def test_cookie_pattern_matches_only_that_cookie():
 def test_http_route_shadow_golden():
     route = build_http_route(md(blueGreen={"shadow": {"percent": 100}}), {"1": 100, "2": 0}, ("2", 100))
     golden("httproute-shadow", route)
+
+
+def test_cli_prints_the_comparison():
+    from rich.console import Console
+
+    from slipway.cli.main import comparison_table
+
+    spec = ab(criterion=CRITERION)
+    d = next(state(abtest.DECIDE, canary_weight=30), obs(now=61, comparison=comparison(0.8, 0.95, spec)), spec)
+    console = Console(width=200, record=True)
+    console.print(comparison_table(state_to_status(d.state)["comparison"]))
+    text = console.export_text()
+    assert "A v1" in text and "B v2" in text and "80.00%" in text and "95.00%" in text and "winner B" in text

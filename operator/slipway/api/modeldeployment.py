@@ -456,7 +456,10 @@ class AbCriterion(ApiModel):
     query: str = Field(
         min_length=1,
         max_length=4096,
-        description="PromQL returning one number for one version." + QUERY_DESCRIPTION,
+        description=(
+            "PromQL returning one number for one version, measured for A and for B when the test "
+            "is over." + QUERY_DESCRIPTION + " {{window}} is the test's time range, e.g. 86400s."
+        ),
     )
     goal: Literal["maximize", "minimize"] = Field(
         "maximize", description="Whether higher (maximize) or lower (minimize) is better."

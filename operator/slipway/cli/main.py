@@ -169,11 +169,47 @@ def status(
     if blocked:
         summary.add_row("Blocked", ", ".join(blocked))
     out.print(summary)
+    if st.get("comparison"):
+        out.print(comparison_table(st["comparison"]))
     conds = Table("CONDITION", "STATUS", "REASON", "MESSAGE", title="Conditions")
     for c in st.get("conditions") or []:
         conds.add_row(c.get("type", ""), c.get("status", ""), c.get("reason", ""), c.get("message", ""))
     out.print(conds)
     out.print(_timeline(kube, md))
+
+
+def _fmt(value: Any, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "pct":
+        return f"{value:.2%}"
+    if kind == "ms":
+        return f"{value * 1000:.1f}ms"
+    return f"{value:.4g}"
+
+
+def comparison_table(comparison: dict[str, Any]) -> Table:
+    """status.comparison of an A/B test: one column per version, the verdict as the caption."""
+    variants = comparison.get("variants") or []
+    title = f"A/B comparison over {comparison.get('window', '?')}"
+    table = Table("", *(f"{v.get('variant')} v{v.get('version')}" for v in variants), title=title)
+    rows = (
+        ("requests", "requests", "num"),
+        ("error rate", "errorRate", "pct"),
+        ("p50 latency", "p50LatencySeconds", "ms"),
+        ("p99 latency", "p99LatencySeconds", "ms"),
+        ("feedback", "feedback", "num"),
+        ("accuracy", "accuracy", "pct"),
+        ("drift", "drift", "num"),
+        (comparison.get("metric") or "criterion", "criterion", "num"),
+    )
+    for label, key, kind in rows:
+        table.add_row(label, *(_fmt(v.get(key), kind) for v in variants))
+    top = [sorted((v.get("predictions") or {}).items(), key=lambda kv: -kv[1])[:3] for v in variants]
+    table.add_row("top classes", *(", ".join(f"{k}: {p:.0%}" for k, p in t) or "-" for t in top))
+    winner = comparison.get("winner")
+    table.caption = f"winner {winner}: {comparison.get('message', '')}" if winner else comparison.get("message", "")
+    return table
 
 
 def _timeline(kube: Kube, md: dict[str, Any]) -> Table:
