@@ -328,3 +328,21 @@ def test_cli_prints_the_comparison():
     console.print(comparison_table(state_to_status(d.state)["comparison"]))
     text = console.export_text()
     assert "A v1" in text and "B v2" in text and "80.00%" in text and "95.00%" in text and "winner B" in text
+
+
+def test_plan_lists_the_ab_stages():
+    from slipway.cli.plan import traffic_steps
+
+    obj = md(
+        abTest={
+            "weight": 20,
+            "duration": "1h",
+            "match": [{"header": {"name": "x-variant", "value": "b"}}],
+            "shadow": {"percent": 10, "duration": "5m"},
+            "criterion": CRITERION,
+        }
+    )
+    steps = traffic_steps(obj, "1", "2")
+    assert steps[1] == ("shadow: mirror 10% to v2 for 5m", "v1 100% · v2 0%")
+    assert steps[2] == ("A/B test for 1h", "v1 80% · v2 20% + 1 header/cookie match(es) to v2")
+    assert "B promoted if better by 2%+" in steps[3][0]

@@ -54,11 +54,32 @@ def traffic_steps(md: ModelDeployment, stable: str | None, target: str) -> list[
     elif strategy.blue_green is not None:
         bg = strategy.blue_green
         steps.append((f"preview v{target} at full size", _split(stable, target, 0)))
+        if bg.shadow is not None:
+            shadow = f"shadow: mirror {bg.shadow.percent}% to v{target} for {bg.shadow.duration} (until the switch)"
+            steps.append((shadow, _split(stable, target, 0)))
         if bg.pre_promotion_analysis is not None:
             steps.append(("pre-promotion analysis", _split(stable, target, 0)))
         when = f"after {bg.auto_promotion_seconds}s" if bg.auto_promotion_seconds else "when promoted"
         steps.append((f"switch {when}, in one route write", f"v{target} 100%"))
         steps.append((f"remove v{stable} after {bg.scale_down_delay_seconds}s", f"v{target} 100%"))
+    elif strategy.ab_test is not None:
+        ab = strategy.ab_test
+        steps.append((f"B v{target} ready (A is v{stable})", _split(stable, target, 0)))
+        if ab.shadow is not None:
+            steps.append(
+                (
+                    f"shadow: mirror {ab.shadow.percent}% to v{target} for {ab.shadow.duration}",
+                    _split(stable, target, 0),
+                )
+            )
+        matches = f" + {len(ab.match)} header/cookie match(es) to v{target}" if ab.match else ""
+        steps.append((f"A/B test for {ab.duration}", _split(stable, target, ab.weight or 0) + matches))
+        if ab.criterion is not None:
+            c = ab.criterion
+            decide = f"{c.goal} {c.metric}: B promoted if better by {c.min_improvement:.0%}+, else A kept"
+        else:
+            decide = "compare, then wait for promote (B) or abort (A)"
+        steps.append((decide, f"v{target} 100% or v{stable} 100%"))
     return steps
 
 
