@@ -1,27 +1,31 @@
 """Alert-driven rollback: Alertmanager notification → HTTPRoute write, against Alertmanager → a bare receiver.
 
-    python bench/rollback_latency.py [--trials 24] [--annotation-trials 8]
+    python bench/rollback_latency.py [--trials 24] [--annotation-trials 8] [--paths loop,thread]
 
 Uses the running test bed (or brings one up with ``hack/testbed.py`` and takes it down after).
-In a fresh namespace it starts the real operator (``python -m slipway``, webhook token set, no
-MLflow, no Prometheus poller) and, in this process, a bare ``AlertmanagerReceiver`` whose
-handler only records the arrival time. Alertmanager is pointed at both (one receiver, two
-webhook configs, notified in parallel). ``trials + annotation-trials`` ModelDeployments share
-one model; each gets its canary (v2) to 50 % and pauses there.
+For each alert path in ``--paths`` it makes a fresh namespace and starts the real operator there
+(``python -m slipway``, webhook token set, no MLflow, no Prometheus poller) with
+``SLIPWAY_ALERT_KUBE`` set to that path: ``loop`` (the default: the alert pass's read and two
+writes are made from the event loop over a kept-warm connection) or ``thread`` (the earlier
+path: the kubernetes client in the Driver's urgent worker threads). In this process, a bare
+``AlertmanagerReceiver`` whose handler only records the arrival time. Alertmanager routes each
+namespace's alerts to its operator and every alert to the bare receiver too (notified in
+parallel). ``trials`` ModelDeployments per path (plus ``annotation-trials`` for the first path)
+share one model; each gets its canary (v2) to 50 % and pauses there.
 
 Per trial, one alert naming one deployment is posted to Alertmanager's API, and the clock
 starts. It stops twice: when the bare receiver gets the notification (the baseline — what any
 webhook costs), and when a watch on the namespace's HTTPRoutes sees all weight back on v1
 (the rollback). The operator also logs its own alert arrival → route write time. The next
-trial waits until the previous deployment is ``RolledBack``, so trials do not overlap.
+trial waits until the previous deployment is ``RolledBack``, so trials do not overlap; the paths
+take turns (trial i on each path, the first path alternating), so both see the same load.
 
 For comparison, ``annotation-trials`` deployments are rolled back the other way a handler
-could be fed — an annotation (``ml.slipway.dev/action: abort``) that kopf picks up, batches
-(``settings.batching``, 0.1 s window by default) and hands to a full reconcile pass — timed
-from the annotation write to the route write.
+could be fed — an annotation (``ml.slipway.dev/action: abort``) that kopf picks up and hands to
+a full reconcile pass — timed from the annotation write to the route write.
 
 Prints p50 and p99 (nearest rank: over fewer than 100 trials p99 is the slowest) and the ratios
-to the baseline. Bounded: about 1-2 minutes, aborted at 170 s.
+to the baseline. Bounded: about 2-4 minutes, aborted at 400 s.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -60,7 +65,7 @@ from slipway.rollout.alerts import Alert  # noqa: E402
 GROUP, VERSION = "ml.slipway.dev", "v1alpha1"
 MODEL = "bench"
 TOKEN = "bench-" + uuid.uuid4().hex
-BUDGET_SECONDS = 170.0
+BUDGET_SECONDS = 400.0
 START = time.monotonic()
 
 
@@ -103,7 +108,7 @@ class BareReceiver:
     """Alertmanager's webhook with the same receiver class, in this process, recording arrivals by deployment."""
 
     def __init__(self) -> None:
-        self.arrivals: dict[str, float] = {}
+        self.arrivals: dict[tuple[str, str], float] = {}
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._server = HttpServer()
@@ -113,7 +118,8 @@ class BareReceiver:
         ready.wait(10)
 
     async def _handle(self, alert: Alert) -> None:
-        self.arrivals[alert.labels["modeldeployment"]] = alert.received or time.monotonic()
+        key = (alert.labels["namespace"], alert.labels["modeldeployment"])
+        self.arrivals[key] = alert.received or time.monotonic()
 
     def _run(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self._loop)
@@ -172,8 +178,11 @@ class RouteWatch:
 
 
 class Bench:
-    def __init__(self, state: tb.State, trials: int, annotation_trials: int) -> None:
+    """One namespace of paused canaries and the operator watching it, with one alert path (loop or thread)."""
+
+    def __init__(self, state: tb.State, trials: int, annotation_trials: int, path: str = "loop") -> None:
         self.state = state
+        self.path = path
         self.api = config.new_client_from_config(config_file=state.kubeconfig)
         self.custom = client.CustomObjectsApi(self.api)
         self.apps = client.AppsV1Api(self.api)
@@ -191,9 +200,6 @@ class Bench:
         subprocess.run(cmd, check=True, capture_output=True, text=True)
 
     def setup(self) -> None:
-        self.kubectl(
-            "apply", "--server-side", "--force-conflicts", "--field-manager=slipway-crds", "-f", str(REPO / "crds")
-        )
         self.core.create_namespace({"metadata": {"name": self.ns}})
         wait_for("default ServiceAccount", lambda: self.core.list_namespaced_service_account(self.ns).items, 30, 0.2)
         self.start_operator()
@@ -219,10 +225,14 @@ class Bench:
             self.custom.create_namespaced_custom_object(
                 GROUP, VERSION, self.ns, "modeldeployments", self.deployment(name)
             )
-        wait_for("v1 serving everywhere", lambda: self.phases() == {"Succeeded"}, 90, 0.5)
+
+    def start_canaries(self) -> None:
+        wait_for("v1 serving everywhere", lambda: self.phases() == {"Succeeded"}, 120, 0.5)
         self.aliases("1", [])
         self.aliases("2", ["champion"])
-        wait_for("every canary paused at 50%", lambda: self.phases() == {"Paused"}, 90, 0.5)
+
+    def canaries_paused(self) -> None:
+        wait_for("every canary paused at 50%", lambda: self.phases() == {"Paused"}, 120, 0.5)
 
     def aliases(self, version: str, aliases: list[str]) -> None:
         status = {"aliases": aliases, "stage": "None", "storageUri": f"s3://models/{MODEL}/{version}"}
@@ -275,6 +285,7 @@ class Bench:
             SLIPWAY_ALERTMANAGER_TOKEN=TOKEN,
             SLIPWAY_HTTP_HOST="127.0.0.1",
             SLIPWAY_HTTP_PORT=str(self.port),
+            SLIPWAY_ALERT_KUBE=self.path,
         )
         with self.log.open("wb") as out:
             self.operator = subprocess.Popen(
@@ -348,76 +359,149 @@ def row(label: str, values: list[float], baseline: list[float] | None = None) ->
     return text
 
 
+def alertmanager_routes(state: tb.State, benches: list[Bench], bare_url: str) -> None:
+    """Alertmanager sends each bench namespace's alerts to its operator, and every alert to the bare receiver."""
+    auth = f"        http_config:\n          authorization: {{type: Bearer, credentials: {TOKEN}}}\n"
+
+    def hook(url: str) -> str:
+        return f"      - url: {url}\n        send_resolved: false\n" + auth
+
+    routes = "".join(f"    - matchers: ['namespace=\"{b.ns}\"']\n      receiver: {b.path}\n" for b in benches)
+    receivers = "".join(
+        f"  - name: {b.path}\n    webhook_configs:\n" + hook(f"http://127.0.0.1:{b.port}{PATH}") + hook(bare_url)
+        for b in benches
+    )
+    config = (
+        "route:\n  receiver: none\n  group_by: [alertname, namespace, modeldeployment]\n"
+        "  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1m\n"
+        f"  routes:\n{routes}receivers:\n  - name: none\n{receivers}"
+    )
+    (Path(state.dir) / "alertmanager" / "alertmanager.yml").write_text(config)
+    with urllib.request.urlopen(
+        urllib.request.Request(f"{state.urls['alertmanager']}/-/reload", method="POST"), timeout=10
+    ):
+        pass
+
+
+@dataclass
+class Samples:
+    """One path's trials, milliseconds."""
+
+    base: list[float] = field(default_factory=list)
+    total: list[float] = field(default_factory=list)
+    read: list[float] = field(default_factory=list)
+    status: list[float] = field(default_factory=list)
+    route: list[float] = field(default_factory=list)
+
+
+def trial(
+    bench: Bench, md: str, http: httpx.Client, am: str, routes: RouteWatch, bare: BareReceiver, out: Samples
+) -> None:
+    started = time.monotonic()
+    post_alert(http, am, bench.ns, md)
+    wait_for(f"{md} rolled back", lambda: routes.restored.get(md, 0) > started, 10, 0.002)
+    wait_for(f"{md} at the bare receiver", lambda: bare.arrivals.get((bench.ns, md), 0) > started, 10, 0.002)
+    out.total.append((routes.restored[md] - started) * 1000)
+    out.base.append((bare.arrivals[(bench.ns, md)] - started) * 1000)
+    wait_for(f"{md} RolledBack", lambda: bench.phases([md]) == {"RolledBack"}, 15, 0.1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=24, help="alert trials (>= 20)")
+    parser.add_argument("--trials", type=int, default=24, help="alert trials per path (>= 20)")
     parser.add_argument("--annotation-trials", type=int, default=8, help="annotation → kopf trials, for comparison")
+    parser.add_argument(
+        "--paths",
+        default="loop,thread",
+        help="alert paths to compare, trials alternating (loop: on the event loop, the default; thread: the "
+        "kubernetes client in worker threads, the earlier path)",
+    )
     parser.add_argument("--verbose", action="store_true", help="print every sample")
     args = parser.parse_args(argv)
+    paths = [p for p in args.paths.split(",") if p]
 
     existing = tb.State.load(tb.testbed_dir())
     reuse = tb.is_up(existing) and existing is not None and "prometheus" in existing.pids
     state = existing if reuse and existing else tb.up(("mlflow", "prometheus"))
     assert state is not None
-    bench = Bench(state, args.trials, args.annotation_trials)
+    benches = [Bench(state, args.trials, args.annotation_trials if i == 0 else 0, p) for i, p in enumerate(paths)]
     bare = BareReceiver()
     am = state.urls["alertmanager"]
-    base, total, read_ms, status_ms, route_ms, annotation = [], [], [], [], [], []
+    samples = {b.path: Samples() for b in benches}
+    annotation: list[float] = []
     http = httpx.Client(timeout=5)  # made before the clock starts: a new client costs tens of ms
     try:
-        print(f"setting up {len(bench.names)} ModelDeployments in {bench.ns} …", file=sys.stderr)
-        bench.setup()
-        routes = RouteWatch(bench.custom, bench.ns)
-        wait_for("the route watch", lambda: len(routes.weights) == len(bench.names), 30)
-        tb.set_alert_webhooks(state, [f"http://127.0.0.1:{bench.port}{PATH}", bare.url], TOKEN)
+        print(
+            f"setting up {sum(len(b.names) for b in benches)} ModelDeployments ({', '.join(paths)}) …", file=sys.stderr
+        )
+        benches[0].kubectl(
+            "apply", "--server-side", "--force-conflicts", "--field-manager=slipway-crds", "-f", str(REPO / "crds")
+        )
+        for b in benches:
+            b.setup()
+        for b in benches:
+            b.start_canaries()
+        for b in benches:
+            b.canaries_paused()
+        watches = {b.path: RouteWatch(b.custom, b.ns) for b in benches}
+        for b in benches:
+            wait_for("the route watch", lambda b=b: len(watches[b.path].weights) == len(b.names), 30)
+        alertmanager_routes(state, benches, bare.url)
         time.sleep(1.0)  # Alertmanager reloads its configuration
-        print(f"setup took {time.monotonic() - START:.0f}s; {args.trials} alert trials …", file=sys.stderr)
-        for md in bench.alert_names:
-            started = time.monotonic()
-            post_alert(http, am, bench.ns, md)
-            wait_for(f"{md} rolled back", lambda md=md, t=started: routes.restored.get(md, 0) > t, 10, 0.002)
-            wait_for(f"{md} at the bare receiver", lambda md=md, t=started: bare.arrivals.get(md, 0) > t, 10, 0.002)
-            total.append((routes.restored[md] - started) * 1000)
-            base.append((bare.arrivals[md] - started) * 1000)
-            wait_for(f"{md} RolledBack", lambda md=md: bench.phases([md]) == {"RolledBack"}, 15, 0.1)
-        logged = operator_latencies(bench.log)
-        read_ms = [logged[md][0] for md in bench.alert_names if md in logged]
-        status_ms = [logged[md][1] for md in bench.alert_names if md in logged]
-        route_ms = [logged[md][2] for md in bench.alert_names if md in logged]
+        print(f"setup took {time.monotonic() - START:.0f}s; {args.trials} alert trials per path …", file=sys.stderr)
+        for i in range(args.trials):
+            for b in benches if i % 2 == 0 else benches[::-1]:  # alternate which path goes first
+                trial(b, b.alert_names[i], http, am, watches[b.path], bare, samples[b.path])
+        for b in benches:
+            logged = operator_latencies(b.log)
+            out = samples[b.path]
+            out.read = [logged[md][0] for md in b.alert_names if md in logged]
+            out.status = [logged[md][1] for md in b.alert_names if md in logged]
+            out.route = [logged[md][2] for md in b.alert_names if md in logged]
         tb.set_alert_webhooks(state, [])
-        print(f"{args.annotation_trials} annotation trials …", file=sys.stderr)
-        for md in bench.annotation_names:
+        first = benches[0]
+        print(f"{len(first.annotation_names)} annotation trials …", file=sys.stderr)
+        routes = watches[first.path]
+        for md in first.annotation_names:
             started = time.monotonic()
             patch = {"metadata": {"annotations": {f"{GROUP}/action": "abort"}}}
-            bench.custom.patch_namespaced_custom_object(GROUP, VERSION, bench.ns, "modeldeployments", md, patch)
+            first.custom.patch_namespaced_custom_object(GROUP, VERSION, first.ns, "modeldeployments", md, patch)
             wait_for(f"{md} aborted", lambda md=md, t=started: routes.restored.get(md, 0) > t, 10, 0.002)
             annotation.append((routes.restored[md] - started) * 1000)
-            wait_for(f"{md} RolledBack", lambda md=md: bench.phases([md]) == {"RolledBack"}, 15, 0.1)
-        routes.stop()
+            wait_for(f"{md} RolledBack", lambda md=md: first.phases([md]) == {"RolledBack"}, 15, 0.1)
+        for w in watches.values():
+            w.stop()
     finally:
         with contextlib.suppress(Exception):
             tb.set_alert_webhooks(state, [])
-        bench.teardown()
+        for b in benches:
+            b.teardown()
         bare.stop()
         http.close()
         if not reuse:
             tb.down()
 
-    print(f"\nrollback latency, {len(total)} alert trials ({len(annotation)} annotation trials), ms")
+    load = os.getloadavg()
+    print(f"\nrollback latency, {args.trials} alert trials per path ({len(annotation)} annotation trials), ms")
+    print(f"(load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end)")
     print(f"{'':<46} {'p50':>8} {'p99':>8}   ratio to baseline (p50, p99)")
-    print(row("Alertmanager → bare receiver (baseline)", base))
-    print(row("Alertmanager → HTTPRoute write (seen by watch)", total, base))
-    if route_ms:
-        print(row("  operator: alert arrival → object read", read_ms))
-        print(row("  operator: alert arrival → status write", status_ms))
-        print(row("  operator: alert arrival → route write", route_ms))
+    for path, out in samples.items():
+        if not out.total:
+            continue
+        print(f"-- alert path: {path}")
+        print(row("Alertmanager → bare receiver (baseline)", out.base))
+        print(row("Alertmanager → HTTPRoute write (seen by watch)", out.total, out.base))
+        if out.route:
+            print(row("  operator: alert arrival → object read", out.read))
+            print(row("  operator: alert arrival → status write", out.status))
+            print(row("  operator: alert arrival → route write", out.route))
     if annotation:
         print(row("annotation → kopf → full pass → route write", annotation))
-    print(f"(p99 over {len(total)} trials is the slowest trial; total {time.monotonic() - START:.0f}s)")
+    print(f"(p99 over fewer than 100 trials is the slowest trial; total {time.monotonic() - START:.0f}s)")
     if args.verbose:
-        samples = (("baseline", base), ("total", total), ("read", read_ms), ("status", status_ms), ("route", route_ms))
-        for label, values in samples:
-            print(f"{label}: {[round(v) for v in values]}")
+        for path, out in samples.items():
+            for label in ("base", "total", "read", "status", "route"):
+                print(f"{path} {label}: {[round(v) for v in getattr(out, label)]}")
         print(f"annotation: {[round(v) for v in annotation]}")
     return 0
 

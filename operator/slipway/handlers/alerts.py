@@ -1,16 +1,21 @@
-"""kopf glue of alert-driven rollback: bind the alert intake to the Driver, start and stop the Prometheus poller."""
+"""kopf glue of alert-driven rollback: bind the alert intake to the Driver (with its on-loop client), run the poller."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 import kopf
 
+from slipway.clients.kube_fast import FastKube
 from slipway.reconcilers.alert_intake import AlertIntake
 from slipway.reconcilers.alert_poller import AlertPoller
 from slipway.reconcilers.writeback import WriteBack
+
+ALERT_KUBE_ENV = "SLIPWAY_ALERT_KUBE"
+"""``thread``: make the alert path's calls with the kubernetes client in worker threads (default ``loop``)."""
 
 
 @kopf.on.startup()
@@ -25,7 +30,25 @@ async def start_alert_intake(memo: Any, logger: logging.Logger | logging.LoggerA
     write_back = WriteBack(memo.kube, sync.registry if sync else None, sync.trigger if sync else None)
     memo.md_driver.after_rollback = write_back.after_rollback
     intake: AlertIntake = memo.alert_intake
-    intake.bind(memo.md_driver, write_back)
+    if os.environ.get(ALERT_KUBE_ENV, "loop") == "thread":  # the earlier path, for comparisons (bench)
+        intake.bind(memo.md_driver, write_back)
+        logger.info("alert path: kubernetes client in the Driver's urgent threads (%s=thread)", ALERT_KUBE_ENV)
+        _start_poller(memo, intake, logger)
+        return
+    fast = FastKube(memo.kube.api_client)
+    try:
+        await fast.start()  # the connection the first alert uses is open before it comes
+    except Exception as exc:
+        await fast.close()
+        raise kopf.TemporaryError(f"the API server did not answer: {exc}", delay=1) from exc
+    memo.alert_kube = fast
+    intake.bind(memo.md_driver, write_back, fast)
+    _start_poller(memo, intake, logger)
+
+
+def _start_poller(memo: Any, intake: AlertIntake, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    """Warn about what is not configured; poll Prometheus' alerts when it is."""
+    settings = memo.settings
     if not settings.alertmanager_token:
         logger.warning("no SLIPWAY_ALERTMANAGER_TOKEN: the Alertmanager webhook answers 503")
     if not settings.prometheus_url:
@@ -35,9 +58,21 @@ async def start_alert_intake(memo: Any, logger: logging.Logger | logging.LoggerA
     memo.alert_poller_task = asyncio.create_task(poller.run(), name="alert poller")
 
 
+@kopf.on.event("ml.slipway.dev", "v1alpha1", "modeldeployments")
+async def remember_for_alerts(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    """Keep the latest object the watch delivered, so an alert's rollback need not read it first."""
+    intake: AlertIntake | None = getattr(memo, "alert_intake", None)
+    obj = event.get("object")
+    if intake is not None and isinstance(obj, dict):
+        intake.remember(dict(obj), deleted=event.get("type") == "DELETED")
+
+
 @kopf.on.cleanup()
 async def stop_alert_poller(memo: Any, **_: Any) -> None:
-    """Stop polling."""
+    """Stop polling; close the alert path's connections."""
     task: asyncio.Task[None] | None = getattr(memo, "alert_poller_task", None)
     if task is not None:
         task.cancel()
+    fast: FastKube | None = getattr(memo, "alert_kube", None)
+    if fast is not None:
+        await fast.close()

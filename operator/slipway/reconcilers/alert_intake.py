@@ -34,12 +34,13 @@ from typing import Any, Literal
 
 import prometheus_client
 
+from slipway.clients.kube_fast import FastKube, KubeCallFailed, plural_path
 from slipway.rollout.alerts import Alert, target
 
 from . import rollout_metrics
-from .alert_rollback import Reaction, react
+from .alert_rollback import Reaction, react, react_fast
 from .events import post_events
-from .modeldeployment import Driver
+from .modeldeployment import GROUP_VERSION, Driver
 from .status import Event
 from .writeback import WriteBack, rolled_back
 
@@ -75,11 +76,13 @@ class AlertIntake:
     def __init__(self) -> None:
         self.driver: Driver | None = None
         self.write_back: WriteBack | None = None
+        self.fast: FastKube | None = None
         self.bound_at = 0.0
+        self._latest: dict[tuple[str, str], dict[str, Any]] = {}
 
-    def bind(self, driver: Driver, write_back: WriteBack | None) -> None:
-        """Start acting on alerts (before this, :meth:`handle` defers them)."""
-        self.driver, self.write_back = driver, write_back
+    def bind(self, driver: Driver, write_back: WriteBack | None, fast: FastKube | None = None) -> None:
+        """Start acting on alerts (before this, :meth:`handle` defers them); ``fast``: the on-loop client."""
+        self.driver, self.write_back, self.fast = driver, write_back, fast
         self.bound_at = time.monotonic()
 
     async def handle(self, alert: Alert) -> Result:
@@ -101,7 +104,10 @@ class AlertIntake:
             return "not_watched"
         now = datetime.now(UTC)
         try:
-            body, reaction = await driver.exclusive(ns, name, lambda b: react(driver.kube, b, alert, now))
+            if self.fast is None:
+                body, reaction = await driver.exclusive(ns, name, lambda b: react(driver.kube, b, alert, now))
+            else:
+                body, reaction = await self._react_fast(driver, self.fast, ns, name, alert, now)
         except Exception as exc:
             if _status_code(exc) in (401, 403, 404):  # not ours to see (e.g. another namespace): not a retry
                 log.info("alert %s for %s/%s: cannot read the ModelDeployment: %s", alert.name, ns, name, exc)
@@ -119,6 +125,42 @@ class AlertIntake:
         self._report(alert, body, reaction, received)
         driver.spawn(self._follow_up(driver, body, reaction, alert), f"after alert {ns}/{name}")
         return "rolled_back"
+
+    def remember(self, obj: dict[str, Any], deleted: bool = False) -> None:
+        """The ModelDeployment as the watch just delivered it: the alert path's first guess at the object."""
+        meta = obj.get("metadata") or {}
+        key = (meta.get("namespace") or "", meta.get("name") or "")
+        if deleted:
+            self._latest.pop(key, None)
+        else:
+            self._latest[key] = obj
+
+    async def _react_fast(
+        self, driver: Driver, fast: FastKube, ns: str, name: str, alert: Alert, now: datetime
+    ) -> tuple[dict[str, Any] | None, Reaction | None]:
+        """Under the object's lock, react on the event loop (no thread hop, no pool to queue in).
+
+        First on the object as the watch last delivered it, without reading it: a rollback's
+        status write is then conditional on that resourceVersion. Read afresh and decide again
+        when the watch had not caught up (409), or when that object called for no rollback (the
+        answer "nothing to do" is never given on an object that may be stale).
+        """
+        async with driver.lock(ns, name):
+            latest = self._latest.get((ns, name))
+            if latest is not None and not latest["metadata"].get("deletionTimestamp"):
+                try:
+                    reaction = await react_fast(fast, driver.kube, latest, alert, now, unread=True)
+                except KubeCallFailed as exc:
+                    if exc.status != 409:
+                        raise
+                    log.debug("%s/%s changed since the watch saw it: reading it", ns, name)
+                else:
+                    if reaction.rolled_back:
+                        return latest, reaction
+            body = await fast.get(plural_path(GROUP_VERSION, "modeldeployments", ns, name))
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return body, None
+            return body, await react_fast(fast, driver.kube, body, alert, now)
 
     def _report(self, alert: Alert, body: dict[str, Any], reaction: Reaction, received: float) -> None:
         """Log and export the latency from the alert's arrival to the writes; note it in the rollback's event."""

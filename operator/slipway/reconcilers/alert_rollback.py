@@ -31,7 +31,8 @@ from pydantic import ValidationError
 from slipway.api.modeldeployment import ModelDeployment
 from slipway.builders.httproute import build_http_route
 from slipway.builders.knative import build_knative_inference_service
-from slipway.clients.kube import Kube
+from slipway.clients.kube import Kube, off_loop
+from slipway.clients.kube_fast import FastKube, plural_path
 from slipway.rollout import machine
 from slipway.rollout.alerts import Alert, matches, watched_versions
 from slipway.rollout.state import Decision, Observations
@@ -65,8 +66,19 @@ def last_alert(alert: Alert) -> dict[str, Any]:
     return out
 
 
-def react(kube: Kube, body: dict[str, Any], alert: Alert, now: datetime) -> Reaction:
-    """Roll ``body`` back if ``alert`` matches it now; write status, then the traffic. Blocking (run off the loop)."""
+@dataclass(frozen=True)
+class Plan:
+    """What a matching alert makes the pass write, in this order: ``status``, then the traffic."""
+
+    md: ModelDeployment
+    decision: Decision
+    status: dict[str, Any]
+    read: float
+    """time.monotonic() when the pass began (the object just read)."""
+
+
+def decide(body: dict[str, Any], alert: Alert, now: datetime) -> Plan | Reaction:
+    """The rollback ``alert`` calls for on ``body`` now, or a Reaction saying why none (no I/O)."""
     read = time.monotonic()
     old: dict[str, Any] = dict(body.get("status") or {})
     try:
@@ -94,12 +106,63 @@ def react(kube: Kube, body: dict[str, Any], alert: Alert, now: datetime) -> Reac
         return Reaction(False, f"the machine took no rollback in phase {state.phase}", decision=decision)
     status = status_of(md, old, decision.state, old.get("trackedVersion"))
     status["lastAlert"] = last_alert(alert)
-    kube.patch_status(GROUP_VERSION, "ModelDeployment", name, ns, status)
+    return Plan(md, decision, status, read)
+
+
+def _done(plan: Plan, status_written: float, route_written: float | None) -> Reaction:
+    events = [Event(n.reason, n.message, "Warning" if n.warning else "Normal") for n in plan.decision.events]
+    outcome = Outcome(plan.status, events, plan.decision.requeue_after)
+    return Reaction(True, "", outcome, plan.decision, plan.read, status_written, route_written)
+
+
+def react(kube: Kube, body: dict[str, Any], alert: Alert, now: datetime) -> Reaction:
+    """Roll ``body`` back if ``alert`` matches it now; write status, then the traffic. Blocking (run off the loop)."""
+    plan = decide(body, alert, now)
+    if isinstance(plan, Reaction):
+        return plan
+    md = plan.md
+    kube.patch_status(GROUP_VERSION, "ModelDeployment", md.metadata.name or "", md.metadata.namespace, plan.status)
     status_written = time.monotonic()
-    route_written = _write_traffic(kube, md, decision)
-    events = [Event(n.reason, n.message, "Warning" if n.warning else "Normal") for n in decision.events]
-    outcome = Outcome(status, events, decision.requeue_after)
-    return Reaction(True, "", outcome, decision, read, status_written, route_written)
+    return _done(plan, status_written, _write_traffic(kube, md, plan.decision))
+
+
+async def react_fast(
+    fast: FastKube, kube: Kube, body: dict[str, Any], alert: Alert, now: datetime, *, unread: bool = False
+) -> Reaction:
+    """:func:`react` on the event loop: the status patch and the route apply as two awaited calls.
+
+    Same order, same crash safety: the route is written only once the status write has been
+    answered. ``unread``: ``body`` is the last one the watch delivered, not read now, so the
+    status write is conditional on its resourceVersion (a newer object: 409, nothing written,
+    and the caller reads it and tries again). Only ``router: kserve-knative`` (which must
+    resolve a storage URI first) takes the blocking path, in a worker thread.
+    """
+    plan = decide(body, alert, now)
+    if isinstance(plan, Reaction):
+        return plan
+    md = plan.md
+    ns, name = md.metadata.namespace or "", md.metadata.name or ""
+    version = body["metadata"].get("resourceVersion") if unread else None
+    await fast.patch_status(plural_path(GROUP_VERSION, "modeldeployments", ns, name), plan.status, version)
+    status_written = time.monotonic()
+    if md.spec.router == "kserve-knative":
+        return _done(plan, status_written, await off_loop(_write_traffic, kube, md, plan.decision))
+    route = _route(md, plan.decision)
+    if route is None:
+        return _done(plan, status_written, None)
+    path = plural_path(
+        route["apiVersion"], "httproutes", route["metadata"].get("namespace") or ns, route["metadata"]["name"]
+    )
+    await fast.apply(path, route)
+    return _done(plan, status_written, time.monotonic())
+
+
+def _route(md: ModelDeployment, decision: Decision) -> dict[str, Any] | None:
+    """The HTTPRoute with all weight where the rollback goes; None while the failed version must keep it."""
+    state = decision.state
+    if state.stable_version is None or state.canary_weight:
+        return None
+    return build_http_route(md, dict(decision.weights))
 
 
 def _write_traffic(kube: Kube, md: ModelDeployment, decision: Decision) -> float | None:

@@ -288,6 +288,10 @@ class Driver:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def lock(self, namespace: str, name: str) -> asyncio.Lock:
+        """The object's lock: passes and alerts on one ModelDeployment run one at a time."""
+        return self._locks.setdefault((namespace, name), asyncio.Lock())
+
     async def exclusive(
         self, namespace: str, name: str, work: Callable[[dict[str, Any]], T]
     ) -> tuple[dict[str, Any] | None, T | None]:
