@@ -314,7 +314,14 @@ class Driver:
             return await asyncio.get_running_loop().run_in_executor(self._urgent, read_and_work)
 
     def is_due(self, namespace: str, name: str) -> bool:
-        """Whether the timer should run a pass now (the last pass asked to be looked at again by now)."""
+        """Whether the timer should run a pass now: the last pass asked to be looked at again by now.
+
+        Not while a pass (or alert work) on the object runs: that pass sets the next time, and a tick
+        queued behind it would only repeat it (at start-up, a create and the first tick coincide).
+        """
+        lock = self._locks.get((namespace, name))
+        if lock is not None and lock.locked():
+            return False
         return time.monotonic() >= self._due.get((namespace, name), 0.0)
 
     async def drive(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, Outcome | None]:
