@@ -290,7 +290,16 @@ def main(argv: list[str] | None = None) -> int:
         state = tb.up(("mlflow",))
     assert state is not None
     subprocess.run(
-        [state.kubectl, "--kubeconfig", state.kubeconfig, "apply", "--server-side", "-f", str(REPO / "crds")],
+        [
+            state.kubectl,
+            "--kubeconfig",
+            state.kubeconfig,
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            str(REPO / "crds"),
+        ],
         capture_output=True,
         check=True,
     )
