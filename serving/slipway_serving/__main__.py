@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import FLAVORS, ServingConfig
+from .config import DEFAULT_MAX_BATCH_SIZE, FLAVORS, ServingConfig
 from .validation import Limits
 
 
@@ -58,14 +58,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-batch-size",
         type=int,
-        default=_env_int("SLIPWAY_MAX_BATCH_SIZE", 0),
-        help="dynamic batching: most instances per model call (0 or 1: off)",
+        default=_env_int("SLIPWAY_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE),
+        help="dynamic batching: most instances per model call; requests that queued while the model was busy "
+        f"share a call (default {DEFAULT_MAX_BATCH_SIZE}; 0 or 1: one request per call)",
     )
     p.add_argument(
         "--max-latency-ms",
         type=float,
         default=0.0,
-        help="dynamic batching: longest wait for requests already received to join a batch (0: only queued ones)",
+        help="dynamic batching: longest wait for requests already received to join a batch (0: no wait, "
+        "only the requests already queued)",
     )
     p.add_argument("--max-instances", type=int, default=Limits.max_instances)
     p.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes)

@@ -6,19 +6,20 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Generic
 
 import numpy as np
 
-RunFn = Callable[[np.ndarray], Awaitable[np.ndarray]]
+from .workers import R
 
 
 @dataclass
-class _Pending:
+class _Pending(Generic[R]):
     batch: np.ndarray
-    future: asyncio.Future[np.ndarray] = field(repr=False)
+    future: asyncio.Future[R] = field(repr=False)
 
 
-class DynamicBatcher:
+class DynamicBatcher(Generic[R]):
     """Collects requests into batches of at most ``max_batch_size`` instances.
 
     A batch is started by the first waiting request and closed when it is full or when
@@ -28,14 +29,14 @@ class DynamicBatcher:
     of inference requests the server is handling), it waits only while more requests are in
     flight than the batch holds, so a lone request is never held back, and under load the
     batch fills with the requests already received. One batch runs at a time, through
-    ``run`` (the model threads), never on the event loop. A request larger than
-    ``max_batch_size`` runs alone.
+    ``run`` (the model threads), never on the event loop; its result has one row per instance
+    and each request gets its own rows. A request larger than ``max_batch_size`` runs alone.
     Inputs of one batch must share their per-instance shape and dtype (validation ensures it).
     """
 
     def __init__(
         self,
-        run: RunFn,
+        run: Callable[[np.ndarray], Awaitable[R]],
         max_batch_size: int,
         max_latency: float,
         on_batch: Callable[[int], None] | None = None,
@@ -50,18 +51,18 @@ class DynamicBatcher:
         self.max_latency = max_latency
         self._on_batch = on_batch
         self._in_flight = in_flight
-        self._queue: asyncio.Queue[_Pending] | None = None
+        self._queue: asyncio.Queue[_Pending[R]] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._carry: _Pending | None = None
+        self._carry: _Pending[R] | None = None
 
-    async def submit(self, batch: np.ndarray) -> np.ndarray:
+    async def submit(self, batch: np.ndarray) -> R:
         """Predict ``batch`` (``[n, ...]``) as part of a shared batch; returns its ``n`` rows."""
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
             self._queue = asyncio.Queue()
             self._task = loop.create_task(self._run(), name="slipway-batcher")
         assert self._queue is not None
-        future: asyncio.Future[np.ndarray] = loop.create_future()
+        future: asyncio.Future[R] = loop.create_future()
         self._queue.put_nowait(_Pending(batch, future))
         return await future
 
@@ -83,7 +84,7 @@ class DynamicBatcher:
             items = await self._collect(self._queue, loop)
             await self._execute(items)
 
-    async def _collect(self, queue: asyncio.Queue[_Pending], loop: asyncio.AbstractEventLoop) -> list[_Pending]:
+    async def _collect(self, queue: asyncio.Queue[_Pending[R]], loop: asyncio.AbstractEventLoop) -> list[_Pending[R]]:
         first = self._carry if self._carry is not None else await queue.get()
         self._carry = None
         items = [first]
@@ -114,7 +115,7 @@ class DynamicBatcher:
             size += len(item.batch)
         return items
 
-    async def _execute(self, items: list[_Pending]) -> None:
+    async def _execute(self, items: list[_Pending[R]]) -> None:
         items = [i for i in items if not i.future.done()]
         if not items:
             return

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from .validation import Limits
 
+#: Requests that queue while the model is busy share a call, up to this many instances; no wait.
+DEFAULT_MAX_BATCH_SIZE = 32
+
 FLAVORS = ("auto", "pytorch", "keras", "tensorflow", "pyfunc", "torchscript", "savedmodel")
 
 
@@ -25,7 +28,7 @@ class ServingConfig:
     download_dir: Path | None = None
     baseline_uri: str | None = None
     limits: Limits = field(default_factory=Limits)
-    max_batch_size: int = 0
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     max_latency_ms: float = 0.0
     predict_workers: int = 1
     torch_threads: int = 1
@@ -46,7 +49,7 @@ class ServingConfig:
 
     @property
     def batching(self) -> bool:
-        """Dynamic batching is on when a maximum batch size above 1 is given."""
+        """Dynamic batching is on when the maximum batch size is above 1 (the default)."""
         return self.max_batch_size > 1
 
     @property

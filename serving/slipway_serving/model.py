@@ -29,8 +29,10 @@ class SlipwayModel(Model):  # type: ignore[misc]  # kserve ships no type informa
 
     ``load()`` resolves and loads the artifact, then predicts the input example (or a zero
     instance built from the signature) and only then sets ``ready``. ``predict`` validates the
-    body against the signature, runs the model in a worker thread (alone or in a dynamic
-    batch), and records predictions, confidences and drift inputs.
+    body against the signature and hands it to a model thread, which runs it (with the requests
+    queued behind it, or in a dynamic batch collected on the loop when a wait is configured),
+    interprets the outputs and records the inputs for drift; back on the loop, the request's
+    predictions and confidences are counted and the answer built.
     """
 
     def __init__(self, config: ServingConfig) -> None:
@@ -42,9 +44,9 @@ class SlipwayModel(Model):  # type: ignore[misc]  # kserve ships no type informa
         self.input_spec: InputSpec | None = None
         self.drift: DriftMonitor | None = None
         self._predict_fn: frameworks.Predict | None = None
-        self._workers: ModelWorkers | None = None
+        self._workers: ModelWorkers[Outputs] | None = None
         self.in_flight = InFlight()
-        self._batcher: DynamicBatcher | None = None
+        self._batcher: DynamicBatcher[Outputs] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -62,17 +64,19 @@ class SlipwayModel(Model):  # type: ignore[misc]  # kserve ships no type informa
         self.input_spec = loaded.input_spec
         self._warm_up(loaded.input_example)
         self._set_up_drift(loaded)
+        # No wait: the model threads batch what is queued. A wait: the loop collects batches.
+        waits = self.config.batching and self.config.max_latency_ms > 0
         self._workers = ModelWorkers(
-            self._predict_fn,
+            self._infer,
             threads=self.config.predict_workers,
             initializer=frameworks.thread_initializer(self.config.torch_threads),
+            max_batch_size=max(1, self.config.max_batch_size) if not waits else 1,
         )
-        if self.config.batching:
+        if waits:
             self._batcher = DynamicBatcher(
                 self._workers.run,
                 max_batch_size=self.config.max_batch_size,
                 max_latency=self.config.max_latency_ms / 1000.0,
-                on_batch=self.metrics.batch_size.observe,
                 in_flight=self.in_flight,
             )
         self.metrics.set_info(self.flavor)
@@ -83,7 +87,7 @@ class SlipwayModel(Model):  # type: ignore[misc]  # kserve ships no type informa
             self.config.version,
             self.flavor,
             self.input_spec.describe_shape() if self.input_spec else "unchecked",
-            f"{self.config.max_batch_size}/{self.config.max_latency_ms}ms" if self._batcher else "off",
+            f"{self.config.max_batch_size}/{self.config.max_latency_ms}ms" if self.config.batching else "off",
         )
         return self.ready
 
@@ -166,32 +170,35 @@ class SlipwayModel(Model):  # type: ignore[misc]  # kserve ships no type informa
             batch = v2_inputs(payload.inputs, self.input_spec, limits)
         else:
             batch = v1_instances(payload, self.input_spec, limits)
-        raw = await self._run(batch)
-        outputs = interpret(raw, self.output_kind)
+        outputs = await self._run(batch)
         self.metrics.predicted(outputs.classes, outputs.confidence)
-        if self.drift is not None:
-            self.drift.observe(batch)
         if isinstance(payload, InferRequest):
             return self._v2_response(payload, outputs)
         return {"predictions": outputs.predictions.tolist()}
 
-    async def _run(self, batch: np.ndarray) -> np.ndarray:
+    async def _run(self, batch: np.ndarray) -> Outputs:
         assert self._workers is not None
         try:
             if self._batcher is not None:
-                result = await self._batcher.submit(batch)
-            else:
-                self.metrics.batch_size.observe(len(batch))
-                result = await self._workers.run(batch)
+                return await self._batcher.submit(batch)
+            return await self._workers.run(batch)
         except ServingError:
             raise
         except Exception as exc:
             log.exception("model %s failed on a batch of %d", self.name, len(batch))
             raise PredictionFailed(f"the model failed: {type(exc).__name__}: {exc}") from exc
-        raw = np.asarray(result)
+
+    def _infer(self, batch: np.ndarray) -> Outputs:
+        """One model call, in a model thread: predict, interpret, record the inputs for drift."""
+        assert self._predict_fn is not None
+        self.metrics.batch_size.observe(len(batch))
+        raw = np.asarray(self._predict_fn(batch))
         if raw.ndim == 0 or len(raw) != len(batch):
             raise PredictionFailed(f"the model returned {raw.shape} for {len(batch)} instances")
-        return raw
+        outputs = interpret(raw, self.output_kind)
+        if self.drift is not None:
+            self.drift.observe(batch)
+        return outputs
 
     def _v2_response(self, request: InferRequest, outputs: Outputs) -> InferResponse:
         infer_outputs = []

@@ -34,6 +34,19 @@ class Outputs:
     probabilities: np.ndarray | None = None
     confidence: np.ndarray | None = None
 
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, rows: slice, /) -> Outputs:
+        """The outputs of some of the instances (one request's share of a batch)."""
+        return Outputs(
+            self.raw[rows],
+            self.predictions[rows],
+            None if self.classes is None else self.classes[rows],
+            None if self.probabilities is None else self.probabilities[rows],
+            None if self.confidence is None else self.confidence[rows],
+        )
+
 
 def classify(raw: np.ndarray) -> OutputKind:
     """The kind of a raw output batch.

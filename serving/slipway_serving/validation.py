@@ -84,7 +84,7 @@ class V2Tensor(Protocol):
 
 def v1_instances(payload: Any, spec: InputSpec | None, limits: Limits) -> np.ndarray:
     """Validate a V1 body (``{"instances": [...]}`` or ``{"inputs": [...]}``) into a batch."""
-    if not isinstance(payload, Mapping):
+    if not isinstance(payload, dict | Mapping):  # dict first: the ABC check costs microseconds
         raise InvalidRequest('the body must be a JSON object with an "instances" list')
     instances = payload.get("instances", payload.get("inputs"))
     if instances is None:
@@ -92,7 +92,7 @@ def v1_instances(payload: Any, spec: InputSpec | None, limits: Limits) -> np.nda
     if not isinstance(instances, list):
         raise InvalidRequest('"instances" must be a list, one entry per instance')
     _check_count(len(instances), limits)
-    if spec is not None and spec.columns is not None and isinstance(instances[0], Mapping):
+    if spec is not None and spec.columns is not None and isinstance(instances[0], dict | Mapping):
         instances = _rows_from_records(instances, spec.columns)
     try:
         array = np.asarray(instances)
@@ -144,8 +144,9 @@ def conform(array: np.ndarray, spec: InputSpec | None, *, what: str) -> np.ndarr
         _check_finite(array, what)
         return array
     instance_shape = array.shape[1:]
-    if len(instance_shape) != len(spec.shape) or any(
-        want >= 0 and want != got for want, got in zip(spec.shape, instance_shape, strict=False)
+    if instance_shape != spec.shape and (
+        len(instance_shape) != len(spec.shape)
+        or any(want >= 0 and want != got for want, got in zip(spec.shape, instance_shape, strict=False))
     ):
         raise ShapeMismatch(
             f"{what}: each instance must have shape {spec.describe_shape()}, got {list(instance_shape)}"

@@ -7,21 +7,38 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import numpy as np
 
-PredictFn = Callable[[np.ndarray], np.ndarray]
 
-_Job = tuple[np.ndarray, "asyncio.Future[np.ndarray]", asyncio.AbstractEventLoop]
+class Rows(Protocol):
+    """A result with one row per input instance, cut per request by slicing."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, rows: slice, /) -> Self: ...
 
 
-class ModelWorkers:
-    """``threads`` daemon threads that run ``predict`` on batches handed over by the loop.
+R = TypeVar("R", bound=Rows)
 
-    Cheaper per call than ``run_in_executor`` on a ``ThreadPoolExecutor``: the hand-over is a
-    C-level ``SimpleQueue.put`` (no Python-level Condition for the loop thread to contend for
-    with the worker), and the result comes back with one ``call_soon_threadsafe``.
+#: One request handed to the model threads: its instances, its future and the loop awaiting it.
+_Job = tuple[np.ndarray, "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+
+
+class ModelWorkers(Generic[R]):
+    """``threads`` daemon threads that run ``process`` on batches handed over by the loop.
+
+    The hand-over is a C-level ``SimpleQueue.put`` and the answer comes back with one
+    ``call_soon_threadsafe`` per model call (cheaper than ``run_in_executor``: no Python-level
+    Condition for the loop to contend for with the worker). With ``max_batch_size > 1`` a thread
+    that takes a request also takes the requests already queued behind it (same instance shape
+    and dtype, up to ``max_batch_size`` instances in all) and runs them as one call, each request
+    getting its own rows back: it never waits for more, so a lone request runs at once and under
+    load the requests that queued while the model was busy go together. When a shared call
+    fails, its requests are run again one by one, so a request fails only on its own account.
+    ``process`` runs in the thread and must return one row per instance (it may do the
+    per-batch work that needs no request: interpreting outputs, recording inputs).
     ``initializer`` runs first in each thread: torch's thread settings are per thread (OpenMP),
     and a thread that never set them measured 5x the mean forward latency of the main thread
     here (long tails from idle OpenMP workers).
@@ -29,26 +46,30 @@ class ModelWorkers:
 
     def __init__(
         self,
-        predict: PredictFn,
+        process: Callable[[np.ndarray], R],
         threads: int = 1,
         name: str = "slipway-predict",
         initializer: Callable[[], None] | None = None,
+        max_batch_size: int = 1,
     ) -> None:
         if threads < 1:
             raise ValueError("at least one model thread is needed")
-        self._predict = predict
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        self._process = process
         self._initializer = initializer
+        self.max_batch_size = max_batch_size
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(threads)]
         self._started = False
         self._lock = threading.Lock()
 
-    async def run(self, batch: np.ndarray) -> np.ndarray:
-        """Predict ``batch`` in a model thread; the loop stays free meanwhile."""
+    async def run(self, batch: np.ndarray) -> R:
+        """Predict ``batch`` (``[n, ...]``) in a model thread; the loop stays free meanwhile."""
         if not self._started:
             self._start()
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[np.ndarray] = loop.create_future()
+        future: asyncio.Future[R] = loop.create_future()
         self._jobs.put((batch, future, loop))
         return await future
 
@@ -67,19 +88,74 @@ class ModelWorkers:
     def _work(self) -> None:
         if self._initializer is not None:
             self._initializer()
+        carry: _Job | None = None
         while True:
-            job = self._jobs.get()
+            job = carry if carry is not None else self._jobs.get()
+            carry = None
             if job is None:
                 return
-            batch, future, loop = job
-            if future.cancelled():
+            if job[1].cancelled():
                 continue
+            jobs = [job]
+            if self.max_batch_size > 1:
+                carry = self._gather(jobs)
+            self._execute(jobs)
+
+    def _gather(self, jobs: list[_Job]) -> _Job | None:
+        """Add the compatible jobs already queued to ``jobs``; return one that has to wait."""
+        first = jobs[0][0]
+        size = len(first)
+        while size < self.max_batch_size:
             try:
-                result = self._predict(batch)
-            except BaseException as exc:  # handed to the awaiting request, which maps it
-                _call_soon(loop, _set_exception, future, exc)
-            else:
-                _call_soon(loop, _set_result, future, result)
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return None
+            if job is None:
+                self._jobs.put(None)  # stop after this batch
+                return None
+            batch = job[0]
+            if job[1].cancelled():
+                continue
+            if (
+                size + len(batch) > self.max_batch_size
+                or batch.shape[1:] != first.shape[1:]
+                or batch.dtype != first.dtype
+                or job[2] is not jobs[0][2]
+            ):
+                return job
+            jobs.append(job)
+            size += len(batch)
+        return None
+
+    def _execute(self, jobs: list[_Job]) -> None:
+        loop = jobs[0][2]
+        futures = [job[1] for job in jobs]
+        if len(jobs) > 1:
+            inputs = np.concatenate([job[0] for job in jobs])
+            try:
+                whole = self._process(inputs)
+                if len(whole) != len(inputs):
+                    raise ValueError(f"{len(whole)} rows returned for {len(inputs)} instances")
+            except Exception:
+                # One request may be what the model cannot take: each goes alone, so only
+                # the failing ones fail, as they would have without batching.
+                for job in jobs:
+                    self._execute([job])
+                return
+            results: list[Any] = []
+            start = 0
+            for job in jobs:
+                end = start + len(job[0])
+                results.append(whole[start:end])
+                start = end
+            _call_soon(loop, _deliver, futures, results)
+            return
+        try:
+            result = self._process(jobs[0][0])
+        except BaseException as exc:  # handed to the awaiting request, which maps it
+            _call_soon(loop, _fail, futures, exc)
+        else:
+            _call_soon(loop, _deliver, futures, [result])
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
@@ -87,11 +163,13 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: 
         loop.call_soon_threadsafe(fn, *args)
 
 
-def _set_result(future: asyncio.Future[np.ndarray], result: np.ndarray) -> None:
-    if not future.done():
-        future.set_result(result)
+def _deliver(futures: list[asyncio.Future[Any]], results: list[Any]) -> None:
+    for future, result in zip(futures, results, strict=True):
+        if not future.done():
+            future.set_result(result)
 
 
-def _set_exception(future: asyncio.Future[np.ndarray], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+def _fail(futures: list[asyncio.Future[Any]], exc: BaseException) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(exc)

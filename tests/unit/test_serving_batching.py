@@ -166,3 +166,83 @@ def test_arguments_are_checked():
         DynamicBatcher(run, max_batch_size=2, max_latency=-1)
     with pytest.raises(ValueError):
         ModelWorkers(Recorder(), threads=0)
+
+
+class Gated(Recorder):
+    """A model whose first call waits until the test has queued the requests behind it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.entered.set()
+        assert self.release.wait(5)
+        return super().__call__(batch)
+
+
+async def queue_behind_a_busy_model(workers: ModelWorkers[np.ndarray], model: Gated, *batches: np.ndarray) -> list:
+    """Run ``batches[0]``, queue the rest while the model holds it, then let the model go."""
+    first = asyncio.create_task(workers.run(batches[0]))
+    while not model.entered.is_set():
+        await asyncio.sleep(0.001)
+    rest = [asyncio.create_task(workers.run(b)) for b in batches[1:]]
+    await asyncio.sleep(0.01)  # the tasks put their jobs on the queue
+    model.release.set()
+    return await asyncio.gather(first, *rest, return_exceptions=True)
+
+
+async def test_model_threads_batch_what_queued_while_the_model_was_busy():
+    model = Gated()
+    workers = ModelWorkers(model, max_batch_size=8)
+    results = await queue_behind_a_busy_model(workers, model, *(rows(i, i + 0.5) for i in range(6)))
+    assert [r.tolist() for r in results] == [[[2 * i], [2 * i + 1]] for i in range(6)]
+    # The first ran alone (nothing was queued yet); the other five queued behind it: 4 fit in 8.
+    assert model.sizes == [2, 8, 2]
+    workers.close()
+
+
+async def test_a_lone_request_never_waits_for_a_batch():
+    model = Recorder()
+    workers = ModelWorkers(model, max_batch_size=64)
+    started = time.perf_counter()
+    for i in range(20):
+        assert (await workers.run(rows(i))).tolist() == [[2 * i]]
+    assert model.sizes == [1] * 20
+    assert time.perf_counter() - started < 1.0
+    workers.close()
+
+
+async def test_model_threads_batch_only_instances_of_one_shape():
+    model = Gated()
+    workers = ModelWorkers(model, max_batch_size=16)
+    results = await queue_behind_a_busy_model(workers, model, rows(0), rows(1), rows(2), np.ones((1, 3)), rows(3))
+    assert [r.tolist() for r in results] == [[[0]], [[2]], [[4]], [[2, 2, 2]], [[6]]]
+    assert model.sizes == [1, 2, 1, 1]  # [1, 2] together; the wide one alone; [3] after it
+    workers.close()
+
+
+async def test_a_failing_request_fails_alone_in_a_shared_call():
+    model = Gated()
+
+    def picky(batch: np.ndarray) -> np.ndarray:
+        out = model(batch)
+        if (batch == 13).any():
+            raise ValueError("13 is unlucky")
+        return out
+
+    workers = ModelWorkers(picky, max_batch_size=8)
+    done = await queue_behind_a_busy_model(workers, model, *(rows(v) for v in (1, 2, 13, 4)))
+    assert [d.tolist() if isinstance(d, np.ndarray) else str(d) for d in done] == [[[2]], [[4]], "13 is unlucky", [[8]]]
+    assert model.sizes == [1, 3, 1, 1, 1]  # [2, 13, 4] failed together, then each went alone
+    workers.close()
+
+
+async def test_model_threads_check_the_rows_of_a_shared_call():
+    workers = ModelWorkers(lambda b: b[:1], max_batch_size=8)
+    results = await asyncio.gather(*(workers.run(rows(v)) for v in (1, 2, 3)), return_exceptions=True)
+    assert all(isinstance(r, np.ndarray) and len(r) == 1 for r in results)  # alone, each gets its one row
+    with pytest.raises(ValueError):
+        ModelWorkers(Recorder(), max_batch_size=0)
+    workers.close()

@@ -42,6 +42,12 @@ def test_version_label_comes_from_the_uri_when_not_given():
     assert not ServingConfig("/m", "d", max_batch_size=1).batching
 
 
+def test_requests_that_queue_share_a_model_call_by_default():
+    config = config_from_args(["--model-uri", "/m", "--model-name", "d"])
+    assert config.batching and config.max_batch_size == 32 and config.max_latency_ms == 0
+    assert not config_from_args(["--model-uri", "/m", "--model-name", "d", "--max-batch-size", "1"]).batching
+
+
 def test_local_paths_and_file_uris_resolve_in_place(tmp_path: Path):
     assert resolve_uri(str(tmp_path)) == tmp_path
     assert resolve_uri(tmp_path.as_uri()) == tmp_path
