@@ -432,6 +432,10 @@ class FakePrometheus:
             raise answer
         return answer
 
+    def query_by(self, promql: str, label: str) -> dict[str, float]:
+        """A per-class vector (the A/B comparison's prediction shares): one scripted number per class 0..2."""
+        return {str(i): self.query(promql) for i in range(3)}
+
 
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386, as the API server applies the operator's status patch."""

@@ -93,7 +93,7 @@ def _start_test(state: RolloutState, ab: AbTest, what: str) -> Decision:
     return _stage(
         state,
         TEST,
-        f"{what}; A/B test for {ab.duration}: v{state.canary_version} (B) gets {' and '.join(split)}",
+        f"{what}; A/B test for {ab.duration}: v{state.canary_version} (B) gets {' and '.join(split) or 'no traffic'}",
         canary_weight=ab.weight or 0,
         mirror_percent=0,
         comparison=None,
