@@ -50,7 +50,11 @@ def md_status(kubectl, name: str = MODEL) -> dict[str, Any]:
 
 
 def route_weights(kubectl, name: str = MODEL) -> dict[str, int]:
-    route = get(kubectl, "httproute", name)
+    return weights_of(get(kubectl, "httproute", name), name)
+
+
+def weights_of(route: dict | None, name: str = MODEL) -> dict[str, int]:
+    """Version → weight of a route's first rule (the generation and the weights come from one read)."""
     if route is None:
         return {}
     refs = route["spec"]["rules"][0]["backendRefs"]
@@ -331,7 +335,7 @@ def test_bluegreen_switches_the_route_in_one_write(kubectl, operator):
     def record() -> bool:
         route = get(kubectl, "httproute", MODEL)
         assert route is not None
-        entry = (route["metadata"]["generation"], route_weights(kubectl))
+        entry = (route["metadata"]["generation"], weights_of(route))
         if not history or history[-1] != entry:
             history.append(entry)
         return entry[1] == {"2": 100}
