@@ -111,7 +111,9 @@ class ModelMetrics:
         self._errors: dict[str, Counter] = {}
         self._classes: dict[str, Counter] = {}
         self.on_classes: Callable[[np.ndarray], None] | None = None
-        """Called with each request's predicted classes (the feedback log remembers them)."""
+        """Called with each request's predicted classes (the feedback log remembers them). ``predicted``
+        must run in the request's own task: the log files the classes under the request id it reads
+        from a context variable (tests/integration/test_serving_feedback.py fails otherwise)."""
 
     def set_info(self, flavor: str) -> None:
         """Publish ``slipway_model_info`` for this model."""
