@@ -371,6 +371,12 @@ INVALID = [
         ("spec.strategy.abTest", "at least one of weight or match"),
     ),
     Bad(
+        "md-abtest-weight-zero",
+        MD,
+        md_spec(strategy={"abTest": {"duration": "1h", "weight": 0}}),
+        ("spec.strategy.abTest.weight", "sends B no traffic"),
+    ),
+    Bad(
         "md-abtest-no-duration",
         MD,
         md_spec(strategy={"abTest": {"weight": 20}}),

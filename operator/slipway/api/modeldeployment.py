@@ -474,7 +474,15 @@ class AbCriterion(ApiModel):
     )
 
 
-@cel(at_least_one("weight", "match"))
+@cel(
+    at_least_one("weight", "match"),
+    Rule(
+        rule="has(self.match) || !has(self.weight) || self.weight > 0",
+        message="weight 0 without match sends B no traffic: set weight above 0 or a match",
+        field_path=".weight",
+        check=lambda t: t.match is not None or t.weight is None or t.weight > 0,
+    ),
+)
 class AbTest(ApiModel):
     """A/B test: serve the new version (B) beside the current one (A) to a fixed share or
     segment of traffic for a duration, then promote B if it wins, else roll back."""
