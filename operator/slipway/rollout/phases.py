@@ -105,6 +105,9 @@ class ConditionSpec:
     message: str
 
 
+DECISIONS = frozenset({"CandidateLost"})  # endings that keep the stable version by choice, not by failure
+
+
 def conditions_for(
     phase: Phase, reason: str, message: str, has_stable: bool, cause: str | None = None
 ) -> tuple[ConditionSpec, ...]:
@@ -116,9 +119,12 @@ def conditions_for(
     reason = reason or phase
     ready = ConditionSpec("Ready", has_stable, "StableServing" if has_stable else "NoStableVersion", message)
     progressing = phase in {"Progressing", "Paused", "Promoting", "RollingBack"}
-    degraded = phase in {"RollingBack", "RolledBack"}
+    cause = cause or reason
+    ended_back = phase in {"RollingBack", "RolledBack"}
+    degraded = ended_back and cause not in DECISIONS
+    shown = ended_back  # a decision: Degraded=False, its reason still says how the rollout ended
     return (
         ready,
         ConditionSpec("Progressing", progressing, reason, message),
-        ConditionSpec("Degraded", degraded, (cause or reason) if degraded else "Healthy", message if degraded else ""),
+        ConditionSpec("Degraded", degraded, cause if shown else "Healthy", message if shown else ""),
     )

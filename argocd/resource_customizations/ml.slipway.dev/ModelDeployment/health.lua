@@ -22,7 +22,16 @@ local canary = ""
 if st.canaryVersion ~= nil then
   canary = "canary v" .. st.canaryVersion .. " at " .. (st.canaryWeight or 0) .. "%"
 end
-if phase == "RolledBack" or phase == "RollingBack" then
+local decided = false -- an A/B test B lost: rolled back by decision, Degraded=False
+if st.conditions ~= nil then
+  for _, c in ipairs(st.conditions) do
+    if c.type == "Degraded" and c.status == "False" then decided = true end
+  end
+end
+if phase == "RolledBack" and decided then
+  hs.status = "Healthy"
+  hs.message = "Kept v" .. (st.stableVersion or "?") .. ": " .. (st.message or "")
+elseif phase == "RolledBack" or phase == "RollingBack" then
   hs.status = "Degraded"
   hs.message = "Rolled back to v" .. (st.stableVersion or "?") .. ": " .. (st.message or "")
 elseif phase == "Paused" then
