@@ -1,6 +1,6 @@
 """Slipway's serving runtime against a bare ``kserve.Model`` on the same model, same run.
 
-    python bench/serving.py [--seconds 4] [--rounds 2] [--concurrency 1 8 32]
+    python bench/serving.py [--seconds 6] [--rounds 3] [--concurrency 1 8 32]
 
 Trains a small PyTorch MLP on scikit-learn's digits (a few seconds), saves it as an MLflow
 model with a signature, an input example and a drift baseline, then starts three servers on
@@ -8,14 +8,18 @@ model with a signature, an input example and a drift baseline, then starts three
 
 - ``bare``: a ``kserve.Model`` whose plain ``def predict`` runs torch inline (what the KServe
   docs show), loading the same artifact with ``mlflow.pytorch.load_model``;
-- ``slipway``: ``python -m slipway_serving`` (validation, metrics, drift, predict in a thread);
-- ``slipway+batch``: the same with dynamic batching (``--max-batch-size 32``, no added wait).
+- ``slipway``: ``python -m slipway_serving`` as it starts with no batching flags (validation,
+  metrics, drift, predict in a model thread that takes the requests queued while it was busy
+  together, up to 32 instances, never waiting for more);
+- ``slipway-1``: the same with ``--max-batch-size 1``: one request per model call.
 
 For each concurrency, the servers take turns (``--rounds`` slices each, so that noise from
 other processes on the machine spreads over all of them) under a closed loop of single-instance
 V1 requests on keep-alive connections, from a minimal asyncio HTTP/1.1 client in this process.
-Prints requests/s, p50 and p99 per server, and the ratios against ``bare``. Bounded: about
-``len(concurrency) * 3 * seconds`` of load plus training and startup (about 100 s with the
+Prints requests/s, p50, p99 and the server process's CPU time per request (user + system, from
+``/proc``: less sensitive to the other load on the machine than the rates), and the ratios
+against ``bare``. Bounded: about
+``len(concurrency) * 3 * seconds`` of load plus training and startup (two to four minutes with the
 defaults on 2 busy cores, most of it importing torch, MLflow and KServe).
 """
 
@@ -133,6 +137,11 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
     errors: int = 0
+    cpu: float = 0.0
+
+    @property
+    def cpu_per_request(self) -> float:
+        return self.cpu / len(self.latencies) if self.latencies else float("nan")
 
     @property
     def throughput(self) -> float:
@@ -204,8 +213,8 @@ def wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 180
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=4.0, help="load per server and level")
-    parser.add_argument("--rounds", type=int, default=2, help="slices the seconds are cut into")
+    parser.add_argument("--seconds", type=float, default=6.0, help="load per server and level")
+    parser.add_argument("--rounds", type=int, default=3, help="slices the seconds are cut into")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--bare-server", nargs=2, metavar=("MODEL_DIR", "PORT"), help="internal")
     args = parser.parse_args()
@@ -225,7 +234,7 @@ def main() -> int:
         commands = {
             "bare": [sys.executable, __file__, "--bare-server", str(model_dir)],
             "slipway": slipway,
-            "slipway+batch": [*slipway, "--max-batch-size", "32", "--max-latency-ms", "0"],
+            "slipway-1": [*slipway, "--max-batch-size", "1"],
         }
         ports: dict[str, int] = {}
         processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -241,7 +250,8 @@ def main() -> int:
             for name, process in processes.items():
                 wait_ready(ports[name], process)
             print(f"servers ready after {time.monotonic() - begun:.1f}s", flush=True)
-            results = run_matrix(ports, bodies, args.concurrency, args.seconds, args.rounds)
+            pids = {name: process.pid for name, process in processes.items()}
+            results = run_matrix(ports, pids, bodies, args.concurrency, args.seconds, args.rounds)
         finally:
             for process in processes.values():
                 process.send_signal(signal.SIGTERM)
@@ -255,8 +265,22 @@ def main() -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_matrix(
-    ports: dict[str, int], bodies: list[bytes], levels: list[int], seconds: float, rounds: int
+    ports: dict[str, int],
+    pids: dict[str, int],
+    bodies: list[bytes],
+    levels: list[int],
+    seconds: float,
+    rounds: int,
 ) -> dict[tuple[str, int], Result]:
     results: dict[tuple[str, int], Result] = {}
     names = list(ports)
@@ -265,8 +289,10 @@ def run_matrix(
         for r in range(rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
+                cpu = cpu_seconds(pids[name])
                 part = asyncio.run(load(ports[name], bodies, concurrency, seconds / rounds))
                 total = results.setdefault((name, concurrency), Result())
+                total.cpu += cpu_seconds(pids[name]) - cpu
                 total.latencies += part.latencies
                 total.seconds += part.seconds
                 total.errors += part.errors
@@ -276,17 +302,17 @@ def run_matrix(
 def report(results: dict[tuple[str, int], Result], levels: list[int]) -> None:
     names = ["bare", *sorted({name for name, _ in results} - {"bare"})]
     print()
-    print(f"{'server':<14} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    print(f"{'server':<14} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>10} {'errors':>6}")
     for concurrency in levels:
         for name in names:
             r = results[(name, concurrency)]
             print(
                 f"{name:<14} {concurrency:>4} {r.throughput:>8.0f} {r.quantile(0.5) * 1e3:>8.2f} "
-                f"{r.quantile(0.99) * 1e3:>8.2f} {r.errors:>6}"
+                f"{r.quantile(0.99) * 1e3:>8.2f} {r.cpu_per_request * 1e6:>10.0f} {r.errors:>6}"
             )
     print()
-    print("ratios against bare (throughput: higher is better; latency: lower is better)")
-    print(f"{'server':<14} {'conc':>4} {'req/s':>8} {'p50':>8} {'p99':>8}")
+    print("ratios against bare (throughput: higher is better; latency and CPU: lower is better)")
+    print(f"{'server':<14} {'conc':>4} {'req/s':>8} {'p50':>8} {'p99':>8} {'cpu/req':>8}")
     for concurrency in levels:
         bare = results[("bare", concurrency)]
         for name in names[1:]:
@@ -294,7 +320,8 @@ def report(results: dict[tuple[str, int], Result], levels: list[int]) -> None:
             print(
                 f"{name:<14} {concurrency:>4} {r.throughput / bare.throughput:>8.2f} "
                 f"{r.quantile(0.5) / bare.quantile(0.5):>8.2f} "
-                f"{r.quantile(0.99) / bare.quantile(0.99):>8.2f}"
+                f"{r.quantile(0.99) / bare.quantile(0.99):>8.2f} "
+                f"{r.cpu_per_request / bare.cpu_per_request:>8.2f}"
             )
 
 
