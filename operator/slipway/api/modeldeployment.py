@@ -116,7 +116,13 @@ class Serving(ApiModel):
         None, description="Resources of each predictor pod, e.g. cpu, memory, nvidia.com/gpu."
     )
     env: list[EnvVar] | None = Field(None, max_length=64, description="Extra environment variables for the predictor.")
-    batching: Batching | None = Field(None, description="Dynamic batching (runtime slipway only). Unset: no batching.")
+    batching: Batching | None = Field(
+        None,
+        description=(
+            "Dynamic batching (runtime slipway only): wait up to maxLatencyMs to fill batches. Unset: the "
+            "model thread batches only the requests that queued while it was busy (up to 32, never waiting)."
+        ),
+    )
 
 
 def _resource_target_ok(m: ScalingMetric) -> bool:
