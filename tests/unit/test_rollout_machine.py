@@ -407,6 +407,10 @@ def test_conditions():
     assert ready.status and progressing.status and not degraded.status
     _, progressing, degraded = conditions_for("RolledBack", "AnalysisFailed", "m", True)
     assert not progressing.status and degraded.status and degraded.reason == "AnalysisFailed"
+    ready, _, _ = conditions_for("Succeeded", "FirstVersion", "v1 serving all traffic", True, stable_ready=False)
+    assert not ready.status and ready.reason == "StableNotReady", "Ready waits for the stable predictor"
+    ready, _, _ = conditions_for("Idle", "", "waiting", False, stable_ready=False)
+    assert not ready.status and ready.reason == "NoStableVersion"
     _, _, degraded = conditions_for("RolledBack", "RolledBack", "B lost", True, "CandidateLost")
     assert not degraded.status and degraded.reason == "CandidateLost", "losing an A/B test is a decision"
     _, _, degraded = conditions_for("Progressing", "StepCompleted", "m", True, "CandidateLost")

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import kopf
 
-from slipway.builders.names import LABEL_MODEL, sanitise_model_name
+from slipway.builders.names import LABEL_DEPLOYMENT, LABEL_MODEL, sanitise_model_name
 from slipway.reconcilers.modeldeployment import Driver
 from slipway.reconcilers.status import Outcome
 
@@ -74,3 +74,17 @@ async def version_moved(
     for name in sorted(set(index.get((namespace or "", model), ()))) if model else []:
         logger.info("model %s changed: a pass on ModelDeployment %s", model, name)
         _post(*await _driver(memo).drive(namespace or "", name))
+
+
+def _ready(status: kopf.Status, **_: Any) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+@kopf.on.event(
+    "serving.kserve.io", "v1beta1", "inferenceservices", labels={LABEL_DEPLOYMENT: kopf.PRESENT}, when=_ready
+)
+async def predictor_ready(labels: kopf.Labels, namespace: str | None, memo: Any, **_: Any) -> None:
+    """A ModelDeployment's InferenceService is Ready: look at the deployment on the next tick, not the next resync."""
+    name = labels.get(LABEL_DEPLOYMENT)
+    if name and _driver(memo).watches(namespace or "", name):
+        _driver(memo).expedite(namespace or "", name)

@@ -174,14 +174,17 @@ def _action(md: ModelDeployment) -> tuple[Action | None, str | None]:
     return (raw, None) if raw in ACTIONS else (None, raw)  # type: ignore[return-value]
 
 
-def status_of(md: ModelDeployment, old: dict[str, Any], state: RolloutState, tracked: str | None) -> dict[str, Any]:
+def status_of(
+    md: ModelDeployment, old: dict[str, Any], state: RolloutState, tracked: str | None, *, stable_ready: bool = True
+) -> dict[str, Any]:
     """The status to write for a rollout state: the rollout fields, the tracked version and the conditions."""
     status = state_to_status(state)
     status["trackedVersion"] = tracked
     status["observedGeneration"] = md.metadata.generation
     conditions = old.get("conditions")
     cause = state.history[-1].reason if state.history else None
-    for c in conditions_for(state.phase, state.reason, state.message, state.stable_version is not None, cause):
+    has_stable = state.stable_version is not None
+    for c in conditions_for(state.phase, state.reason, state.message, has_stable, cause, stable_ready=stable_ready):
         conditions = set_condition(conditions, c.type, c.status, c.reason, c.message, generation=md.metadata.generation)
     if any(c.get("type") == "InvalidSpec" for c in conditions or []):
         conditions = set_condition(conditions, "InvalidSpec", False, "Valid", "", generation=md.metadata.generation)
@@ -238,7 +241,8 @@ def reconcile(kube: Kube, prom: Prometheus, body: dict[str, Any], now: datetime 
     waiting = machine.seconds_until_measurement(decision.state, md.spec, now)
     if waiting is not None:
         requeue = min(requeue if requeue is not None else waiting, max(waiting, 0.5))
-    return Outcome(status_of(md, old, decision.state, resolved.version), events, requeue)
+    stable_ready = decision.state.stable_version in ready
+    return Outcome(status_of(md, old, decision.state, resolved.version, stable_ready=stable_ready), events, requeue)
 
 
 def _invalid(old: dict[str, Any], body: dict[str, Any], why: str) -> Outcome:
@@ -323,6 +327,10 @@ class Driver:
         if lock is not None and lock.locked():
             return False
         return time.monotonic() >= self._due.get((namespace, name), 0.0)
+
+    def expedite(self, namespace: str, name: str) -> None:
+        """Make the object due now: the next tick runs a pass (bursts of news coalesce into one pass)."""
+        self._due[(namespace, name)] = 0.0
 
     async def drive(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, Outcome | None]:
         """Run one pass on the current object; returns the object and the outcome (None if it is gone)."""

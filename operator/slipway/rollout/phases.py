@@ -109,15 +109,30 @@ DECISIONS = frozenset({"CandidateLost"})  # endings that keep the stable version
 
 
 def conditions_for(
-    phase: Phase, reason: str, message: str, has_stable: bool, cause: str | None = None
+    phase: Phase,
+    reason: str,
+    message: str,
+    has_stable: bool,
+    cause: str | None = None,
+    *,
+    stable_ready: bool = True,
 ) -> tuple[ConditionSpec, ...]:
     """Ready / Progressing / Degraded for a phase and the reason of the last transition (or hold).
+
+    Ready needs a stable version whose predictor is ready (``stable_ready``), not just one chosen.
 
     ``cause`` is why the last rollout ended (e.g. AnalysisFailed): Degraded reports it rather
     than the bookkeeping reason RolledBack.
     """
     reason = reason or phase
-    ready = ConditionSpec("Ready", has_stable, "StableServing" if has_stable else "NoStableVersion", message)
+    if not has_stable:
+        ready = ConditionSpec("Ready", False, "NoStableVersion", message)
+    elif not stable_ready:
+        ready = ConditionSpec(
+            "Ready", False, "StableNotReady", "waiting for the stable version's predictor to be ready"
+        )
+    else:
+        ready = ConditionSpec("Ready", True, "StableServing", message)
     progressing = phase in {"Progressing", "Paused", "Promoting", "RollingBack"}
     cause = cause or reason
     ended_back = phase in {"RollingBack", "RolledBack"}

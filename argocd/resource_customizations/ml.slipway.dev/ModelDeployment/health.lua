@@ -42,16 +42,18 @@ elseif phase == "Progressing" or phase == "Promoting" then
   hs.message = phase .. ": " .. canary
 elseif phase == "Succeeded" or phase == "Idle" then
   local ready = false
+  local waiting = st.message or "Waiting for the stable version to be ready"
   if st.conditions ~= nil then
     for _, c in ipairs(st.conditions) do
       if c.type == "Ready" and c.status == "True" then ready = true end
+      if c.type == "Ready" and c.status == "False" and c.message ~= nil and c.message ~= "" then waiting = c.message end
     end
   end
   if ready then
     hs.status = "Healthy"
     hs.message = "Serving v" .. (st.stableVersion or "?")
   else
-    hs.message = st.message or "Waiting for the stable version to be ready"
+    hs.message = waiting
   end
 end
 return hs
