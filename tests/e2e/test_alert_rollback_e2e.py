@@ -51,7 +51,8 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 sys.path.insert(0, str(REPO / "hack"))
 
 import loadgen  # noqa: E402
-from operator_fixture import OperatorProcess, StartOperator, start_operator  # noqa: E402
+from operator_fixture import StartOperator, start_operator  # noqa: E402
+from operator_process import OperatorProcess  # noqa: E402
 
 from slipway.monitoring import rules  # noqa: E402
 

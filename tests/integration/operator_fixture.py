@@ -1,4 +1,4 @@
-"""The real operator for integration tests: `python -m slipway` as a subprocess, watching one namespace.
+"""Pytest fixtures starting the real operator (``operator_process.OperatorProcess``) with MLflow, and a TCP proxy.
 
 Import the fixtures into a test module (``from operator_fixture import operator, start_operator``
 — the ``tests/integration`` directory is on ``sys.path`` under pytest's rootdir-relative import
@@ -13,14 +13,8 @@ shared server.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,73 +22,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+from operator_process import OperatorProcess, free_port
 
-REPO = Path(__file__).resolve().parents[2]
 WEBHOOK_SECRET = "slipway-test-secret"
-START_TIMEOUT = 60
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class OperatorProcess:
-    """One running operator."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    namespace: str
-    log: Path
-    poll_seconds: float
-    webhook_secret: str
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def metrics(self) -> dict[str, float]:
-        """The operator's /metrics as {'name{labels}': value} (samples only)."""
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                out[key] = float(value)
-        return out
-
-    def log_tail(self, lines: int = 80) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-
-def _wait_healthy(op: OperatorProcess) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if op.proc.poll() is not None:
-            raise AssertionError(f"operator exited with {op.proc.returncode}:\n{op.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"{op.url}/healthz", timeout=1) as resp:
-                healthy = resp.status == 200
-        except OSError:
-            healthy = False
-        if healthy and "'start_registry_sync' succeeded" in op.log.read_text(errors="replace"):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"operator not ready within {START_TIMEOUT}s:\n{op.log_tail()}")
-
-
 StartOperator = Callable[..., OperatorProcess]
 
 
@@ -114,37 +44,24 @@ def start_operator(
         webhook_secret: str = WEBHOOK_SECRET,
         env: dict[str, str] | None = None,
     ) -> OperatorProcess:
-        port = free_port()
-        log = logs / f"{namespace}-{port}.log"
-        environ = {k: v for k, v in os.environ.items() if not k.startswith(("SLIPWAY_", "MLFLOW_"))}
-        environ.update(
-            KUBECONFIG=str(testbed.kubeconfig),
-            PYTHONPATH=os.pathsep.join(p for p in (str(REPO / "operator"), environ.get("PYTHONPATH")) if p),
-            SLIPWAY_MLFLOW_URI=mlflow_uri or testbed.mlflow_uri,
-            SLIPWAY_MLFLOW_POLL_SECONDS=str(poll_seconds),
-            SLIPWAY_MLFLOW_WEBHOOK_SECRET=webhook_secret,
-            SLIPWAY_MLFLOW_ARTIFACTS_DESTINATION=str(Path(testbed.dir) / "mlflow" / "artifacts"),
-            SLIPWAY_HTTP_HOST="127.0.0.1",
-            SLIPWAY_HTTP_PORT=str(port),
-            **(env or {}),
+        op = OperatorProcess(
+            testbed.kubeconfig,
+            namespace,
+            logs,
+            env=env,
+            mlflow_uri=mlflow_uri or testbed.mlflow_uri,
+            poll_seconds=poll_seconds,
+            webhook_secret=webhook_secret,
+            artifacts_destination=str(Path(testbed.dir) / "mlflow" / "artifacts"),
         )
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "slipway", "-n", namespace, "--liveness", ""],
-                env=environ,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )
-        op = OperatorProcess(proc, port, namespace, log, poll_seconds, webhook_secret)
         started.append(op)
-        _wait_healthy(op)
+        op.start().wait_healthy()
         return op
 
     yield start
     for op in started:
         op.stop()
-        print(f"--- operator log ({op.log}), shown by pytest only if the test failed ---\n{op.log_tail()}")
+        print(f"--- operator log ({op.log_path}), shown by pytest only if the test failed ---\n{op.log_tail()}")
 
 
 @pytest.fixture

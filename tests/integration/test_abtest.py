@@ -37,7 +37,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "hack"))
 
 import loadgen  # noqa: E402
-from operator_fixture import OperatorProcess, StartOperator, start_operator  # noqa: E402
+from operator_fixture import StartOperator, start_operator  # noqa: E402
+from operator_process import OperatorProcess  # noqa: E402
 
 pytestmark = pytest.mark.integration
 __all__ = ["start_operator"]  # a fixture, imported for pytest

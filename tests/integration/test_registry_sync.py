@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from operator_fixture import WEBHOOK_SECRET, OperatorProcess, StartOperator, TcpProxy, operator, start_operator
+from operator_fixture import WEBHOOK_SECRET, StartOperator, TcpProxy, operator, start_operator
+from operator_process import OperatorProcess
 
 from slipway.api import GROUP, VERSION
 

@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from operator_fixture import StartOperator, TcpProxy, free_port, start_operator
-from operator_process import OperatorProcess
+from operator_fixture import StartOperator, TcpProxy, start_operator
+from operator_process import OperatorProcess, free_port
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 pytestmark = pytest.mark.integration

@@ -28,7 +28,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from operator_fixture import OperatorProcess, StartOperator, start_operator
+from operator_fixture import StartOperator, start_operator
+from operator_process import OperatorProcess
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from slipway.monitoring import rules

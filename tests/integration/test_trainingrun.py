@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from operator_fixture import OperatorProcess, StartOperator, start_operator
+from operator_fixture import StartOperator, start_operator
+from operator_process import OperatorProcess
 
 from slipway.api.trainingrun import TrainingRun
 from slipway.builders.job import RunTarget, build_children
@@ -44,8 +45,7 @@ class Trainer:
 
     def restart(self) -> None:
         """SIGKILL (no cleanup, no last status write), then a new operator."""
-        self.op.proc.kill()
-        self.op.proc.wait(timeout=10)
+        self.op.kill()
         self.op = self.start(self.namespace)
 
 
