@@ -51,6 +51,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 sys.path.insert(0, str(REPO / "hack"))
 
 import loadgen  # noqa: E402
+from kube_objects import ModelDeploymentReader, wait_for  # noqa: E402
 from operator_fixture import StartOperator, start_operator  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402
 
@@ -161,17 +162,6 @@ def logged(mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Logged:
     return Logged(str(steady.model_uri), str(fragile.model_uri))
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
-
-
 @pytest.fixture(scope="module")
 def shipped_rules(testbed: Any) -> Iterator[None]:
     """The shipped drift and error rules, evaluated every second, ``for`` 5 s."""
@@ -182,35 +172,11 @@ def shipped_rules(testbed: Any) -> Iterator[None]:
         testbed.set_rules(RULES, "groups: []\n")
 
 
-class Cluster:
+class Cluster(ModelDeploymentReader):
     """What the test reads and writes on the API server, through the Python client."""
 
     def __init__(self, kube_api: Any, namespace: str) -> None:
-        from kubernetes import client
-
-        self.custom = client.CustomObjectsApi(kube_api)
-        self.core = client.CoreV1Api(kube_api)
-        self.ns = namespace
-
-    def _get(self, group: str, version: str, plural: str, name: str) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return dict(self.custom.get_namespaced_custom_object(group, version, self.ns, plural, name))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def status(self) -> dict[str, Any]:
-        return dict((self._get("ml.slipway.dev", "v1alpha1", "modeldeployments", MD) or {}).get("status") or {})
-
-    def weights(self) -> dict[str, int]:
-        route = self._get("gateway.networking.k8s.io", "v1", "httproutes", MD)
-        if route is None:
-            return {}
-        refs = route["spec"]["rules"][0]["backendRefs"]
-        return {r["name"].removeprefix(f"{MD}-v").removesuffix("-predictor"): r.get("weight", 1) for r in refs}
+        super().__init__(kube_api, namespace, MD)
 
     def ready(self, version: str) -> bool:
         isvc = self._get("serving.kserve.io", "v1beta1", "inferenceservices", f"{MD}-v{version}") or {}

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "hack"))
 
+import kube_objects  # noqa: E402
 import loadgen  # noqa: E402
 from operator_fixture import StartOperator, start_operator  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402
@@ -55,14 +55,7 @@ ERROR_RATE = (
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = 120.0, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    return kube_objects.wait_for(what, probe, timeout, interval)
 
 
 @pytest.fixture(scope="module")

@@ -4,15 +4,14 @@ by the operator running as a subprocess, analysis against the test bed's real Pr
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
+from kube_objects import MetricsEndpoint
 from operator_process import OperatorProcess, wait_until
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import Gauge
 
 pytestmark = pytest.mark.integration
 
@@ -187,31 +186,12 @@ def test_canary_walks_its_weights_waits_for_promote_survives_sigkill_and_promote
     wait_until(lambda: not isvc_versions(kubectl) and get(kubectl, "httproute", MODEL) is None, what="children GC'd")
 
 
-class Metrics:
+class Metrics(MetricsEndpoint):
     """A /metrics endpoint served by the test; Prometheus scrapes it."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         self.error_rate = Gauge("slipway_test_error_rate", "test", ["version"], registry=self.registry)
-        registry = self.registry
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = generate_latest(registry)
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server.server_address[1]}"
 
 
 @pytest.fixture

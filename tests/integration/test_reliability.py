@@ -15,7 +15,6 @@ import random
 import signal
 import ssl
 import subprocess
-import threading
 import time
 import urllib.request
 import uuid
@@ -23,15 +22,15 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import yaml
+from kube_objects import MetricsEndpoint
 from operator_fixture import StartOperator, TcpProxy, start_operator
 from operator_process import OperatorProcess, free_port
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import Gauge
 
 pytestmark = pytest.mark.integration
 __all__ = ["start_operator"]  # a fixture, imported for pytest
@@ -515,31 +514,12 @@ def test_mlflow_down_keeps_mirrors_lets_the_rollout_finish_and_starts_no_new_one
         wait_for("ModelDeployment gone", lambda: cluster.md(ns) is None, 30, 0.5)
 
 
-class Metrics:
+class Metrics(MetricsEndpoint):
     """A /metrics endpoint served by the test; the test bed's Prometheus scrapes it."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         self.error_rate = Gauge("slipway_reliability_error_rate", "test", ["version"], registry=self.registry)
-        registry = self.registry
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = generate_latest(registry)
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server.server_address[1]}"
 
 
 @pytest.fixture

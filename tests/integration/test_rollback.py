@@ -17,20 +17,19 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import httpx
 import pytest
 import yaml
+from kube_objects import MetricsEndpoint, ModelDeploymentReader, wait_for
 from operator_fixture import StartOperator, start_operator
 from operator_process import OperatorProcess
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import Gauge
 
 from slipway.monitoring import rules
 
@@ -41,17 +40,6 @@ TOKEN = "rollback-" + uuid.uuid4().hex
 MD = "drift"
 RULES = "slipway-rollback-test"
 TAG = "slipway.rolled-back"
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 # --- fixtures ------------------------------------------------------------------------------------
@@ -115,30 +103,12 @@ def registry(mlflow_uri: str, logged_model: str) -> Iterator[Registry]:
         reg.client.delete_registered_model(name)
 
 
-class Drift:
+class Drift(MetricsEndpoint):
     """The serving runtime's drift gauge for one deployment, served by the test and scraped by Prometheus."""
 
     def __init__(self) -> None:
-        registry = CollectorRegistry()
-        self.score = Gauge("slipway_model_drift_score", "PSI against the baseline", ["version"], registry=registry)
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = generate_latest(registry)
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server.server_address[1]}"
+        super().__init__()
+        self.score = Gauge("slipway_model_drift_score", "PSI against the baseline", ["version"], registry=self.registry)
 
 
 def active_alerts(testbed: Any, namespace: str) -> list[dict[str, Any]]:
@@ -162,36 +132,11 @@ def drift(testbed: Any, namespace: str, shipped_rules: None) -> Iterator[Drift]:
         d.server.shutdown()
 
 
-class Cluster:
+class Cluster(ModelDeploymentReader):
     """Reads and writes on the test bed's API server through the Python client (fast enough to time)."""
 
     def __init__(self, kube_api: Any, namespace: str) -> None:
-        from kubernetes import client
-
-        self.custom = client.CustomObjectsApi(kube_api)
-        self.apps = client.AppsV1Api(kube_api)
-        self.core = client.CoreV1Api(kube_api)
-        self.ns = namespace
-
-    def _get(self, group: str, version: str, plural: str, name: str) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return dict(self.custom.get_namespaced_custom_object(group, version, self.ns, plural, name))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def status(self) -> dict[str, Any]:
-        return dict((self._get("ml.slipway.dev", "v1alpha1", "modeldeployments", MD) or {}).get("status") or {})
-
-    def weights(self) -> dict[str, int]:
-        route = self._get("gateway.networking.k8s.io", "v1", "httproutes", MD)
-        if route is None:
-            return {}
-        refs = route["spec"]["rules"][0]["backendRefs"]
-        return {r["name"].removeprefix(f"{MD}-v").removesuffix("-predictor"): r.get("weight", 1) for r in refs}
+        super().__init__(kube_api, namespace, MD)
 
     def isvc_versions(self) -> set[str]:
         items = self.custom.list_namespaced_custom_object(

@@ -1,0 +1,83 @@
+"""Helpers the rollout tests share: polling, a scraped /metrics endpoint, a ModelDeployment's status and route."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05) -> Any:
+    """Poll until probe() is truthy; returns its value."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+class MetricsEndpoint:
+    """A /metrics endpoint served by the test from ``self.registry``; the test bed's Prometheus scrapes it."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+
+class ModelDeploymentReader:
+    """One ModelDeployment's status and route weights, read through the Python client (fast enough to time)."""
+
+    def __init__(self, kube_api: Any, namespace: str, md: str) -> None:
+        from kubernetes import client
+
+        self.custom = client.CustomObjectsApi(kube_api)
+        self.apps = client.AppsV1Api(kube_api)
+        self.core = client.CoreV1Api(kube_api)
+        self.ns = namespace
+        self.md = md
+
+    def _get(self, group: str, version: str, plural: str, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return dict(self.custom.get_namespaced_custom_object(group, version, self.ns, plural, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def status(self) -> dict[str, Any]:
+        return dict((self._get("ml.slipway.dev", "v1alpha1", "modeldeployments", self.md) or {}).get("status") or {})
+
+    def weights(self) -> dict[str, int]:
+        """The HTTPRoute's weights by version ({} before the route exists)."""
+        route = self._get("gateway.networking.k8s.io", "v1", "httproutes", self.md)
+        if route is None:
+            return {}
+        refs = route["spec"]["rules"][0]["backendRefs"]
+        return {r["name"].removeprefix(f"{self.md}-v").removesuffix("-predictor"): r.get("weight", 1) for r in refs}
