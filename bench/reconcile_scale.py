@@ -29,15 +29,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -45,39 +40,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "hack"))
+from common import (
+    GROUP,
+    VERSION,
+    free_port,
+    install_crds,
+    spawn_operator,
+    stop_process,
+    testbed_up,
+    wait_operator_ready,
+)
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
-from kubernetes import client, config  # noqa: E402
-from kubernetes.client.exceptions import ApiException  # noqa: E402
+import testbed as tb
 
-import testbed as tb  # noqa: E402
-
-GROUP, VERSION = "ml.slipway.dev", "v1alpha1"
 MODEL_LABEL, VERSION_LABEL, DEPLOYMENT_LABEL = f"{GROUP}/model", f"{GROUP}/version", f"{GROUP}/deployment"
 CHILDREN = (
     ("serving.kserve.io", "v1beta1", "inferenceservices"),
     ("gateway.networking.k8s.io", "v1", "httproutes"),
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def crds_established(api: client.ApiClient) -> bool:
-    """Whether the Slipway CRDs are Established (they may have just been applied)."""
-    ext = client.ApiextensionsV1Api(api)
-    for crd in ("modeldeployments", "modelversions"):
-        try:
-            conditions = ext.read_custom_resource_definition(f"{crd}.{GROUP}").status.conditions or []
-        except client.exceptions.ApiException:
-            return False
-        if not any(c.type == "Established" and c.status == "True" for c in conditions):
-            return False
-    return True
 
 
 # -- the operator ------------------------------------------------------------------------------
@@ -88,23 +70,8 @@ class Operator:
 
     def __init__(self, kubeconfig: str, namespace: str, log: Path) -> None:
         self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLIPWAY_", "MLFLOW_"))}
-        paths = [str(REPO / "operator"), env.get("PYTHONPATH", "")]
-        env.update(
-            KUBECONFIG=kubeconfig,
-            PYTHONPATH=os.pathsep.join(p for p in paths if p),
-            SLIPWAY_HTTP_HOST="127.0.0.1",
-            SLIPWAY_HTTP_PORT=str(self.port),
-        )
         self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "slipway", "-n", namespace, "--liveness", ""],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )
+        self.proc = spawn_operator(kubeconfig, namespace, self.port, log)
         self.samples: list[int] = []
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
@@ -126,31 +93,14 @@ class Operator:
                 self.samples.append(rss)
 
     def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited ({self.proc.returncode}); log: {self.log}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1),
-            ):
-                if "'start_driver' succeeded" in self.log.read_text(errors="replace"):
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"operator not ready after {timeout:.0f}s; log: {self.log}")
+        wait_operator_ready(self.proc, self.port, self.log, "start_driver", timeout)
 
     def high_water_kb(self) -> int:
         return self._status_kb("VmHWM")
 
     def stop(self) -> None:
         self._stop.set()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
 
 
 # -- the API server ----------------------------------------------------------------------------
@@ -347,24 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
 
-    state = tb.State.load(tb.testbed_dir())
-    ours = not tb.is_up(state)
-    if ours:
-        state = tb.up(())
-    assert state is not None
-    crds = subprocess.run(
-        [state.kubectl, "--kubeconfig", state.kubeconfig, "apply", "--server-side", "-f", str(REPO / "crds")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if crds.returncode != 0:
-        print(crds.stderr, file=sys.stderr)
-        return 1
+    state, ours = testbed_up(())
+    install_crds(state)
     api = Api(state.kubeconfig, args.concurrency)
-    deadline = time.monotonic() + 60
-    while not crds_established(api.api) and time.monotonic() < deadline:
-        time.sleep(0.5)
     logs = Path(tempfile.mkdtemp(prefix="slipway-bench-scale-"))
     print(f"reconcile scale: sizes {sizes}, {args.concurrency} creating threads; operator logs in {logs}")
     results = []

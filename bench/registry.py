@@ -40,23 +40,21 @@ import contextlib
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import registry_sync as rs  # the sibling bench: test bed, CRD and percentile helpers
+import common  # test bed, CRD, operator and percentile helpers
 from kubernetes import client, config
 
-tb = rs.tb
-REPO = rs.REPO
-GROUP, VERSION = rs.GROUP, rs.VERSION
+tb = common.tb
+REPO = common.REPO
+GROUP, VERSION = common.GROUP, common.VERSION
 ALIAS = "champion"
 SECRET = "bench-" + uuid.uuid4().hex
 NAIVE_SAMPLE = 50
@@ -146,47 +144,13 @@ def create_models(mlflow: Any, count: int, tag: str) -> list[str]:
 
 
 def start_operator(state: tb.State, namespace: str, poll: float, src: Path, log: Path) -> subprocess.Popen[bytes]:
-    port = rs.free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLIPWAY_", "MLFLOW_"))}
-    env.update(
-        KUBECONFIG=state.kubeconfig,
-        PYTHONPATH=str(src),
-        SLIPWAY_MLFLOW_URI=state.urls["mlflow"],
-        SLIPWAY_MLFLOW_POLL_SECONDS=str(poll),
-        SLIPWAY_MLFLOW_WEBHOOK_SECRET=SECRET,
-        SLIPWAY_MLFLOW_ARTIFACTS_DESTINATION=str(Path(state.dir) / "mlflow" / "artifacts"),
-        SLIPWAY_HTTP_HOST="127.0.0.1",
-        SLIPWAY_HTTP_PORT=str(port),
+    port = common.free_port()
+    proc = common.spawn_operator(
+        state.kubeconfig, namespace, port, log, common.mlflow_settings(state, poll, SECRET), src
     )
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "slipway", "-n", namespace, "--liveness", ""],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
     proc.port = port  # type: ignore[attr-defined]
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"operator exited ({proc.returncode}); log: {log}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-            return "'start_registry_sync' succeeded" in log.read_text(errors="replace")
-        return False
-
-    rs.wait_for("the operator", ready, 120, 0.2)
+    common.wait_operator_ready(proc, port, log, "start_registry_sync")
     return proc
-
-
-def stop_operator(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def slug(model: str) -> str:
@@ -265,7 +229,7 @@ def alias_lags(
                 (old.get("status") or {}).get("aliases") or []
             )
 
-        rs.wait_for(f"alias move on {model}", seen, 120, 0.02)
+        common.wait_for(f"alias move on {model}", seen, 120, 0.02)
         lags.append(time.monotonic() - start)
         where[model] = to
     return lags
@@ -284,27 +248,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlflow import MlflowClient
 
-    state = tb.State.load(tb.testbed_dir())
-    ours = not (tb.is_up(state) and state is not None and "mlflow" in state.pids)
-    if ours:
-        state = tb.up(("mlflow",))
-    assert state is not None
-    subprocess.run(
-        [
-            state.kubectl,
-            "--kubeconfig",
-            state.kubeconfig,
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            str(REPO / "crds"),
-        ],
-        capture_output=True,
-        check=True,
-    )
+    state, ours = common.testbed_up(("mlflow",))
+    common.install_crds(state)
     api = config.new_client_from_config(config_file=state.kubeconfig)
-    rs.wait_for("the Slipway CRDs", lambda: rs.crds_established(api), 60, 0.5)
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     os.environ["MLFLOW_TRACKING_URI"] = state.urls["mlflow"]
     mlflow = MlflowClient(state.urls["mlflow"])
@@ -335,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             create_mirrors(custom, ns, models[tracked:n])
             tracked = n
             t0 = time.monotonic()
-            rs.wait_for(
+            common.wait_for(
                 f"{2 * n} ModelVersions synced",
                 lambda k=n: sum(synced(s) for s in mirrors(custom, ns).values()) >= 2 * k,
                 600,
@@ -362,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1.5)
             by_poll = alias_lags(mlflow, custom, ns, models[:n], where, args.trials, poll, rng)
             print(
-                f"  N={n}: alias lag webhook p50 {rs.percentile(by_hook, 0.5):.2f}s, "
-                f"poll p50 {rs.percentile(by_poll, 0.5):.2f}s",
+                f"  N={n}: alias lag webhook p50 {common.percentile(by_hook, 0.5):.2f}s, "
+                f"poll p50 {common.percentile(by_poll, 0.5):.2f}s",
                 flush=True,
             )
             rows.append((n, requests, cpu_share, by_hook, by_poll))
@@ -371,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         if hook is not None:
             with contextlib.suppress(Exception):
                 mlflow.delete_webhook(hook.webhook_id)
-        stop_operator(operator)
+        common.stop_process(operator)
         with contextlib.suppress(Exception):
             core.delete_namespace(ns)
         with ThreadPoolExecutor(4) as pool:
@@ -392,13 +338,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"| {n} | {requests:.1f} | {naive_req:.0f} | {requests / naive_req:.3f} "
             f"| {cpu_share:.2%} | {naive_share:.1%} | {cpu_share / naive_share:.3f} "
-            f"| {rs.percentile(by_hook, 0.5) * 1000:.0f} / {rs.percentile(by_hook, 0.99) * 1000:.0f} ms "
-            f"| {rs.percentile(by_poll, 0.5):.2f} / {rs.percentile(by_poll, 0.99):.2f} s |"
+            f"| {common.percentile(by_hook, 0.5) * 1000:.0f} / {common.percentile(by_hook, 0.99) * 1000:.0f} ms "
+            f"| {common.percentile(by_poll, 0.5):.2f} / {common.percentile(by_poll, 0.99):.2f} s |"
         )
     last = rows[-1]
     verdict = "met" if last[2] <= 0.10 else "NOT met"
     print(f"target (issue 4): {last[0]} tracked models within 10% of one MLflow core: {last[2]:.2%} → {verdict}")
-    print(f"lag by poll ÷ poll interval at N={last[0]}: p50 {rs.percentile(last[4], 0.5) / poll:.2f}x")
+    print(f"lag by poll ÷ poll interval at N={last[0]}: p50 {common.percentile(last[4], 0.5) / poll:.2f}x")
     return 0
 
 

@@ -28,66 +28,35 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
-import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "hack"))
+from common import (
+    GROUP,
+    VERSION,
+    free_port,
+    install_crds,
+    mlflow_settings,
+    percentile,
+    spawn_operator,
+    stop_process,
+    testbed_up,
+    wait_for,
+    wait_operator_ready,
+)
+from kubernetes import client, config, watch
 
-from kubernetes import client, config, watch  # noqa: E402
+import testbed as tb
 
-import testbed as tb  # noqa: E402
-
-GROUP, VERSION = "ml.slipway.dev", "v1alpha1"
 ALIAS = "champion"
 SECRET = "bench-" + uuid.uuid4().hex
 WEBHOOK_POLL_SECONDS = 600.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-def wait_for(what: str, probe: Any, timeout: float, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def crds_established(api: client.ApiClient) -> bool:
-    """Whether the Slipway CRDs are Established (they may have just been applied)."""
-    ext = client.ApiextensionsV1Api(api)
-    for crd in ("modeldeployments", "modelversions"):
-        try:
-            conditions = ext.read_custom_resource_definition(f"{crd}.{GROUP}").status.conditions or []
-        except client.exceptions.ApiException:
-            return False
-        if not any(c.type == "Established" and c.status == "True" for c in conditions):
-            return False
-    return True
 
 
 class Operator:
@@ -95,53 +64,19 @@ class Operator:
 
     def __init__(self, state: tb.State, namespace: str, poll_seconds: float, log: Path) -> None:
         self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLIPWAY_", "MLFLOW_"))}
-        paths = [str(REPO / "operator"), env.get("PYTHONPATH", "")]
-        env.update(
-            KUBECONFIG=state.kubeconfig,
-            PYTHONPATH=os.pathsep.join(p for p in paths if p),
-            SLIPWAY_MLFLOW_URI=state.urls["mlflow"],
-            SLIPWAY_MLFLOW_POLL_SECONDS=str(poll_seconds),
-            SLIPWAY_MLFLOW_WEBHOOK_SECRET=SECRET,
-            SLIPWAY_MLFLOW_ARTIFACTS_DESTINATION=str(Path(state.dir) / "mlflow" / "artifacts"),
-            SLIPWAY_HTTP_HOST="127.0.0.1",
-            SLIPWAY_HTTP_PORT=str(self.port),
-        )
         self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "slipway", "-n", namespace, "--liveness", ""],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )
+        env = mlflow_settings(state, poll_seconds, SECRET)
+        self.proc = spawn_operator(state.kubeconfig, namespace, self.port, log, env)
 
     @property
     def webhook_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/webhooks/mlflow"
 
     def wait_ready(self, timeout: float = 120) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited ({self.proc.returncode}); log: {self.log}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1),
-            ):
-                return "'start_registry_sync' succeeded" in self.log.read_text(errors="replace")
-            return False
-
-        wait_for("the operator", ready, timeout, 0.2)
+        wait_operator_ready(self.proc, self.port, self.log, "start_registry_sync", timeout)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
 
 
 class StatusWatch:
@@ -292,18 +227,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlflow import MlflowClient
 
-    state = tb.State.load(tb.testbed_dir())
-    ours = not (tb.is_up(state) and state is not None and "mlflow" in state.pids)
-    if ours:
-        state = tb.up(("mlflow",))
-    assert state is not None
-    subprocess.run(
-        [state.kubectl, "--kubeconfig", state.kubeconfig, "apply", "--server-side", "-f", str(REPO / "crds")],
-        capture_output=True,
-        check=True,
-    )
-    with config.new_client_from_config(config_file=state.kubeconfig) as api:
-        wait_for("the Slipway CRDs", lambda: crds_established(api), 60, 0.5)
+    state, ours = testbed_up(("mlflow",))
+    install_crds(state)
     mlflow = MlflowClient(state.urls["mlflow"])
     logs = Path(tempfile.mkdtemp(prefix="slipway-bench-sync-"))
     print(f"registry sync lag: {args.trials} trials per mode, poll {args.poll_seconds:g}s; operator logs in {logs}")

@@ -32,12 +32,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import re
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +53,17 @@ import httpx  # noqa: E402
 import loadgen  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
+from common import (  # noqa: E402
+    free_port,
+    install_crds,
+    mlflow_settings,
+    percentile,
+    spawn_operator,
+    stop_process,
+    testbed_up,
+    wait_for,
+    wait_operator_ready,
+)
 from kubernetes import client, config, watch  # noqa: E402
 
 import testbed as tb  # noqa: E402
@@ -65,27 +73,6 @@ GROUP, VERSION = "ml.slipway.dev", "v1alpha1"
 MD = "drift"
 RULES = "slipway-bench-rollback-e2e"
 START = time.monotonic()
-
-
-def wait_for(what: str, probe: Any, timeout: float, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def log_model(mlflow_uri: str, name: str) -> None:
@@ -203,9 +190,7 @@ class Bench:
         return list(httpx.get(url, params={"filter": f'namespace="{self.ns}"'}, timeout=5).json())
 
     def setup(self) -> None:
-        self.kubectl(
-            "apply", "--server-side", "--force-conflicts", "--field-manager=slipway-crds", "-f", str(REPO / "crds")
-        )
+        install_crds(self.state)
         self.core.create_namespace({"metadata": {"name": self.ns}})
         wait_for("default ServiceAccount", lambda: self.core.list_namespaced_service_account(self.ns).items, 30, 0.2)
         groups = rule_groups(interval="1s", for_=self.alert_for)
@@ -246,32 +231,12 @@ class Bench:
         }
 
     def start_operator(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLIPWAY_", "MLFLOW_"))}
-        env.update(
-            KUBECONFIG=self.state.kubeconfig,
-            PYTHONPATH=str(REPO / "operator"),
-            SLIPWAY_MLFLOW_URI=self.state.urls["mlflow"],
-            SLIPWAY_MLFLOW_ARTIFACTS_DESTINATION=str(Path(self.state.dir) / "mlflow" / "artifacts"),
-            SLIPWAY_MLFLOW_POLL_SECONDS="1",
-            SLIPWAY_ALERTMANAGER_TOKEN=self.token,
-            SLIPWAY_HTTP_HOST="127.0.0.1",
-            SLIPWAY_HTTP_PORT=str(self.port),
-        )
-        with self.log.open("wb") as out:
-            self.operator = subprocess.Popen(
-                [sys.executable, "-m", "slipway", "-n", self.ns, "--liveness", ""],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )
-
-        def ready() -> bool:
-            if self.operator is None or self.operator.poll() is not None:
-                raise RuntimeError(f"operator exited:\n{self.log.read_text()[-3000:]}")
-            return "'start_alert_intake' succeeded" in self.log.read_text(errors="replace")
-
-        wait_for("the operator", ready, 90, 0.2)
+        env = {
+            **mlflow_settings(self.state, 1),
+            "SLIPWAY_ALERTMANAGER_TOKEN": self.token,
+        }
+        self.operator = spawn_operator(self.state.kubeconfig, self.ns, self.port, self.log, env)
+        wait_operator_ready(self.operator, self.port, self.log, "start_alert_intake", 90)
 
     def ok_to(self, version: str) -> int:
         assert self.load is not None
@@ -327,12 +292,7 @@ class Bench:
         with contextlib.suppress(Exception):
             self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, "modeldeployments", MD)
             wait_for("the deployment deleted", lambda: not self.status(), 60, 0.5)
-        if self.operator is not None and self.operator.poll() is None:
-            self.operator.send_signal(signal.SIGINT)
-            try:
-                self.operator.wait(15)
-            except subprocess.TimeoutExpired:
-                self.operator.kill()
+        stop_process(self.operator, 15)
         with contextlib.suppress(Exception):
             self.core.delete_namespace(self.ns)
         with contextlib.suppress(Exception):
@@ -363,10 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="print every sample")
     args = parser.parse_args(argv)
 
-    existing = tb.State.load(tb.testbed_dir())
-    reuse = tb.is_up(existing) and existing is not None and "prometheus" in existing.pids
-    state = existing if reuse and existing else tb.up(("mlflow", "prometheus"))
-    assert state is not None
+    state, ours = testbed_up(("mlflow", "prometheus"))
     bench = Bench(state, args.alert_for)
     total: list[float] = []
     to_alert: list[float] = []
@@ -392,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         bench.teardown()
-        if not reuse:
+        if ours:
             tb.down()
     if not total:
         return 1

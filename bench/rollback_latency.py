@@ -33,11 +33,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,6 +52,15 @@ sys.path.insert(0, str(REPO / "hack"))
 sys.path.insert(0, str(REPO / "operator"))
 
 import httpx  # noqa: E402
+from common import (  # noqa: E402
+    free_port,
+    install_crds,
+    percentile,
+    spawn_operator,
+    stop_process,
+    testbed_up,
+    wait_operator_ready,
+)
 from kubernetes import client, config, watch  # noqa: E402
 
 import testbed as tb  # noqa: E402
@@ -88,17 +94,6 @@ def wait_for(what: str, probe, timeout: float = 60.0, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 # --- the bare receiver (baseline) -------------------------------------------------------------------
@@ -278,35 +273,9 @@ class Bench:
         return {got.get(n, "") for n in wanted}
 
     def start_operator(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLIPWAY_", "MLFLOW_"))}
-        env.update(
-            KUBECONFIG=self.state.kubeconfig,
-            PYTHONPATH=str(REPO / "operator"),
-            SLIPWAY_ALERTMANAGER_TOKEN=TOKEN,
-            SLIPWAY_HTTP_HOST="127.0.0.1",
-            SLIPWAY_HTTP_PORT=str(self.port),
-            SLIPWAY_ALERT_KUBE=self.path,
-        )
-        with self.log.open("wb") as out:
-            self.operator = subprocess.Popen(
-                [sys.executable, "-m", "slipway", "-n", self.ns, "--liveness", ""],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )
-
-        def ready() -> bool:
-            if self.operator is None or self.operator.poll() is not None:
-                raise RuntimeError(f"operator exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1):
-                    pass
-            except OSError:
-                return False
-            return "'start_alert_intake' succeeded" in self.log.read_text(errors="replace")
-
-        wait_for("the operator", ready, 60, 0.2)
+        env = {"SLIPWAY_ALERTMANAGER_TOKEN": TOKEN, "SLIPWAY_ALERT_KUBE": self.path}
+        self.operator = spawn_operator(self.state.kubeconfig, self.ns, self.port, self.log, env)
+        wait_operator_ready(self.operator, self.port, self.log, "start_alert_intake", 60)
 
     def teardown(self) -> None:
         with contextlib.suppress(Exception):
@@ -314,12 +283,7 @@ class Bench:
             wait_for(
                 "deployments deleted (kopf's finalizers need the operator)", lambda: not self.phases() - {""}, 30, 0.5
             )
-        if self.operator is not None and self.operator.poll() is None:
-            self.operator.send_signal(signal.SIGINT)
-            try:
-                self.operator.wait(15)
-            except subprocess.TimeoutExpired:
-                self.operator.kill()
+        stop_process(self.operator, 15)
         with contextlib.suppress(Exception):
             self.core.delete_namespace(self.ns)
 
@@ -420,10 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     paths = [p for p in args.paths.split(",") if p]
 
-    existing = tb.State.load(tb.testbed_dir())
-    reuse = tb.is_up(existing) and existing is not None and "prometheus" in existing.pids
-    state = existing if reuse and existing else tb.up(("mlflow", "prometheus"))
-    assert state is not None
+    state, ours = testbed_up(("mlflow", "prometheus"))
     benches = [Bench(state, args.trials, args.annotation_trials if i == 0 else 0, p) for i, p in enumerate(paths)]
     bare = BareReceiver()
     am = state.urls["alertmanager"]
@@ -434,9 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"setting up {sum(len(b.names) for b in benches)} ModelDeployments ({', '.join(paths)}) …", file=sys.stderr
         )
-        benches[0].kubectl(
-            "apply", "--server-side", "--force-conflicts", "--field-manager=slipway-crds", "-f", str(REPO / "crds")
-        )
+        install_crds(state)
         for b in benches:
             b.setup()
         for b in benches:
@@ -478,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
             b.teardown()
         bare.stop()
         http.close()
-        if not reuse:
+        if ours:
             tb.down()
 
     load = os.getloadavg()

@@ -1,0 +1,143 @@
+"""What the bench scripts share: the test bed, the CRDs, the operator as a subprocess, polling and percentiles."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "hack"))
+
+from kubernetes import client, config  # noqa: E402
+
+import testbed as tb  # noqa: E402
+
+GROUP, VERSION = "ml.slipway.dev", "v1alpha1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest rank: with fewer than 100 values p99 is the largest."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    """Poll until probe() is truthy; returns its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def testbed_up(services: tuple[str, ...]) -> tuple[tb.State, bool]:
+    """The running test bed if it has ``services``, else a new one; and whether it is ours to take down."""
+    existing = tb.State.load(tb.testbed_dir())
+    if tb.is_up(existing) and existing is not None and all(s in existing.pids for s in services):
+        return existing, False
+    return tb.up(services), True
+
+
+def crds_established(api: client.ApiClient) -> bool:
+    """Whether the Slipway CRDs are Established (they may have just been applied)."""
+    ext = client.ApiextensionsV1Api(api)
+    for crd in ("modeldeployments", "modelversions"):
+        try:
+            conditions = ext.read_custom_resource_definition(f"{crd}.{GROUP}").status.conditions or []
+        except client.exceptions.ApiException:
+            return False
+        if not any(c.type == "Established" and c.status == "True" for c in conditions):
+            return False
+    return True
+
+
+def install_crds(state: tb.State) -> None:
+    """Server-side apply of crds/ (taking over fields another manager set), then wait until Established."""
+    subprocess.run(
+        [
+            *(state.kubectl, "--kubeconfig", state.kubeconfig, "apply", "--server-side", "--force-conflicts"),
+            *("--field-manager=slipway-crds", "-f", str(REPO / "crds")),
+        ],
+        capture_output=True,
+        check=True,
+    )
+    with config.new_client_from_config(config_file=state.kubeconfig) as api:
+        wait_for("the Slipway CRDs", lambda: crds_established(api), 60, 0.5)
+
+
+def mlflow_settings(state: tb.State, poll_seconds: float, webhook_secret: str = "") -> dict[str, str]:
+    """The operator's environment for syncing the test bed's MLflow."""
+    return {
+        "SLIPWAY_MLFLOW_URI": state.urls["mlflow"],
+        "SLIPWAY_MLFLOW_POLL_SECONDS": f"{poll_seconds:g}",
+        "SLIPWAY_MLFLOW_WEBHOOK_SECRET": webhook_secret,
+        "SLIPWAY_MLFLOW_ARTIFACTS_DESTINATION": str(Path(state.dir) / "mlflow" / "artifacts"),
+    }
+
+
+def spawn_operator(
+    kubeconfig: str, namespace: str, port: int, log: Path, env: dict[str, str] | None = None, src: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``python -m slipway -n NAMESPACE`` on 127.0.0.1:PORT, logging to LOG; the caller's SLIPWAY_*/MLFLOW_* dropped."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("SLIPWAY_", "MLFLOW_"))}
+    paths = [str(src or REPO / "operator"), environ.get("PYTHONPATH", "")]
+    environ.update(
+        KUBECONFIG=kubeconfig,
+        PYTHONPATH=os.pathsep.join(p for p in paths if p),
+        SLIPWAY_HTTP_HOST="127.0.0.1",
+        SLIPWAY_HTTP_PORT=str(port),
+        **(env or {}),
+    )
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "slipway", "-n", namespace, "--liveness", ""],
+            env=environ,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+
+def wait_operator_ready(
+    proc: subprocess.Popen[bytes], port: int, log: Path, handler: str, timeout: float = 120
+) -> None:
+    """Until /healthz answers and the startup handler ``handler`` succeeded (kopf logs it)."""
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"operator exited ({proc.returncode}):\n{log.read_text(errors='replace')[-3000:]}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+            return f"'{handler}' succeeded" in log.read_text(errors="replace")
+        return False
+
+    wait_for("the operator", ready, timeout, 0.2)
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 20) -> None:
+    """SIGINT, then SIGKILL after ``grace`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
