@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -81,6 +82,18 @@ def install_crds(state: tb.State) -> None:
     )
     with config.new_client_from_config(config_file=state.kubeconfig) as api:
         wait_for("the Slipway CRDs", lambda: crds_established(api), 60, 0.5)
+
+
+def tiny_model_run(mlflow: Any) -> tuple[str, str]:
+    """(run id, ``runs:/…/model`` source) of a run in experiment slipway-bench logging a tiny MLmodel artifact."""
+    experiment = mlflow.get_experiment_by_name("slipway-bench")
+    experiment_id = experiment.experiment_id if experiment else mlflow.create_experiment("slipway-bench")
+    run = mlflow.create_run(experiment_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "MLmodel").write_text("flavors: {python_function: {loader_module: mlflow.sklearn}}\n")
+        mlflow.log_artifact(run.info.run_id, str(Path(tmp) / "MLmodel"), "model")
+    mlflow.set_terminated(run.info.run_id)
+    return run.info.run_id, f"runs:/{run.info.run_id}/model"
 
 
 def mlflow_settings(state: tb.State, poll_seconds: float, webhook_secret: str = "") -> dict[str, str]:

@@ -122,20 +122,13 @@ class ServerMeter:
 
 def create_models(mlflow: Any, count: int, tag: str) -> list[str]:
     """``count`` registered models with two versions each and champion → v1 (4 MLflow writes a model)."""
-    experiment = mlflow.get_experiment_by_name("slipway-bench")
-    experiment_id = experiment.experiment_id if experiment else mlflow.create_experiment("slipway-bench")
-    run = mlflow.create_run(experiment_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "MLmodel").write_text("flavors: {python_function: {loader_module: mlflow.sklearn}}\n")
-        mlflow.log_artifact(run.info.run_id, str(Path(tmp) / "MLmodel"), "model")
-    mlflow.set_terminated(run.info.run_id)
-    source = f"runs:/{run.info.run_id}/model"
+    run_id, source = common.tiny_model_run(mlflow)
     names = [f"bench-reg-{tag}-{i:03d}" for i in range(count)]
 
     def one(name: str) -> None:
         mlflow.create_registered_model(name)
         for _ in range(2):
-            mlflow.create_model_version(name, source=source, run_id=run.info.run_id, await_creation_for=0)
+            mlflow.create_model_version(name, source=source, run_id=run_id, await_creation_for=0)
         mlflow.set_registered_model_alias(name, ALIAS, "1")
 
     with ThreadPoolExecutor(4) as pool:

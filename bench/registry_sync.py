@@ -47,6 +47,7 @@ from common import (
     spawn_operator,
     stop_process,
     testbed_up,
+    tiny_model_run,
     wait_for,
     wait_operator_ready,
 )
@@ -130,18 +131,11 @@ class StatusWatch:
 
 def registered_model(mlflow: Any) -> tuple[str, str, str]:
     """A registered model with two versions (one run's MLmodel artifact behind both)."""
-    experiment = mlflow.get_experiment_by_name("slipway-bench")
-    experiment_id = experiment.experiment_id if experiment else mlflow.create_experiment("slipway-bench")
-    run = mlflow.create_run(experiment_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "MLmodel").write_text("flavors: {python_function: {loader_module: mlflow.sklearn}}\n")
-        mlflow.log_artifact(run.info.run_id, str(Path(tmp) / "MLmodel"), "model")
-    mlflow.set_terminated(run.info.run_id)
+    run_id, source = tiny_model_run(mlflow)
     name = f"bench-{uuid.uuid4().hex[:8]}"
     mlflow.create_registered_model(name)
-    source = f"runs:/{run.info.run_id}/model"
-    v1 = str(mlflow.create_model_version(name, source=source, run_id=run.info.run_id).version)
-    v2 = str(mlflow.create_model_version(name, source=source, run_id=run.info.run_id).version)
+    v1 = str(mlflow.create_model_version(name, source=source, run_id=run_id).version)
+    v2 = str(mlflow.create_model_version(name, source=source, run_id=run_id).version)
     return name, v1, v2
 
 
