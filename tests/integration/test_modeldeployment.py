@@ -387,3 +387,24 @@ def test_knative_router_drives_canary_traffic_percent(kubectl, operator):
     pred = (get(kubectl, "inferenceservice", MODEL) or {})["spec"]["predictor"]
     assert "canaryTrafficPercent" not in pred
     assert pred["containers"][0]["env"][0]["value"] == f"s3://models/{MODEL}/1"
+
+
+def condition(status: dict[str, Any], kind: str) -> tuple[str, str] | None:
+    found = [c for c in status.get("conditions") or [] if c.get("type") == kind]
+    return (found[0]["status"], found[0]["reason"]) if found else None
+
+
+def test_ready_waits_for_the_stable_predictor_and_follows_its_inferenceservice(kubectl, operator):
+    model_version(kubectl, "1", ["champion"])
+    deployment(kubectl, {"canary": {"steps": [{"setWeight": 50}]}})
+    first_version_up(kubectl)
+    time.sleep(2)  # a few ticks: nothing makes v1's predictor ready
+    assert condition(md_status(kubectl), "Ready") == ("False", "StableNotReady"), "Ready before the predictor is"
+    ready = {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+    patch = json.dumps({"status": ready})
+    kubectl("patch", "inferenceservice", f"{MODEL}-v1", "--subresource=status", "--type=merge", "-p", patch)
+    # Well under the 30 s resync of a Succeeded ModelDeployment: the InferenceService's event made it due.
+    wait_until(
+        lambda: condition(md_status(kubectl), "Ready") == ("True", "StableServing"), timeout=8, what="Ready follows"
+    )
+    assert f"InferenceService {MODEL}-v1 is Ready: ModelDeployment {MODEL} is due" in operator.log_path.read_text()

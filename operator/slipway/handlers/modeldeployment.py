@@ -83,8 +83,16 @@ def _ready(status: kopf.Status, **_: Any) -> bool:
 @kopf.on.event(
     "serving.kserve.io", "v1beta1", "inferenceservices", labels={LABEL_DEPLOYMENT: kopf.PRESENT}, when=_ready
 )
-async def predictor_ready(labels: kopf.Labels, namespace: str | None, memo: Any, **_: Any) -> None:
+async def predictor_ready(
+    name: str,
+    labels: kopf.Labels,
+    namespace: str | None,
+    memo: Any,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
     """A ModelDeployment's InferenceService is Ready: look at the deployment on the next tick, not the next resync."""
-    name = labels.get(LABEL_DEPLOYMENT)
-    if name and _driver(memo).watches(namespace or "", name):
-        _driver(memo).expedite(namespace or "", name)
+    deployment = labels.get(LABEL_DEPLOYMENT)
+    if deployment and _driver(memo).watches(namespace or "", deployment):
+        logger.info("InferenceService %s is Ready: ModelDeployment %s is due", name, deployment)
+        _driver(memo).expedite(namespace or "", deployment)
