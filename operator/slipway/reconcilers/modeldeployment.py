@@ -140,8 +140,13 @@ def measure(
     return tuple(out)
 
 
-def apply_children(kube: Kube, md: ModelDeployment, decision: Decision, uris: dict[str, str]) -> None:
-    """New backends first, then the route (one write carries the weights), then remove the versions not kept."""
+def apply_children(
+    kube: Kube, md: ModelDeployment, decision: Decision, uris: dict[str, str], live: frozenset[str]
+) -> None:
+    """New backends first, then the route (one write carries the weights), then remove the live versions not kept.
+
+    ``live`` is the versions with an InferenceService as this pass observed them (no second list).
+    """
     ns, name = md.metadata.namespace, md.metadata.name or ""
     state = decision.state
     if md.spec.router == "kserve-knative":
@@ -160,11 +165,9 @@ def apply_children(kube: Kube, md: ModelDeployment, decision: Decision, uris: di
         ab = md.spec.strategy.ab_test
         matches = abtest.route_matches(state, ab) if ab is not None else None
         kube.apply(build_http_route(md, weights, mirror, matches))
-    for isvc in kube.list(*ISVC, ns, f"{LABEL_DEPLOYMENT}={name}"):
-        version = (isvc["metadata"].get("labels") or {}).get(LABEL_VERSION)
-        if version and version not in decision.keep:
-            kube.delete(*HPA, isvc_name(name, version), ns)
-            kube.delete(*ISVC, isvc_name(name, version), ns)
+    for version in sorted(live - decision.keep):
+        kube.delete(*HPA, isvc_name(name, version), ns)
+        kube.delete(*ISVC, isvc_name(name, version), ns)
 
 
 def _action(md: ModelDeployment) -> tuple[Action | None, str | None]:
@@ -227,7 +230,7 @@ def reconcile(kube: Kube, prom: Prometheus, body: dict[str, Any], now: datetime 
         comparison=comparison,
     )
     decision = machine.next(state, obs, md.spec)
-    apply_children(kube, md, decision, resolved.storage_uris)
+    apply_children(kube, md, decision, resolved.storage_uris, live)
     strategy = "blueGreen" if md.spec.strategy.blue_green else "abTest" if md.spec.strategy.ab_test else "canary"
     rollout_metrics.record(md.metadata.namespace or "", md.metadata.name or "", strategy, decision)
     events = [Event(n.reason, n.message, "Warning" if n.warning else "Normal") for n in decision.events]
