@@ -215,16 +215,8 @@ class Cluster(ModelDeploymentReader):
         }
         self.custom.create_namespaced_custom_object("ml.slipway.dev", "v1alpha1", self.ns, "modeldeployments", body)
 
-    def delete(self) -> None:
-        with contextlib.suppress(Exception):
-            self.custom.delete_namespaced_custom_object("ml.slipway.dev", "v1alpha1", self.ns, "modeldeployments", MD)
-        with contextlib.suppress(AssertionError):
-            wait_for(
-                "the ModelDeployment deleted",
-                lambda: self._get("ml.slipway.dev", "v1alpha1", "modeldeployments", MD) is None,
-                60,
-                0.5,
-            )
+    def delete(self, timeout: float = 60.0) -> None:
+        super().delete(timeout)
         with contextlib.suppress(AssertionError):
             wait_for("the model servers stopped", lambda: not self.isvcs(), 60, 0.5)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -76,8 +77,26 @@ class ModelDeploymentReader:
 
     def weights(self) -> dict[str, int]:
         """The HTTPRoute's weights by version ({} before the route exists)."""
-        route = self._get("gateway.networking.k8s.io", "v1", "httproutes", self.md)
-        if route is None:
-            return {}
-        refs = route["spec"]["rules"][0]["backendRefs"]
-        return {r["name"].removeprefix(f"{self.md}-v").removesuffix("-predictor"): r.get("weight", 1) for r in refs}
+        return weights_of(self._get("gateway.networking.k8s.io", "v1", "httproutes", self.md), self.md)
+
+    def delete(self, timeout: float = 30.0) -> None:
+        """Delete the ModelDeployment (the operator must run: kopf's finalizer) and wait until it is gone."""
+        with contextlib.suppress(Exception):
+            self.custom.delete_namespaced_custom_object(
+                "ml.slipway.dev", "v1alpha1", self.ns, "modeldeployments", self.md
+            )
+        with contextlib.suppress(AssertionError):
+            wait_for(
+                "the ModelDeployment deleted",
+                lambda: self._get("ml.slipway.dev", "v1alpha1", "modeldeployments", self.md) is None,
+                timeout,
+                0.5,
+            )
+
+
+def weights_of(route: dict[str, Any] | None, md: str) -> dict[str, int]:
+    """Version → weight of a route's first rule ({} when there is no route)."""
+    if route is None:
+        return {}
+    refs = route["spec"]["rules"][0]["backendRefs"]
+    return {r["name"].removeprefix(f"{md}-v").removesuffix("-predictor"): r.get("weight", 1) for r in refs}

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kube_objects import MetricsEndpoint
+from kube_objects import MetricsEndpoint, weights_of
 from operator_process import OperatorProcess, wait_until
 from prometheus_client import Gauge
 
@@ -50,14 +50,6 @@ def md_status(kubectl, name: str = MODEL) -> dict[str, Any]:
 
 def route_weights(kubectl, name: str = MODEL) -> dict[str, int]:
     return weights_of(get(kubectl, "httproute", name), name)
-
-
-def weights_of(route: dict | None, name: str = MODEL) -> dict[str, int]:
-    """Version → weight of a route's first rule (the generation and the weights come from one read)."""
-    if route is None:
-        return {}
-    refs = route["spec"]["rules"][0]["backendRefs"]
-    return {r["name"].removeprefix(f"{name}-v").removesuffix("-predictor"): r.get("weight", 1) for r in refs}
 
 
 def isvc_versions(kubectl, name: str = MODEL) -> set[str]:
@@ -315,7 +307,7 @@ def test_bluegreen_switches_the_route_in_one_write(kubectl, operator):
     def record() -> bool:
         route = get(kubectl, "httproute", MODEL)
         assert route is not None
-        entry = (route["metadata"]["generation"], weights_of(route))
+        entry = (route["metadata"]["generation"], weights_of(route, MODEL))  # one read for both
         if not history or history[-1] != entry:
             history.append(entry)
         return entry[1] == {"2": 100}

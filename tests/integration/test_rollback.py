@@ -196,16 +196,6 @@ class Cluster(ModelDeploymentReader):
         }
         self.custom.create_namespaced_custom_object("ml.slipway.dev", "v1alpha1", self.ns, "modeldeployments", body)
 
-    def delete_deployments(self) -> None:
-        with contextlib.suppress(Exception):
-            self.custom.delete_namespaced_custom_object("ml.slipway.dev", "v1alpha1", self.ns, "modeldeployments", MD)
-        with contextlib.suppress(AssertionError):
-            wait_for(
-                "ModelDeployment deleted",
-                lambda: self._get("ml.slipway.dev", "v1alpha1", "modeldeployments", MD) is None,
-                30,
-            )
-
 
 @pytest.fixture
 def cluster(kube_api: Any, namespace: str) -> Cluster:
@@ -233,7 +223,7 @@ def operator_for(
     finally:
         testbed.set_alert_webhooks([])
         print(json.dumps(cluster.status(), indent=1))
-        cluster.delete_deployments()
+        cluster.delete()
 
 
 # --- helpers ---------------------------------------------------------------------------------------
