@@ -225,6 +225,10 @@ def test_polling_mirrors_the_registry(
     assert metrics["slipway_registry_tracked_models"] == 1
 
 
+SYNCS = "slipway_registry_sync_seconds_count"
+REJECTED = 'slipway_mlflow_webhook_deliveries_total{outcome="rejected"}'
+
+
 def _post_webhook(url: str, body: bytes, headers: dict[str, str]) -> int:
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
@@ -279,9 +283,16 @@ def test_signed_webhook_resyncs_faster_than_the_poll(
         print(f"version tag → ModelVersion via signed webhook: {lag:.2f}s")
         assert lag < 2.0
 
-        # Forged and stale deliveries are refused and change nothing.
-        syncs = op.metrics()["slipway_registry_sync_seconds_count"]
-        rv = mirrors.get(f"{model}-v2")["metadata"]["resourceVersion"]  # type: ignore[index]
+        # Forged and stale deliveries are refused and change nothing. First let the syncs the real
+        # deliveries started finish (a sync's duration is recorded after its status writes).
+        def quiet() -> tuple[float, str] | None:
+            before = (op.metrics()[SYNCS], mirrors.get(f"{model}-v2")["metadata"]["resourceVersion"])  # type: ignore[index]
+            time.sleep(1.0)
+            after = (op.metrics()[SYNCS], mirrors.get(f"{model}-v2")["metadata"]["resourceVersion"])  # type: ignore[index]
+            return before if after == before else None
+
+        (syncs, rv), _ = wait_for("the registry sync to go quiet", quiet, 15)
+        rejected = op.metrics().get(REJECTED, 0.0)
         body = json.dumps(
             {
                 "entity": "model_version_alias",
@@ -296,7 +307,9 @@ def test_signed_webhook_resyncs_faster_than_the_poll(
         assert _post_webhook(url, body, unsigned) == 401
         assert _post_webhook(url, b"{}", {"X-MLflow-Signature": "v1,AAAA"}) == 400
         time.sleep(0.5)
-        assert op.metrics()["slipway_registry_sync_seconds_count"] == syncs
+        after = op.metrics()
+        assert after[REJECTED] - rejected == 4
+        assert after[SYNCS] == syncs
         assert mirrors.get(f"{model}-v2")["metadata"]["resourceVersion"] == rv  # type: ignore[index]
         assert _post_webhook(url, body, _signed(WEBHOOK_SECRET, "d-4", now, body)) == 200  # the real thing passes
     finally:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import prometheus_client
 from aiohttp import web
 
 from slipway.receivers.http import server
@@ -34,6 +35,13 @@ DELIVERY_HEADER = "X-MLflow-Delivery-Id"
 TIMESTAMP_HEADER = "X-MLflow-Timestamp"
 SIGNATURE_HEADER = "X-MLflow-Signature"
 REGISTRY_ENTITIES = frozenset({"model_version", "model_version_tag", "model_version_alias", "registered_model"})
+
+DELIVERIES = prometheus_client.Counter(
+    "slipway_mlflow_webhook_deliveries",
+    "MLflow webhook deliveries, by outcome: resync, ignored (not a registry event or model not tracked),"
+    " rejected (bad signature, stale, malformed or too large) or unavailable (sync not running yet).",
+    ["outcome"],
+)
 
 
 class WebhookRejected(Exception):
@@ -120,6 +128,7 @@ class MlflowWebhookReceiver:
     async def handle(self, request: web.Request) -> web.Response:
         """Verify and dispatch one delivery."""
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            DELIVERIES.labels("rejected").inc()
             return _answer(413, "body too large")
         body = await request.read()
         headers = request.headers
@@ -135,12 +144,16 @@ class MlflowWebhookReceiver:
             model = model_of(body)
         except WebhookRejected as exc:
             log.warning("rejected MLflow webhook delivery %s: %s", headers.get(DELIVERY_HEADER), exc.reason)
+            DELIVERIES.labels("rejected").inc()
             return _answer(exc.status, exc.reason)
         if model is None:
+            DELIVERIES.labels("ignored").inc()
             return _answer(202, "ignored: not a registry event")
         if self.on_change is None:
+            DELIVERIES.labels("unavailable").inc()
             return _answer(503, "the registry sync is not running yet")
         tracked = self.on_change(model)
+        DELIVERIES.labels("resync" if tracked else "ignored").inc()
         return _answer(200 if tracked else 202, "resync" if tracked else "ignored: model not tracked", model)
 
 
