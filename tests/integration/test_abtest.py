@@ -226,8 +226,12 @@ def test_ab_test_compares_both_versions_and_promotes_the_declared_winner(
     seen_a, seen_b = stats.by_version["1"], stats.by_version["2"]
     assert seen_b.matched > 0 and seen_a.feedback > 0 and seen_b.feedback > 0 and seen_b.feedback_failed == 0
     assert (seen_b.accuracy or 0) > (seen_a.accuracy or 1)
-    events = get(kubectl, "events", "--field-selector", "reason=ABTestCompared") or {"items": []}
-    assert any("A=v1" in e["message"] and "B=v2" in e["message"] for e in events["items"])
+
+    def compared() -> bool:
+        events = get(kubectl, "events", "--field-selector", "reason=ABTestCompared") or {"items": []}
+        return any("A=v1" in e["message"] and "B=v2" in e["message"] for e in events["items"])
+
+    wait_for("the ABTestCompared event", compared, 30)  # posted after the status write
     cleanup(kubectl, ab_operator)
 
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from operator_process import OperatorProcess, wait_until
-from test_modeldeployment import (
+from kubectl_scenario import (
     deployment,
     first_version_up,
     md_status,
@@ -18,6 +17,7 @@ from test_modeldeployment import (
     predictor,
     route_weights,
 )
+from operator_process import OperatorProcess, wait_until
 
 pytestmark = pytest.mark.integration
 CHART = Path(__file__).resolve().parents[2] / "charts" / "slipway"
@@ -63,7 +63,7 @@ def test_operator_with_only_the_charts_permissions_completes_a_rollout(
             wait_until(lambda: route_weights(kubectl) == {"1": 50, "2": 50}, what="canary at 50%")
             wait_until(lambda: md_status(kubectl).get("stableVersion") == "2", timeout=120, what="v2 promoted")
             log = proc.log_path.read_text(errors="replace")
-            assert "403" not in log and "Forbidden" not in log, proc.log_tail(80)
+            assert "(403)" not in log and "Forbidden" not in log, proc.log_tail(80)  # not a bare 403: timestamps
             kubectl("delete", "modeldeployments", "--all", "--timeout=60s", check=False)
         finally:
             print(proc.log_tail(60))

@@ -81,8 +81,7 @@ def test_status_and_actions_on_a_modeldeployment(cli, kubectl, namespace):
 
 
 def test_cli_drives_a_rollout_and_prints_what_changed(cli, kubectl, namespace, testbed, tmp_path):
-    from operator_process import OperatorProcess, wait_until
-    from test_modeldeployment import (
+    from kubectl_scenario import (
         deployment,
         first_version_up,
         md_status,
@@ -91,6 +90,7 @@ def test_cli_drives_a_rollout_and_prints_what_changed(cli, kubectl, namespace, t
         predictor,
         stop_after_deleting_deployments,
     )
+    from operator_process import OperatorProcess, wait_until
 
     proc = OperatorProcess(testbed.kubeconfig, namespace, tmp_path, testbed.prometheus_url).start()
     try:
@@ -120,7 +120,7 @@ def test_cli_drives_a_rollout_and_prints_what_changed(cli, kubectl, namespace, t
 
 
 def test_plan_shows_version_steps_and_children_without_doing_anything(cli, kubectl, namespace, tmp_path):
-    from test_modeldeployment import model_version
+    from kubectl_scenario import model_version
 
     model_version(kubectl, "1", [])
     model_version(kubectl, "2", ["champion"])

@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
+from kubectl_scenario import label, md_status, model_version, move_alias
 from operator_process import OperatorProcess, wait_until
 
 pytestmark = pytest.mark.integration
@@ -23,10 +23,6 @@ pytestmark = pytest.mark.integration
 FRAUD = "Fraud_Detector"  # MLflow name; its ModelVersions are named and labelled "fraud-detector"
 CHURN = "churn"
 PROMPT = 12.0  # well under the 30 s resync of a Succeeded ModelDeployment
-
-
-def label(model: str) -> str:
-    return re.sub(r"[^a-z0-9.-]+", "-", model.lower()).strip("-.")
 
 
 @pytest.fixture
@@ -38,40 +34,6 @@ def operator(testbed, namespace, slipway_crds, tmp_path, kubectl) -> Iterator[Op
     kubectl("delete", "modeldeployments", "--all", "--timeout=30s", check=False)
     proc.stop()
     print(proc.log_tail(80))
-
-
-def get(kubectl, *args: str) -> dict[str, Any] | None:
-    out = kubectl("get", *args, "-o", "json", check=False)
-    return json.loads(out.stdout) if out.returncode == 0 else None
-
-
-def status(kubectl, name: str) -> dict[str, Any]:
-    return (get(kubectl, "modeldeployment", name) or {}).get("status") or {}
-
-
-def model_version(kubectl, model: str, version: str, aliases: list[str]) -> None:
-    obj = {
-        "apiVersion": "ml.slipway.dev/v1alpha1",
-        "kind": "ModelVersion",
-        "metadata": {
-            "name": f"{label(model)}-v{version}",
-            "labels": {"ml.slipway.dev/model": label(model), "ml.slipway.dev/version": version},
-        },
-        "spec": {"model": model, "version": version},
-    }
-    kubectl("apply", "-f", "-", input=json.dumps(obj))
-    set_aliases(kubectl, model, version, aliases)
-
-
-def set_aliases(kubectl, model: str, version: str, aliases: list[str]) -> None:
-    st = {"aliases": aliases, "stage": "None", "storageUri": f"s3://models/{label(model)}/{version}"}
-    name = f"{label(model)}-v{version}"
-    kubectl("patch", "modelversion", name, "--subresource=status", "--type=merge", "-p", json.dumps({"status": st}))
-
-
-def move_alias(kubectl, model: str, old: str, new: str) -> None:
-    set_aliases(kubectl, model, old, [])
-    set_aliases(kubectl, model, new, ["champion"])
 
 
 def deployment(kubectl, name: str, model: str) -> None:
@@ -92,7 +54,7 @@ def deployment(kubectl, name: str, model: str) -> None:
 
 
 def settled(kubectl, name: str, version: str) -> bool:
-    st = status(kubectl, name)
+    st = md_status(kubectl, name)
     return st.get("phase") == "Succeeded" and st.get("stableVersion") == version
 
 
@@ -104,8 +66,8 @@ def passes_logged(op: OperatorProcess, since: int) -> list[str]:
 
 def test_alias_move_drives_only_the_deployments_of_that_model_and_follows_a_switch(kubectl, operator):
     for model in (FRAUD, CHURN):
-        model_version(kubectl, model, "1", ["champion"])
-        model_version(kubectl, model, "2", [])
+        model_version(kubectl, "1", model=model, aliases=["champion"])
+        model_version(kubectl, "2", model=model, aliases=[])
     deployment(kubectl, "fraud-a", FRAUD)
     deployment(kubectl, "fraud-b", FRAUD)
     deployment(kubectl, "churn", CHURN)
@@ -113,15 +75,15 @@ def test_alias_move_drives_only_the_deployments_of_that_model_and_follows_a_swit
         wait_until(lambda name=name: settled(kubectl, name, "1"), what=f"{name} Succeeded on v1")
 
     mark = operator.log_path.stat().st_size
-    move_alias(kubectl, FRAUD, "1", "2")
+    move_alias(kubectl, "1", "2", model=FRAUD)
     for name in ("fraud-a", "fraud-b"):
-        wait_until(lambda name=name: status(kubectl, name).get("trackedVersion") == "2", PROMPT, f"{name} on v2")
+        wait_until(lambda name=name: md_status(kubectl, name).get("trackedVersion") == "2", PROMPT, f"{name} on v2")
     for name in ("fraud-a", "fraud-b"):
         wait_until(lambda name=name: settled(kubectl, name, "2"), what=f"{name} Succeeded on v2")
     driven = passes_logged(operator, mark)
     assert {"fraud-a", "fraud-b"} <= set(driven), driven
     assert "churn" not in driven, driven
-    assert status(kubectl, "churn")["trackedVersion"] == "1"
+    assert md_status(kubectl, "churn")["trackedVersion"] == "1"
 
     # "churn" now tracks the fraud model: the index moves it to that model's key and out of its old one.
     patch = {"spec": {"model": {"name": FRAUD}}}
@@ -129,10 +91,11 @@ def test_alias_move_drives_only_the_deployments_of_that_model_and_follows_a_swit
     wait_until(lambda: settled(kubectl, "churn", "2"), what="churn Succeeded on the fraud model's v2")
 
     mark = operator.log_path.stat().st_size
-    move_alias(kubectl, CHURN, "1", "2")
-    move_alias(kubectl, FRAUD, "2", "1")
+    move_alias(kubectl, "1", "2", model=CHURN)
+    move_alias(kubectl, "2", "1", model=FRAUD)
     for name in ("fraud-a", "fraud-b", "churn"):
-        wait_until(lambda name=name: status(kubectl, name).get("trackedVersion") == "1", PROMPT, f"{name} back on v1")
+        back = f"{name} back on v1"
+        wait_until(lambda name=name: md_status(kubectl, name).get("trackedVersion") == "1", PROMPT, back)
     driven = passes_logged(operator, mark)
     assert set(driven) == {"fraud-a", "fraud-b", "churn"}, driven
     # the churn model's own moves drove nothing: the only passes logged came from the fraud model's ModelVersions

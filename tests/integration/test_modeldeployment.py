@@ -10,12 +10,24 @@ from typing import Any
 
 import pytest
 from kube_objects import MetricsEndpoint, weights_of
+from kubectl_scenario import (
+    MODEL,
+    action,
+    deployment,
+    first_version_up,
+    get,
+    isvc_versions,
+    md_status,
+    model_version,
+    move_alias,
+    predictor,
+    route_weights,
+    stop_after_deleting_deployments,
+)
 from operator_process import OperatorProcess, wait_until
 from prometheus_client import Gauge
 
 pytestmark = pytest.mark.integration
-
-MODEL = "digits"
 
 
 @pytest.fixture
@@ -25,101 +37,6 @@ def operator(testbed, namespace, slipway_crds, tmp_path, kubectl) -> Iterator[Op
     print(json.dumps(md_status(kubectl), indent=1))
     stop_after_deleting_deployments(kubectl, proc)
     print(proc.log_tail(120))
-
-
-def stop_after_deleting_deployments(kubectl, proc: OperatorProcess) -> None:
-    """Delete the ModelDeployments while the operator runs (kopf's timer finalizer needs it), then stop it."""
-    if not proc.alive():
-        proc.start()
-    kubectl("delete", "modeldeployments", "--all", "--timeout=30s", check=False)
-    proc.stop()
-
-
-def kubectl_in(testbed, namespace: str):
-    return lambda *args, **kw: testbed.run_kubectl(*args, namespace=namespace, **kw)
-
-
-def get(kubectl, *args: str) -> dict[str, Any] | None:
-    out = kubectl("get", *args, "-o", "json", check=False)
-    return json.loads(out.stdout) if out.returncode == 0 else None
-
-
-def md_status(kubectl, name: str = MODEL) -> dict[str, Any]:
-    return (get(kubectl, "modeldeployment", name) or {}).get("status") or {}
-
-
-def route_weights(kubectl, name: str = MODEL) -> dict[str, int]:
-    return weights_of(get(kubectl, "httproute", name), name)
-
-
-def isvc_versions(kubectl, name: str = MODEL) -> set[str]:
-    items = get(kubectl, "inferenceservices", "-l", f"ml.slipway.dev/deployment={name}") or {"items": []}
-    return {i["metadata"]["labels"]["ml.slipway.dev/version"] for i in items["items"]}
-
-
-def model_version(kubectl, version: str, aliases: list[str], *, storage: bool = True) -> None:
-    """A ModelVersion as the registry sync creates it; its status set through the status subresource."""
-    obj = {
-        "apiVersion": "ml.slipway.dev/v1alpha1",
-        "kind": "ModelVersion",
-        "metadata": {
-            "name": f"{MODEL}-v{version}",
-            "labels": {"ml.slipway.dev/model": MODEL, "ml.slipway.dev/version": version},
-        },
-        "spec": {"model": MODEL, "version": version},
-    }
-    kubectl("apply", "-f", "-", input=json.dumps(obj))
-    set_aliases(kubectl, version, aliases, storage=storage)
-
-
-def set_aliases(kubectl, version: str, aliases: list[str], *, storage: bool = True) -> None:
-    status: dict[str, Any] = {"aliases": aliases, "stage": "None"}
-    if storage:
-        status["storageUri"] = f"s3://models/{MODEL}/{version}"
-    patch = json.dumps({"status": status})
-    kubectl("patch", "modelversion", f"{MODEL}-v{version}", "--subresource=status", "--type=merge", "-p", patch)
-
-
-def move_alias(kubectl, old: str, new: str) -> None:
-    set_aliases(kubectl, old, [])
-    set_aliases(kubectl, new, ["champion"])
-
-
-def predictor(kubectl, version: str, replicas: int = 1, name: str = MODEL) -> None:
-    """The predictor Deployment KServe's controller would create (it is not running here); kwok runs its pods."""
-    kubectl(
-        "create",
-        "deployment",
-        f"{name}-v{version}-predictor",
-        "--image=registry.invalid/serving:1",
-        f"--replicas={replicas}",
-    )
-
-
-def deployment(kubectl, strategy: dict[str, Any], **spec: Any) -> None:
-    obj = {
-        "apiVersion": "ml.slipway.dev/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": MODEL},
-        "spec": {
-            "model": {"name": MODEL, "track": {"alias": "champion"}},
-            "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
-            "strategy": strategy,
-            "gateway": {"parentRefs": [{"name": "ml-gateway"}]},
-            **spec,
-        },
-    }
-    kubectl("apply", "-f", "-", input=json.dumps(obj))
-
-
-def action(kubectl, what: str) -> None:
-    kubectl("annotate", "--overwrite", "modeldeployment", MODEL, f"ml.slipway.dev/action={what}")
-
-
-def first_version_up(kubectl) -> None:
-    wait_until(lambda: md_status(kubectl).get("phase") == "Succeeded", what="v1 Succeeded")
-    assert md_status(kubectl)["stableVersion"] == "1"
-    assert route_weights(kubectl) == {"1": 100}
 
 
 def test_canary_walks_its_weights_waits_for_promote_survives_sigkill_and_promotes(kubectl, operator):
@@ -170,9 +87,13 @@ def test_canary_walks_its_weights_waits_for_promote_survives_sigkill_and_promote
     assert get(kubectl, "hpa", f"{MODEL}-v1") is None
     history = md_status(kubectl)["history"]
     assert history[-1]["version"] == "2" and history[-1]["outcome"] == "Promoted"
-    events = kubectl("get", "events", "--field-selector", f"involvedObject.name={MODEL}", "-o", "json").stdout
-    reasons = {e["reason"] for e in json.loads(events)["items"]}
-    assert {"FirstVersion", "RolloutStarted", "StepCompleted", "PausedByStep", "Resumed", "ScaledDown"} <= reasons
+    expected = {"FirstVersion", "RolloutStarted", "StepCompleted", "PausedByStep", "Resumed", "ScaledDown"}
+
+    def reasons() -> set[str]:
+        events = kubectl("get", "events", "--field-selector", f"involvedObject.name={MODEL}", "-o", "json").stdout
+        return {e["reason"] for e in json.loads(events)["items"]}
+
+    wait_until(lambda: expected <= reasons(), what=f"events {expected}")  # posted after the status write
 
     kubectl("delete", "modeldeployment", MODEL)
     wait_until(lambda: not isvc_versions(kubectl) and get(kubectl, "httproute", MODEL) is None, what="children GC'd")
@@ -268,10 +189,10 @@ def test_empty_result_is_inconclusive_and_holds(kubectl, operator):
 
 
 @pytest.fixture
-def operator_without_prometheus(testbed, namespace, slipway_crds, tmp_path) -> Iterator[OperatorProcess]:
+def operator_without_prometheus(testbed, namespace, slipway_crds, tmp_path, kubectl) -> Iterator[OperatorProcess]:
     proc = OperatorProcess(testbed.kubeconfig, namespace, tmp_path, "http://127.0.0.1:9").start()
     yield proc
-    stop_after_deleting_deployments(kubectl_in(testbed, namespace), proc)
+    stop_after_deleting_deployments(kubectl, proc)
     print(proc.log_tail(80))
 
 
@@ -320,7 +241,7 @@ def test_bluegreen_switches_the_route_in_one_write(kubectl, operator):
     assert history[switch][0] == history[switch - 1][0] + 1, "one write moves all traffic"
     assert all(set(w.values()) <= {0, 100} for w in weights), "never a split"
     wait_until(lambda: isvc_versions(kubectl) == {"2"}, what="blue removed")
-    assert md_status(kubectl)["phase"] == "Succeeded"
+    wait_until(lambda: md_status(kubectl).get("phase") == "Succeeded", what="Succeeded")  # written after the delete
 
 
 def test_abort_rolls_back_to_stable_at_once(kubectl, operator):

@@ -225,7 +225,7 @@ def test_polling_mirrors_the_registry(
     assert metrics["slipway_registry_tracked_models"] == 1
 
 
-SYNCS = "slipway_registry_sync_seconds_count"
+RESYNCS = 'slipway_mlflow_webhook_deliveries_total{outcome="resync"}'
 REJECTED = 'slipway_mlflow_webhook_deliveries_total{outcome="rejected"}'
 
 
@@ -283,16 +283,18 @@ def test_signed_webhook_resyncs_faster_than_the_poll(
         print(f"version tag → ModelVersion via signed webhook: {lag:.2f}s")
         assert lag < 2.0
 
-        # Forged and stale deliveries are refused and change nothing. First let the syncs the real
-        # deliveries started finish (a sync's duration is recorded after its status writes).
-        def quiet() -> tuple[float, str] | None:
-            before = (op.metrics()[SYNCS], mirrors.get(f"{model}-v2")["metadata"]["resourceVersion"])  # type: ignore[index]
-            time.sleep(1.0)
-            after = (op.metrics()[SYNCS], mirrors.get(f"{model}-v2")["metadata"]["resourceVersion"])  # type: ignore[index]
-            return before if after == before else None
+        # Forged and stale deliveries are refused and change nothing. First let the writes of the
+        # syncs the real deliveries started finish.
+        def v2_version() -> str:
+            return str(mirrors.get(f"{model}-v2")["metadata"]["resourceVersion"])  # type: ignore[index]
 
-        (syncs, rv), _ = wait_for("the registry sync to go quiet", quiet, 15)
-        rejected = op.metrics().get(REJECTED, 0.0)
+        def quiet() -> str | None:
+            before = v2_version()
+            time.sleep(1.0)
+            return before if v2_version() == before else None
+
+        rv, _ = wait_for("the registry sync to go quiet", quiet, 15)
+        counted = op.metrics()
         body = json.dumps(
             {
                 "entity": "model_version_alias",
@@ -308,9 +310,9 @@ def test_signed_webhook_resyncs_faster_than_the_poll(
         assert _post_webhook(url, b"{}", {"X-MLflow-Signature": "v1,AAAA"}) == 400
         time.sleep(0.5)
         after = op.metrics()
-        assert after[REJECTED] - rejected == 4
-        assert after[SYNCS] == syncs
-        assert mirrors.get(f"{model}-v2")["metadata"]["resourceVersion"] == rv  # type: ignore[index]
+        assert after[REJECTED] - counted.get(REJECTED, 0.0) == 4
+        assert after[RESYNCS] == counted[RESYNCS], "a refused delivery started a resync"
+        assert v2_version() == rv
         assert _post_webhook(url, body, _signed(WEBHOOK_SECRET, "d-4", now, body)) == 200  # the real thing passes
     finally:
         registry.client.delete_webhook(hook.webhook_id)

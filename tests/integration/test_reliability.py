@@ -606,11 +606,16 @@ def test_prometheus_down_holds_the_analysis_without_promoting_or_rolling_back(
             "analysis running", lambda: (cluster.status(ns).get("analysis") or {}).get("successful", 0) >= 1, 60, 0.1
         )
         proxy.stop()  # Prometheus is down for the operator from here on
+
+        # A round that read Prometheus before the cut may still be writing; rounds run one at a time,
+        # so once one has failed to reach Prometheus the successful count is final.
+        def inconclusive() -> int:
+            return int((cluster.status(ns).get("analysis") or {}).get("inconclusive", 0))
+
+        wait_for("a round without Prometheus", lambda: inconclusive() >= 1, 60)
         passed = cluster.status(ns)["analysis"]["successful"]
         assert passed < 6, "the analysis finished before the outage; raise count"
-        wait_for(
-            "inconclusive rounds", lambda: (cluster.status(ns).get("analysis") or {}).get("inconclusive", 0) >= 4, 60
-        )
+        wait_for("inconclusive rounds", lambda: inconclusive() >= 4, 60)
         time.sleep(3)
         status = cluster.status(ns)
         print(f"\nPrometheus down: {status['analysis']}")

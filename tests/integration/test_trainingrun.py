@@ -171,7 +171,8 @@ def test_digits_cnn_trains_in_the_job_passes_its_gates_and_is_registered(trainer
         "Trained": ("True", "Trained"),
         "Registered": ("True", "Registered"),
     }
-    assert {"RunCreated", "JobCreated", "Trained", "Registered"} <= set(reasons(kubectl, "digits"))
+    expected = {"RunCreated", "JobCreated", "Trained", "Registered"}
+    wait_for(lambda: expected <= set(reasons(kubectl, "digits")), 30, f"events {expected}")  # posted after status
 
     by_alias = mlflow.get_model_version_by_alias(model, "candidate")
     assert by_alias.version == version and by_alias.run_id == run_id
@@ -212,7 +213,7 @@ def test_gate_that_cannot_be_met_rejects_the_run_and_registers_nothing(trainer, 
     assert status["gates"] == [{"metric": "accuracy", "value": 0.42, "passed": False}]
     assert "modelVersion" not in status
     assert conditions(status)["Registered"] == ("False", "GateFailed")
-    assert "GateFailed" in reasons(kubectl, "gated")
+    wait_for(lambda: "GateFailed" in reasons(kubectl, "gated"), 30, "the GateFailed event")
     with pytest.raises(MlflowException):
         mlflow.get_registered_model(model)
     # the command logged but never ended its run: the operator ended it when the Job completed
@@ -239,7 +240,7 @@ def test_failing_command_fails_the_run_with_the_jobs_reason(trainer, kubectl, ml
     assert reason in status["message"] and f"exit code {code}" in status["message"], status["message"]
     assert conditions(status)["Trained"] == ("False", reason)
     assert conditions(status)["Registered"] == ("False", "JobFailed")
-    assert "JobFailed" in reasons(kubectl, "broken")
+    wait_for(lambda: "JobFailed" in reasons(kubectl, "broken"), 30, "the JobFailed event")
     pods = get(kubectl, "pods", "-l", "ml.slipway.dev/trainingrun=broken")["items"]
     # exit 3 is retried once (backoffLimit 1); exit 42 fails the Job at once (podFailurePolicy FailJob)
     assert len(pods) == (2 if code == 3 else 1)

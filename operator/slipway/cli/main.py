@@ -103,6 +103,26 @@ def describe_change(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return lines
 
 
+SETTLE_QUIET_SECONDS = 1.0
+SETTLE_MAX_SECONDS = 5.0
+
+
+def _settled_status(kube: Kube, name: str, namespace: str, until: float) -> dict[str, Any]:
+    """The status once it has stayed the same for a second (or at ``until``).
+
+    The pass acting on a request writes status, then clears the annotation; a move it starts (the
+    next canary weight after a promote) lands in the pass right after, so one read is not enough.
+    """
+    status = _get_md(kube, name, namespace).get("status") or {}
+    quiet_since = time.monotonic()
+    while time.monotonic() < until and time.monotonic() - quiet_since < SETTLE_QUIET_SECONDS:
+        time.sleep(0.25)
+        current = _get_md(kube, name, namespace).get("status") or {}
+        if current != status:
+            status, quiet_since = current, time.monotonic()
+    return status
+
+
 def _set_action(name: str, namespace: str, action: str, wait: float) -> None:
     kube = _kube()
     before = _get_md(kube, name, namespace).get("status") or {}
@@ -114,8 +134,7 @@ def _set_action(name: str, namespace: str, action: str, wait: float) -> None:
     while time.monotonic() < deadline:
         md = _get_md(kube, name, namespace)
         if ACTION_ANNOTATION not in (md["metadata"].get("annotations") or {}):
-            time.sleep(0.5)  # the status write lands just before the annotation is cleared; let late moves show
-            after = _get_md(kube, name, namespace).get("status") or {}
+            after = _settled_status(kube, name, namespace, min(deadline, time.monotonic() + SETTLE_MAX_SECONDS))
             changes = describe_change(before, after)
             out.print("  " + "\n  ".join(changes) if changes else "  no change (see `slipway status` for why)")
             return

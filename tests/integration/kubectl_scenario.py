@@ -1,0 +1,114 @@
+"""The digits ModelDeployment scenario driven through kubectl, shared by the integration tests.
+
+ModelVersions as the registry sync writes them (status through the subresource), the predictor
+Deployments KServe's controller would create (kwok runs their pods), the ModelDeployment, and
+readers of its status and route.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from kube_objects import weights_of
+from operator_process import OperatorProcess, wait_until
+
+MODEL = "digits"
+
+
+def label(model: str) -> str:
+    """The object-name form of an MLflow model name, as the operator labels its ModelVersions."""
+    return re.sub(r"[^a-z0-9.-]+", "-", model.lower()).strip("-.")
+
+
+def stop_after_deleting_deployments(kubectl, proc: OperatorProcess) -> None:
+    """Delete the ModelDeployments while the operator runs (kopf's timer finalizer needs it), then stop it."""
+    if not proc.alive():
+        proc.start()
+    kubectl("delete", "modeldeployments", "--all", "--timeout=30s", check=False)
+    proc.stop()
+
+
+def get(kubectl, *args: str) -> dict[str, Any] | None:
+    out = kubectl("get", *args, "-o", "json", check=False)
+    return json.loads(out.stdout) if out.returncode == 0 else None
+
+
+def md_status(kubectl, name: str = MODEL) -> dict[str, Any]:
+    return (get(kubectl, "modeldeployment", name) or {}).get("status") or {}
+
+
+def route_weights(kubectl, name: str = MODEL) -> dict[str, int]:
+    return weights_of(get(kubectl, "httproute", name), name)
+
+
+def isvc_versions(kubectl, name: str = MODEL) -> set[str]:
+    items = get(kubectl, "inferenceservices", "-l", f"ml.slipway.dev/deployment={name}") or {"items": []}
+    return {i["metadata"]["labels"]["ml.slipway.dev/version"] for i in items["items"]}
+
+
+def model_version(kubectl, version: str, aliases: list[str], *, storage: bool = True, model: str = MODEL) -> None:
+    """A ModelVersion as the registry sync creates it; its status set through the status subresource."""
+    obj = {
+        "apiVersion": "ml.slipway.dev/v1alpha1",
+        "kind": "ModelVersion",
+        "metadata": {
+            "name": f"{label(model)}-v{version}",
+            "labels": {"ml.slipway.dev/model": label(model), "ml.slipway.dev/version": version},
+        },
+        "spec": {"model": model, "version": version},
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(obj))
+    set_aliases(kubectl, version, aliases, storage=storage, model=model)
+
+
+def set_aliases(kubectl, version: str, aliases: list[str], *, storage: bool = True, model: str = MODEL) -> None:
+    status: dict[str, Any] = {"aliases": aliases, "stage": "None"}
+    if storage:
+        status["storageUri"] = f"s3://models/{label(model)}/{version}"
+    patch = json.dumps({"status": status})
+    name = f"{label(model)}-v{version}"
+    kubectl("patch", "modelversion", name, "--subresource=status", "--type=merge", "-p", patch)
+
+
+def move_alias(kubectl, old: str, new: str, *, model: str = MODEL) -> None:
+    set_aliases(kubectl, old, [], model=model)
+    set_aliases(kubectl, new, ["champion"], model=model)
+
+
+def predictor(kubectl, version: str, replicas: int = 1, name: str = MODEL) -> None:
+    """The predictor Deployment KServe's controller would create (it is not running here); kwok runs its pods."""
+    kubectl(
+        "create",
+        "deployment",
+        f"{name}-v{version}-predictor",
+        "--image=registry.invalid/serving:1",
+        f"--replicas={replicas}",
+    )
+
+
+def deployment(kubectl, strategy: dict[str, Any], **spec: Any) -> None:
+    obj = {
+        "apiVersion": "ml.slipway.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": MODEL},
+        "spec": {
+            "model": {"name": MODEL, "track": {"alias": "champion"}},
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
+            "strategy": strategy,
+            "gateway": {"parentRefs": [{"name": "ml-gateway"}]},
+            **spec,
+        },
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(obj))
+
+
+def action(kubectl, what: str) -> None:
+    kubectl("annotate", "--overwrite", "modeldeployment", MODEL, f"ml.slipway.dev/action={what}")
+
+
+def first_version_up(kubectl) -> None:
+    wait_until(lambda: md_status(kubectl).get("phase") == "Succeeded", what="v1 Succeeded")
+    assert md_status(kubectl)["stableVersion"] == "1"
+    assert route_weights(kubectl) == {"1": 100}
