@@ -375,7 +375,8 @@ def test_mlflow_outage_is_reported_and_recovered(
         )
         print(f"MLflow back → in step again by itself: {lag:.2f}s")
         assert lag < 8 + SLACK
-        assert mirrors.condition(f"{model}-v1") == ("True", "Synced")
+        # Synced (a first answer slower than 2 s says RegistrySlow until the next poll)
+        wait_for("Synced", lambda: mirrors.condition(f"{model}-v1") == ("True", "Synced"), 20)
         assert mirrors.status(f"{model}-v1")["aliases"] == []
         assert mirrors.names() == sorted([f"{model}-v1", f"{model}-v{v2}"])
     finally:
