@@ -52,6 +52,14 @@ class Settings(BaseModel):
     alert_poll_seconds: float = Field(
         5.0, gt=0, description="Fallback alert polling interval (SLIPWAY_ALERT_POLL_SECONDS)."
     )
+    reapply_seconds: float = Field(
+        600.0,
+        ge=0,
+        description=(
+            "Apply an unchanged child again at least this often; between, only a changed manifest or a child "
+            "the watch saw deleted or edited is applied (SLIPWAY_REAPPLY_SECONDS; 0: every pass)."
+        ),
+    )
     alertmanager_token: str = Field("", description="Bearer token Alertmanager must send (SLIPWAY_ALERTMANAGER_TOKEN).")
     http_host: str = Field("0.0.0.0", description="Address of the webhook and metrics server (SLIPWAY_HTTP_HOST).")
     http_port: int = Field(
@@ -72,6 +80,7 @@ class Settings(BaseModel):
             "registry_gc_grace_seconds": e.get("SLIPWAY_REGISTRY_GC_GRACE_SECONDS", ""),
             "prometheus_url": e.get("SLIPWAY_PROMETHEUS_URL", ""),
             "alert_poll_seconds": e.get("SLIPWAY_ALERT_POLL_SECONDS", ""),
+            "reapply_seconds": e.get("SLIPWAY_REAPPLY_SECONDS", ""),
             "alertmanager_token": e.get("SLIPWAY_ALERTMANAGER_TOKEN", ""),
             "http_host": e.get("SLIPWAY_HTTP_HOST", ""),
             "http_port": e.get("SLIPWAY_HTTP_PORT", ""),

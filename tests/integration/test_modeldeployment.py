@@ -321,3 +321,40 @@ def test_ready_waits_for_the_stable_predictor_and_follows_its_inferenceservice(k
         lambda: condition(md_status(kubectl), "Ready") == ("True", "StableServing"), timeout=8, what="Ready follows"
     )
     assert f"InferenceService {MODEL}-v1 is Ready: ModelDeployment {MODEL} is due" in operator.log_path.read_text()
+
+
+def test_unchanged_children_are_not_applied_again_and_a_deleted_or_edited_one_is_restored_at_once(kubectl, operator):
+    model_version(kubectl, "1", ["champion"])
+    predictor(kubectl, "1")
+    deployment(kubectl, {"canary": {"steps": [{"setWeight": 50}]}})
+    first_version_up(kubectl)
+
+    def applies(kind: str, result: str) -> float:
+        return operator.metrics().get(f'slipway_child_applies_total{{kind="{kind}",result="{result}"}}', 0.0)
+
+    def poked(n: int) -> None:  # an annotation change: kopf's update handler runs a pass at once
+        kubectl("annotate", "--overwrite", "modeldeployment", MODEL, f"test.slipway.dev/poke={n}")
+
+    sent = {kind: applies(kind, "applied") for kind in ("InferenceService", "HorizontalPodAutoscaler", "HTTPRoute")}
+    skipped = applies("HTTPRoute", "unchanged")
+    for n in range(3):
+        poked(n)
+    wait_until(lambda: applies("HTTPRoute", "unchanged") >= skipped + 3, what="three passes that skip the route")
+    assert {kind: applies(kind, "applied") for kind in sent} == sent, "a pass with nothing new applied a child"
+    assert applies("InferenceService", "unchanged") >= 3 and applies("HorizontalPodAutoscaler", "unchanged") >= 3
+
+    # Deleted by hand: the watch sees it and the next tick re-creates it (not the 30 s resync).
+    kubectl("delete", "hpa", f"{MODEL}-v1")
+    start = time.monotonic()
+    wait_until(lambda: get(kubectl, "hpa", f"{MODEL}-v1") is not None, timeout=15, what="the HPA re-created")
+    hpa_back = time.monotonic() - start
+
+    # Edited by hand (all traffic to a version that does not exist): restored the same way.
+    patch = [{"op": "replace", "path": "/spec/rules/0/backendRefs/0/name", "value": f"{MODEL}-v9-predictor"}]
+    kubectl("patch", "httproute", MODEL, "--type=json", "-p", json.dumps(patch))
+    start = time.monotonic()
+    wait_until(lambda: route_weights(kubectl) == {"1": 100}, timeout=15, interval=0.1, what="the route restored")
+    route_back = time.monotonic() - start
+    print(f"\ndeleted HPA re-created in {hpa_back:.2f}s, edited route restored in {route_back:.2f}s")
+    assert hpa_back < 10 and route_back < 10, "restored by the watch, not by the 30 s resync"
+    assert "HTTPRoute digits changed (generation" in operator.log_path.read_text()

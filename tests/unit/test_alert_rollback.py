@@ -14,6 +14,7 @@ import pytest
 
 from slipway.api.modeldeployment import ModelDeploymentSpec
 from slipway.clients.alerts import AlertsUnavailable
+from slipway.clients.applied import AppliedCache
 from slipway.clients.mlflow import ModelSnapshot, RegistryUnavailable
 from slipway.receivers.alertmanager import PATH, AlertmanagerReceiver
 from slipway.receivers.http import HttpServer
@@ -203,6 +204,7 @@ class FakeKube:
         self.calls: list[tuple[str, Any]] = []
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
+        self.applied = AppliedCache()
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         self.calls.append(("get", kind))
@@ -224,6 +226,10 @@ class FakeKube:
         self.calls.append(("apply", manifest["kind"]))
         self.objects[(manifest["kind"], manifest["metadata"]["name"])] = manifest
         return manifest
+
+    def ensure(self, manifest: dict[str, Any]) -> bool:
+        self.apply(manifest)
+        return True
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
         self.calls.append(("delete", kind))

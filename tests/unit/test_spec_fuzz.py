@@ -416,6 +416,10 @@ class FakeKube:
         self.objects[(manifest["kind"], meta.get("namespace") or "", meta["name"])] = copy.deepcopy(manifest)
         return manifest
 
+    def ensure(self, manifest: dict[str, Any]) -> bool:
+        self.apply(manifest)
+        return True
+
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
         return self.objects.pop((kind, namespace or "", name), None) is not None
 

@@ -14,6 +14,8 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 from kubernetes.dynamic.resource import Resource
 
+from slipway.clients.applied import APPLIES, AppliedCache
+
 FIELD_MANAGER = "slipway"
 T = TypeVar("T")
 
@@ -31,10 +33,11 @@ class Kube:
     no-op and an operator killed mid-reconcile never duplicates a child (names are deterministic).
     """
 
-    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+    def __init__(self, api_client: client.ApiClient | None = None, applied: AppliedCache | None = None) -> None:
         self._api = api_client or load_api_client()
         self._dyn: DynamicClient | None = None
         self._lock = threading.Lock()
+        self.applied = applied or AppliedCache()
 
     @property
     def api_client(self) -> client.ApiClient:
@@ -66,7 +69,21 @@ class Kube:
             field_manager=FIELD_MANAGER,
             force_conflicts=force,
         )
-        return dict(out.to_dict())
+        stored = dict(out.to_dict())
+        self.applied.record(manifest, stored)
+        APPLIES.labels(manifest["kind"], "applied").inc()
+        return stored
+
+    def ensure(self, manifest: Manifest) -> bool:
+        """Apply unless this very manifest was applied and the object has not changed since; True if applied.
+
+        See :mod:`slipway.clients.applied` for when "not changed since" is known.
+        """
+        if self.applied.unchanged(manifest):
+            APPLIES.labels(manifest["kind"], "unchanged").inc()
+            return False
+        self.apply(manifest)
+        return True
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> Manifest | None:
         """One object, or None when it does not exist."""
@@ -85,6 +102,7 @@ class Kube:
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
         """Delete one object (foreground children left to the garbage collector); False if it was gone."""
+        self.applied.forget((api_version, kind, namespace or "", name))
         try:
             self.resource(api_version, kind).delete(name=name, namespace=namespace)
         except NotFoundError:

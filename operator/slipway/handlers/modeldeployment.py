@@ -96,3 +96,44 @@ async def predictor_ready(
     if deployment and _driver(memo).watches(namespace or "", deployment):
         logger.info("InferenceService %s is Ready: ModelDeployment %s is due", name, deployment)
         _driver(memo).expedite(namespace or "", deployment)
+
+
+@kopf.on.event(GROUP, VERSION, "modeldeployments")
+async def deployment_deleted(type: str | None, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+    """A ModelDeployment is gone: the Driver stops tracking it."""
+    if type == "DELETED" and "md_driver" in memo:
+        _driver(memo).forget(namespace or "", name)
+
+
+async def _child_event(
+    *,
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    name: str,
+    labels: kopf.Labels,
+    namespace: str | None,
+    memo: Any,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    """A child deleted, or its spec changed, since the operator applied it: apply again on the next tick."""
+    if "md_driver" not in memo:
+        return
+    generation = None if event.get("type") == "DELETED" else body.metadata.get("generation")
+    key = (str(body.get("apiVersion")), str(body.get("kind")), namespace or "", name)
+    if not memo.kube.applied.observed(key, generation):
+        return
+    deployment = labels.get(LABEL_DEPLOYMENT)
+    if deployment and _driver(memo).watches(namespace or "", deployment):
+        what = "deleted" if generation is None else f"changed (generation {generation})"
+        logger.info("%s %s %s outside the operator: ModelDeployment %s is due", key[1], name, what, deployment)
+        _driver(memo).expedite(namespace or "", deployment)
+
+
+CHILDREN = (
+    ("serving.kserve.io", "v1beta1", "inferenceservices"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("gateway.networking.k8s.io", "v1", "httproutes"),
+)
+for _group, _version, _plural in CHILDREN:
+    kopf.on.event(_group, _version, _plural, labels={LABEL_DEPLOYMENT: kopf.PRESENT}, id="child_changed")(_child_event)

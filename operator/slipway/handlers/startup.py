@@ -7,6 +7,7 @@ from typing import Any
 
 import kopf
 
+from slipway.clients.applied import AppliedCache
 from slipway.clients.kube import Kube
 from slipway.receivers import alertmanager
 from slipway.receivers.http import server
@@ -37,7 +38,7 @@ async def configure(
     settings.watching.client_timeout = 150
     config = Settings.from_env()
     memo.settings = config
-    memo.kube = Kube()
+    memo.kube = Kube(applied=AppliedCache(config.reapply_seconds))
     memo.alert_intake = AlertIntake()  # bound to the Driver by alerts.start_alert_intake; defers until then
     receiver = alertmanager.AlertmanagerReceiver(config.alertmanager_token, memo.alert_intake.handle)
     server.route("POST", alertmanager.PATH, receiver)

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from slipway.api.modeldeployment import ModelDeployment
 from slipway.builders.httproute import build_http_route
 from slipway.builders.knative import build_knative_inference_service
+from slipway.clients.applied import key_of
 from slipway.clients.kube import Kube, off_loop
 from slipway.clients.kube_fast import FastKube, plural_path
 from slipway.rollout import machine
@@ -154,6 +155,7 @@ async def react_fast(
         route["apiVersion"], "httproutes", route["metadata"].get("namespace") or ns, route["metadata"]["name"]
     )
     await fast.apply(path, route)
+    kube.applied.forget(key_of(route))  # written past the Kube client: the next pass applies its own
     return _done(plan, status_written, time.monotonic())
 
 

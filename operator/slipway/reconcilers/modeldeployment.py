@@ -145,6 +145,8 @@ def apply_children(
 ) -> None:
     """New backends first, then the route (one write carries the weights), then remove the live versions not kept.
 
+    Children already applied as they are and unchanged since are not applied again (``Kube.ensure``).
+
     ``live`` is the versions with an InferenceService as this pass observed them (no second list).
     """
     ns, name = md.metadata.namespace, md.metadata.name or ""
@@ -153,18 +155,18 @@ def apply_children(
         version = state.canary_version if state.phase in ("Progressing", "Paused") else state.stable_version
         if version and version in uris:
             percent = state.canary_weight if version == state.canary_version else None
-            kube.apply(build_knative_inference_service(md, version, uris[version], percent))
+            kube.ensure(build_knative_inference_service(md, version, uris[version], percent))
         return
     for version in sorted(decision.keep, key=int):
         if version in uris:
-            kube.apply(build_inference_service(md, version, uris[version]))
-            kube.apply(build_hpa(md, version))
+            kube.ensure(build_inference_service(md, version, uris[version]))
+            kube.ensure(build_hpa(md, version))
     weights = dict(decision.weights)
     if weights:
         mirror = (state.canary_version, state.mirror_percent) if state.canary_version and state.mirror_percent else None
         ab = md.spec.strategy.ab_test
         matches = abtest.route_matches(state, ab) if ab is not None else None
-        kube.apply(build_http_route(md, weights, mirror, matches))
+        kube.ensure(build_http_route(md, weights, mirror, matches))
     for version in sorted(live - decision.keep):
         kube.delete(*HPA, isvc_name(name, version), ns)
         kube.delete(*ISVC, isvc_name(name, version), ns)
@@ -331,6 +333,11 @@ class Driver:
             return False
         return time.monotonic() >= self._due.get((namespace, name), 0.0)
 
+    def forget(self, namespace: str, name: str) -> None:
+        """The object is gone: stop tracking it (its children's deletion by the garbage collector is no news)."""
+        self._due.pop((namespace, name), None)
+        self._watched.discard((namespace, name))
+
     def expedite(self, namespace: str, name: str) -> None:
         """Make the object due now: the next tick runs a pass (bursts of news coalesce into one pass)."""
         self._due[(namespace, name)] = 0.0
@@ -342,8 +349,7 @@ class Driver:
         async with lock:
             body = await off_loop(self.kube.get, GROUP_VERSION, "ModelDeployment", name, namespace)
             if body is None or body["metadata"].get("deletionTimestamp"):
-                self._due.pop(key, None)
-                self._watched.discard(key)
+                self.forget(namespace, name)
                 return body, None
             outcome = await off_loop(reconcile, self.kube, self.prom, body)
             if status_changed(body.get("status"), outcome.status):
