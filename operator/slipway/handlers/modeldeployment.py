@@ -92,9 +92,17 @@ async def predictor_ready(
     **_: Any,
 ) -> None:
     """A ModelDeployment's InferenceService is Ready: look at the deployment on the next tick, not the next resync."""
+    _deployment_due(memo, labels, namespace, logger, f"InferenceService {name} is Ready")
+
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+
+def _deployment_due(memo: Any, labels: kopf.Labels, namespace: str | None, logger: Logger, news: str) -> None:
+    """News of a child makes its ModelDeployment due on the next tick (if this operator drives it)."""
     deployment = labels.get(LABEL_DEPLOYMENT)
     if deployment and _driver(memo).watches(namespace or "", deployment):
-        logger.info("InferenceService %s is Ready: ModelDeployment %s is due", name, deployment)
+        logger.info("%s: ModelDeployment %s is due", news, deployment)
         _driver(memo).expedite(namespace or "", deployment)
 
 
@@ -123,11 +131,8 @@ async def _child_event(
     key = (str(body.get("apiVersion")), str(body.get("kind")), namespace or "", name)
     if not memo.kube.applied.observed(key, generation):
         return
-    deployment = labels.get(LABEL_DEPLOYMENT)
-    if deployment and _driver(memo).watches(namespace or "", deployment):
-        what = "deleted" if generation is None else f"changed (generation {generation})"
-        logger.info("%s %s %s outside the operator: ModelDeployment %s is due", key[1], name, what, deployment)
-        _driver(memo).expedite(namespace or "", deployment)
+    what = "deleted" if generation is None else f"changed (generation {generation})"
+    _deployment_due(memo, labels, namespace, logger, f"{key[1]} {name} {what} outside the operator")
 
 
 CHILDREN = (
