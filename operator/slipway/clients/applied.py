@@ -8,7 +8,10 @@ This cache remembers, per object, the digest of the manifest last applied and th
 again only when
 
 - the watch saw the object deleted, or at another generation (someone edited its spec), which
-  :meth:`AppliedCache.observed` reports so the caller can make the deployment due at once;
+  :meth:`AppliedCache.observed` reports so the caller can make the deployment due at once; for
+  kinds the API server keeps no generation for (HorizontalPodAutoscalers), an edit is a live spec
+  that no longer holds every field the operator applied (the server's defaults may add fields;
+  status writes by the HPA controller change nothing here);
 - ``reassert_seconds`` have passed since the last apply (labels or annotations edited by hand do
   not move the generation; nothing stays unasserted for long);
 - the process restarted (the cache is memory only).
@@ -16,6 +19,7 @@ again only when
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import threading
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import prometheus_client
+from kubernetes.utils.quantity import parse_quantity
 
 Key = tuple[str, str, str, str]  # apiVersion, kind, namespace, name
 
@@ -53,6 +58,23 @@ class Applied:
     digest: str
     generation: int | None
     at: float
+    spec: Any = None
+
+
+def holds(live: Any, applied: Any) -> bool:
+    """Whether ``live`` still has every field and value of ``applied`` (extra fields, e.g. defaults, allowed)."""
+    if isinstance(applied, dict):
+        return isinstance(live, dict) and all(k in live and holds(live[k], v) for k, v in applied.items())
+    if isinstance(applied, list):
+        return isinstance(live, list) and len(live) == len(applied) and all(map(holds, live, applied))
+    if live == applied:
+        return True
+    if isinstance(live, str) and isinstance(applied, str):  # quantities the server rewrote: 0.5 → 500m
+        try:
+            return bool(parse_quantity(live) == parse_quantity(applied))
+        except ValueError:
+            return False
+    return False
 
 
 class AppliedCache:
@@ -77,7 +99,8 @@ class AppliedCache:
     def record(self, manifest: dict[str, Any], stored: dict[str, Any]) -> None:
         """Remember an apply the server answered; ``stored`` is the object it returned."""
         generation = (stored.get("metadata") or {}).get("generation")
-        entry = Applied(digest_of(manifest), generation, self._clock())
+        spec = copy.deepcopy(manifest.get("spec")) if generation is None else None
+        entry = Applied(digest_of(manifest), generation, self._clock(), spec)
         with self._lock:
             self._entries[key_of(manifest)] = entry
 
@@ -86,17 +109,24 @@ class AppliedCache:
         with self._lock:
             return self._entries.pop(key, None) is not None
 
-    def observed(self, key: Key, generation: int | None) -> bool:
-        """The watch saw the object at ``generation`` (None: deleted). True if that differs from the last apply.
+    def observed(self, key: Key, live: dict[str, Any] | None) -> bool:
+        """The watch saw the object as ``live`` (None: deleted). True if it changed since the operator's apply.
 
-        The entry is then dropped, so the next pass applies again; the caller makes that pass come soon.
+        Changed: deleted, at a later generation, or (kinds without a generation) a spec that lost
+        what was applied. The entry is then dropped, so the next pass applies again; the caller
+        makes that pass come soon.
         """
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 return False
-            if generation is not None and (entry.generation is None or generation <= entry.generation):
-                return False  # the operator's own write, or an event from before it
+            if live is not None:
+                generation = (live.get("metadata") or {}).get("generation")
+                if generation is not None and entry.generation is not None:
+                    if generation <= entry.generation:
+                        return False  # the operator's own write, or an event from before it
+                elif entry.spec is not None and holds(live.get("spec"), entry.spec):
+                    return False
             del self._entries[key]
             return True
 

@@ -37,7 +37,7 @@ class Kube:
         self._api = api_client or load_api_client()
         self._dyn: DynamicClient | None = None
         self._lock = threading.Lock()
-        self.applied = applied or AppliedCache()
+        self.applied = applied if applied is not None else AppliedCache()  # an empty cache is falsy
 
     @property
     def api_client(self) -> client.ApiClient:

@@ -127,11 +127,13 @@ async def _child_event(
     """A child deleted, or its spec changed, since the operator applied it: apply again on the next tick."""
     if "md_driver" not in memo:
         return
-    generation = None if event.get("type") == "DELETED" else body.metadata.get("generation")
+    deleted = event.get("type") == "DELETED"
     key = (str(body.get("apiVersion")), str(body.get("kind")), namespace or "", name)
-    if not memo.kube.applied.observed(key, generation):
+    live = event.get("object")
+    if not memo.kube.applied.observed(key, None if deleted or not isinstance(live, dict) else live):
         return
-    what = "deleted" if generation is None else f"changed (generation {generation})"
+    generation = body.metadata.get("generation")
+    what = "deleted" if deleted else "changed" if generation is None else f"changed (generation {generation})"
     _deployment_due(memo, labels, namespace, logger, f"{key[1]} {name} {what} outside the operator")
 
 
