@@ -39,6 +39,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import cpu_seconds
+
 HOST = "127.0.0.1"
 MODEL_NAME = "digits"
 
@@ -263,15 +265,6 @@ def main() -> int:
     report(results, args.concurrency)
     print(f"total {time.monotonic() - begun:.1f}s")
     return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux ``/proc``; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_matrix(

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from common import (
     GROUP,
     REPO,
     VERSION,
+    cpu_seconds,
     free_port,
     install_crds,
     spawn_operator,
@@ -101,15 +101,6 @@ def child_applies(port: int) -> Counter[tuple[str, str]]:
     for labels, value in samples(text, "slipway_child_applies_total"):
         counts[(labels["kind"], labels["result"])] += int(value)
     return counts
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
