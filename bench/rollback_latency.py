@@ -61,6 +61,7 @@ from common import (  # noqa: E402
     testbed_up,
     wait_operator_ready,
 )
+from common import wait_for as common_wait_for  # noqa: E402
 from kubernetes import client, config, watch  # noqa: E402
 
 import testbed as tb  # noqa: E402
@@ -87,13 +88,8 @@ def remaining(cap: float) -> float:
 
 
 def wait_for(what: str, probe, timeout: float = 60.0, interval: float = 0.05):
-    deadline = time.monotonic() + remaining(timeout)
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out waiting for {what}")
+    """:func:`common.wait_for`, within what is left of the run's budget."""
+    return common_wait_for(what, probe, remaining(timeout), interval)
 
 
 # --- the bare receiver (baseline) -------------------------------------------------------------------

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
+from operator_process import wait_until
 from prometheus_client import CollectorRegistry, generate_latest
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05) -> Any:
-    """Poll until probe() is truthy; returns its value."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    """Poll until probe() is truthy; returns its value (``wait_until`` with the description first)."""
+    return wait_until(probe, timeout, what, interval)
 
 
 class MetricsEndpoint:

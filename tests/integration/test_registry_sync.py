@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import pytest
 from operator_fixture import WEBHOOK_SECRET, StartOperator, TcpProxy, operator, start_operator
-from operator_process import OperatorProcess
+from operator_process import OperatorProcess, wait_until
 
 from slipway.api import GROUP, VERSION
 
@@ -87,13 +87,8 @@ def model_name(registry: Registry) -> Iterator[str]:
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.05) -> tuple[T, float]:
     """Poll until probe returns something truthy; returns it and the seconds it took."""
     start = time.monotonic()
-    while True:
-        value = probe()
-        if value:
-            return value, time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    value = wait_until(probe, timeout, what, interval)
+    return value, time.monotonic() - start
 
 
 class Mirrors:

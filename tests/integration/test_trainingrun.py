@@ -20,7 +20,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from operator_fixture import StartOperator, start_operator
-from operator_process import OperatorProcess
+from operator_process import OperatorProcess, wait_until
 
 from slipway.api.trainingrun import TrainingRun
 from slipway.builders.job import RunTarget, build_children
@@ -79,14 +79,7 @@ def get(kubectl, *args: str) -> dict[str, Any]:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+    return wait_until(predicate, timeout, what, interval=0.5)
 
 
 def finished(kubectl, name: str, timeout: float = TRAIN_TIMEOUT) -> dict[str, Any]:
