@@ -53,6 +53,7 @@ KWOK_NODES: tuple[tuple[str, dict[str, str]], ...] = (
     ("kwok-node-1", {"cpu": "32", "memory": "128Gi", "pods": "110"}),
     ("kwok-gpu-0", {"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "4"}),
 )
+NODE_LEASE_SECONDS = 40  # as a kubelet's default; kwok renews well within it
 KWOK_STAGES = (
     "node/fast/node-initialize.yaml",
     "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
@@ -573,6 +574,11 @@ def start_kwok(state: State, bins: Binaries) -> None:
             "--node-ip=127.0.0.1",
             f"--server-address=127.0.0.1:{port}",
             "--cidr=10.244.0.0/16",
+            # Renew each fake node's Lease as a kubelet does. Without leases the only heartbeat is the
+            # node-heartbeat stage's status write, every 600-1210 s: ten minutes after start-up the
+            # node-lifecycle controller took every node for dead and marked its pods NotReady for good
+            # (kwok's pod stages never make a Running pod ready again), so a rollout then waited forever.
+            f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}",
         ],
     )
 

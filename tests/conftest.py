@@ -135,3 +135,24 @@ def prometheus_url(testbed: Testbed) -> str:
 @pytest.fixture(scope="session")
 def alertmanager_url(testbed: Testbed) -> str:
     return testbed.alertmanager_url
+
+
+DIAGNOSTICS = (
+    ("get", "deployments,replicasets,pods,inferenceservices,horizontalpodautoscalers,httproutes", "-o", "wide"),
+    ("get", "events", "--sort-by=.lastTimestamp"),
+)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test that had a namespace: what was in it (children, pods, events) goes into the report."""
+    report = yield
+    funcargs = getattr(item, "funcargs", {})
+    namespace, bed = funcargs.get("namespace"), funcargs.get("testbed")
+    if report.failed and call.when == "call" and isinstance(namespace, str) and isinstance(bed, Testbed):
+        for args in DIAGNOSTICS:
+            out = bed.run_kubectl(*args, check=False, namespace=namespace)
+            report.sections.append((f"kubectl {' '.join(args[:2])} -n {namespace}", out.stdout + out.stderr))
+        nodes = bed.run_kubectl("get", "nodes", "-o", "wide", check=False)
+        report.sections.append(("kubectl get nodes", nodes.stdout + nodes.stderr))
+    return report  # type: ignore[no-any-return]

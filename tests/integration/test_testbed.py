@@ -44,6 +44,24 @@ def test_deployment_pods_become_running_through_scheduler_and_kwok(kubectl, name
     assert dep["status"]["availableReplicas"] == 3
 
 
+def test_fake_nodes_heartbeat_through_leases_kwok_keeps_renewing(kubectl):
+    """The node-lifecycle controller sees the fake nodes alive: every node's Lease is renewed, as a kubelet's is.
+
+    Without leases the nodes' only heartbeat was a status write every 600-1210 s, and ten minutes
+    after start-up every pod on the test bed was marked NotReady for good.
+    """
+    nodes = {n["metadata"]["name"] for n in get_json(kubectl, "nodes", "-l", "type=kwok")["items"]}
+
+    def renewals() -> dict[str, str]:
+        leases = get_json(kubectl, "leases", "-n", "kube-node-lease")["items"]
+        return {x["metadata"]["name"]: x["spec"].get("renewTime", "") for x in leases}
+
+    first = wait_for(lambda: (r := renewals()) and nodes <= set(r) and r, what="a Lease per fake node")
+    wait_for(lambda: all(renewals()[n] > first[n] for n in nodes), timeout=60, what="every Lease renewed")
+    lease = get_json(kubectl, "lease", "-n", "kube-node-lease", sorted(nodes)[0])
+    assert lease["spec"]["leaseDurationSeconds"] == 40
+
+
 def test_job_completes_through_the_real_job_controller(kubectl, namespace):
     kubectl("create", "job", "train", "--image=registry.invalid/train:1")
     job = wait_for(
