@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import signal
 import ssl
@@ -798,6 +799,29 @@ def apiserver_ready(state: Any) -> bool:
         return False
 
 
+def frozen_call_seconds(state: Any, namespace: str) -> float:
+    """How long the operator's Kube client waits on an API server that takes the request and never answers.
+
+    The API server is SIGSTOPped (its socket still accepts), read with a 1 s timeout, then resumed.
+    """
+    from kubernetes import config
+
+    from slipway.clients.kube import Kube
+
+    kube = Kube(config.new_client_from_config(config_file=str(state.kubeconfig)), timeout=(1.0, 1.0))
+    assert kube.get("v1", "Namespace", namespace) is not None  # discovery done while the server answers
+    pid = state.pids["kube-apiserver"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(Exception, match="timed out"):
+            kube.get("v1", "Namespace", namespace)
+        return time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        kube.api_client.close()
+
+
 def test_apiserver_restart_the_operators_watches_recover(own_testbed: Any, tmp_path: Path) -> None:
     import testbed as tb
 
@@ -813,6 +837,10 @@ def test_apiserver_restart_the_operators_watches_recover(own_testbed: Any, tmp_p
         op.start()
         cluster.deploy(ns, PAUSED_CANARY)
         wait_for("v1 Succeeded", lambda: cluster.status(ns).get("phase") == "Succeeded", 120)
+
+        frozen = frozen_call_seconds(own_testbed, ns)
+        print(f"\na call to the frozen API server failed after {frozen:.1f}s (timeout 1s, urllib3's retries)")
+        assert frozen < 10, "a call to an API server that never answers gives up"
 
         started = time.monotonic()
         tb.restart("kube-apiserver", signal.SIGKILL, own_testbed)  # etcd and its data stay

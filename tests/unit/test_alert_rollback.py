@@ -239,14 +239,9 @@ class FakeKube:
         self.calls.append(("merge_patch", None))
         return self.md
 
-    def resource(self, api_version: str, kind: str) -> Any:
-        fake = self
-
-        class Events:
-            def create(self, body: dict[str, Any], namespace: str | None = None) -> None:
-                fake.events.append(body)
-
-        return Events()
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.events.append(manifest)
+        return manifest
 
     def writes(self) -> list[str]:
         return [c[0] if c[0] != "apply" else f"apply {c[1]}" for c in self.calls if c[0] not in ("get", "list")]

@@ -114,14 +114,6 @@ class FakeRegistry:
         return {n: self.models[n][1] for n in heads}
 
 
-class FakeResource:
-    def __init__(self, kube: FakeKube) -> None:
-        self.kube = kube
-
-    def create(self, body: dict[str, Any], namespace: str) -> None:
-        self.kube.events.append((body["involvedObject"]["name"], body["reason"], body["message"]))
-
-
 class FakeKube:
     """The Kube methods the sync uses, storing objects in memory and counting writes."""
 
@@ -153,8 +145,9 @@ class FakeKube:
         self.writes.append(f"delete {name}")
         return self.objects.pop((str(ns), name), None) is not None
 
-    def resource(self, api_version: str, kind: str) -> FakeResource:
-        return FakeResource(self)
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.events.append((manifest["involvedObject"]["name"], manifest["reason"], manifest["message"]))
+        return manifest
 
 
 def snapshot(stage: str = "None", aliases: dict[str, str] | None = None, name: str = "m") -> ModelSnapshot:

@@ -428,7 +428,7 @@ def train(
         return
     kube = _kube()
     try:
-        kube.resource(API_VERSION, "TrainingRun").create(body=body, namespace=namespace)
+        kube.create(body)
     except KindNotServed as exc:
         fail(str(exc))
     except Exception as exc:

@@ -17,6 +17,9 @@ from kubernetes.dynamic.resource import Resource
 from slipway.clients.applied import APPLIES, AppliedCache
 
 FIELD_MANAGER = "slipway"
+REQUEST_TIMEOUT = (5.0, 30.0)
+"""Seconds to connect and to wait for an answer: a call on a half-open connection fails instead of
+holding a deployment's lock for ever (the kubernetes client sets no timeout of its own)."""
 T = TypeVar("T")
 
 Manifest = dict[str, Any]
@@ -33,8 +36,14 @@ class Kube:
     no-op and an operator killed mid-reconcile never duplicates a child (names are deterministic).
     """
 
-    def __init__(self, api_client: client.ApiClient | None = None, applied: AppliedCache | None = None) -> None:
+    def __init__(
+        self,
+        api_client: client.ApiClient | None = None,
+        applied: AppliedCache | None = None,
+        timeout: tuple[float, float] = REQUEST_TIMEOUT,
+    ) -> None:
         self._api = api_client or load_api_client()
+        self._timeout = timeout
         self._dyn: DynamicClient | None = None
         self._lock = threading.Lock()
         self.applied = applied if applied is not None else AppliedCache()  # an empty cache is falsy
@@ -68,6 +77,7 @@ class Kube:
             namespace=meta.get("namespace"),
             field_manager=FIELD_MANAGER,
             force_conflicts=force,
+            _request_timeout=self._timeout,
         )
         stored = dict(out.to_dict())
         self.applied.record(manifest, stored)
@@ -85,10 +95,16 @@ class Kube:
         self.apply(manifest)
         return True
 
+    def create(self, manifest: Manifest) -> Manifest:
+        """Create one object (an Event, a TrainingRun from the CLI); the server's copy is returned."""
+        res = self.resource(manifest["apiVersion"], manifest["kind"])
+        namespace = manifest["metadata"].get("namespace")
+        return dict(res.create(body=manifest, namespace=namespace, _request_timeout=self._timeout).to_dict())
+
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> Manifest | None:
         """One object, or None when it does not exist."""
         try:
-            out = self.resource(api_version, kind).get(name=name, namespace=namespace)
+            out = self.resource(api_version, kind).get(name=name, namespace=namespace, _request_timeout=self._timeout)
         except NotFoundError:
             return None
         return dict(out.to_dict())
@@ -97,14 +113,16 @@ class Kube:
         self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
     ) -> list[Manifest]:
         """Objects of a kind, in a namespace (or everywhere), optionally filtered by labels."""
-        out = self.resource(api_version, kind).get(namespace=namespace, label_selector=label_selector)
+        out = self.resource(api_version, kind).get(
+            namespace=namespace, label_selector=label_selector, _request_timeout=self._timeout
+        )
         return [dict(item.to_dict()) for item in out.items]
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
         """Delete one object (foreground children left to the garbage collector); False if it was gone."""
         self.applied.forget((api_version, kind, namespace or "", name))
         try:
-            self.resource(api_version, kind).delete(name=name, namespace=namespace)
+            self.resource(api_version, kind).delete(name=name, namespace=namespace, _request_timeout=self._timeout)
         except NotFoundError:
             return False
         return True
@@ -115,7 +133,11 @@ class Kube:
         """Merge-patch the status subresource."""
         res = self.resource(api_version, kind).subresources["status"]
         out = res.patch(
-            body={"status": status}, name=name, namespace=namespace, content_type="application/merge-patch+json"
+            body={"status": status},
+            name=name,
+            namespace=namespace,
+            content_type="application/merge-patch+json",
+            _request_timeout=self._timeout,
         )
         return dict(out.to_dict())
 
@@ -124,7 +146,11 @@ class Kube:
     ) -> Manifest:
         """Merge-patch an object (e.g. an annotation asking the operator to act)."""
         out = self.resource(api_version, kind).patch(
-            body=patch, name=name, namespace=namespace, content_type="application/merge-patch+json"
+            body=patch,
+            name=name,
+            namespace=namespace,
+            content_type="application/merge-patch+json",
+            _request_timeout=self._timeout,
         )
         return dict(out.to_dict())
 

@@ -49,7 +49,7 @@ async def post_events(kube: Kube, body: Mapping[str, Any], events: list[Event]) 
         manifest = event_manifest(body, event)
         namespace = manifest["metadata"]["namespace"]
         try:
-            await off_loop(lambda m=manifest, ns=namespace: kube.resource("v1", "Event").create(body=m, namespace=ns))
+            await off_loop(kube.create, manifest)
         except Exception as exc:
             meta = body.get("metadata") or {}
             log.warning("could not post event %s on %s/%s: %s", event.reason, namespace, meta.get("name"), exc)
