@@ -363,3 +363,42 @@ def test_unchanged_children_are_not_applied_again_and_a_deleted_or_edited_one_is
     print(f"\ndeleted HPA re-created in {hpa_back:.2f}s, edited route restored in {route_back:.2f}s")
     assert hpa_back < 10 and route_back < 10, "restored by the watch, not by the 30 s resync"
     assert "HTTPRoute digits changed (generation" in operator.log_path.read_text()
+
+
+def test_a_child_the_api_server_refuses_is_a_condition_and_an_event_then_retried(kubectl, operator):
+    """A namespace quota forbids HPAs: the pass fails on the HPA, says why, backs off, and recovers on its own."""
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-hpas"},
+        "spec": {"hard": {"count/horizontalpodautoscalers.autoscaling": "0"}},
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(quota))
+    wait_until(lambda: ((get(kubectl, "resourcequota", "no-hpas") or {}).get("status") or {}).get("hard"), what="quota")
+    model_version(kubectl, "1", ["champion"])
+    predictor(kubectl, "1")
+    deployment(kubectl, {"canary": {"steps": [{"setWeight": 50}]}})
+
+    def reconcile_error() -> dict[str, Any] | None:
+        return {c["type"]: c for c in md_status(kubectl).get("conditions") or []}.get("ReconcileError")
+
+    error = wait_until(lambda: (c := reconcile_error()) and c["status"] == "True" and c, what="ReconcileError True")
+    print(f"\nReconcileError: {error['message']}")
+    assert error["reason"] == "ReconcileFailed"
+    assert error["message"].startswith("403: ") and "exceeded quota: no-hpas" in error["message"], error["message"]
+    assert get(kubectl, "hpa", f"{MODEL}-v1") is None and get(kubectl, "httproute", MODEL) is None
+
+    def failures() -> list[dict[str, Any]]:
+        events = kubectl("get", "events", "--field-selector", f"involvedObject.name={MODEL}", "-o", "json").stdout
+        return [e for e in json.loads(events)["items"] if e["reason"] == "ReconcileFailed"]
+
+    wait_until(failures, what="a ReconcileFailed event")  # posted after the status write
+    time.sleep(4)  # the retries after 1 s and 2 s fail the same way
+    assert operator.log_path.read_text().count("pass on ModelDeployment") >= 3
+    assert [(e["type"], e.get("count", 1)) for e in failures()] == [("Warning", 1)], "one event, not one per retry"
+
+    kubectl("delete", "resourcequota", "no-hpas")
+    wait_until(lambda: md_status(kubectl).get("phase") == "Succeeded", timeout=30, what="Succeeded after the quota")
+    error = reconcile_error()
+    assert error is not None and (error["status"], error["reason"], error["message"]) == ("False", "Reconciled", "")
+    assert get(kubectl, "hpa", f"{MODEL}-v1") is not None and route_weights(kubectl) == {"1": 100}

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from slipway.api.common import API_VERSION
 from slipway.builders.names import ACTION_ANNOTATION
-from slipway.clients.kube import KindNotServed, Kube
+from slipway.clients.kube import KindNotServed, Kube, error_message
 
 app = typer.Typer(name="slipway", help=__doc__, no_args_is_help=True, add_completion=False)
 out = Console(soft_wrap=True)
@@ -432,21 +432,8 @@ def train(
     except KindNotServed as exc:
         fail(str(exc))
     except Exception as exc:
-        fail(_api_message(exc), EXIT_USAGE if getattr(exc, "status", 0) in (400, 422) else EXIT_FAILED)
+        fail(error_message(exc), EXIT_USAGE if getattr(exc, "status", 0) in (400, 422) else EXIT_FAILED)
     out.print(f"trainingrun/{name} created")
-
-
-def _api_message(exc: Exception) -> str:
-    """The API server's own message out of a client exception (it names the field)."""
-    import json
-
-    body = getattr(exc, "body", None)
-    if body:
-        try:
-            return str(json.loads(body).get("message", body))
-        except (ValueError, AttributeError):
-            return str(body)
-    return str(exc)
 
 
 def main() -> None:

@@ -155,6 +155,21 @@ class Kube:
         return dict(out.to_dict())
 
 
+def error_message(exc: BaseException) -> str:
+    """What went wrong in a Kubernetes call, in the API server's own words when it answered (they name the field)."""
+    import json
+
+    body = getattr(exc, "body", None)
+    status = getattr(exc, "status", None)
+    if body:
+        try:
+            text = str(json.loads(body).get("message", body))
+        except (ValueError, AttributeError, TypeError):
+            text = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
+        return f"{status}: {text}" if isinstance(status, int) else text
+    return str(exc) or type(exc).__name__
+
+
 def load_api_client() -> client.ApiClient:
     """An ApiClient from the in-cluster service account, else from KUBECONFIG / ~/.kube/config."""
     try:

@@ -27,7 +27,7 @@ from slipway.builders.names import (
     predictor_name,
     sanitise_model_name,
 )
-from slipway.clients.kube import Kube, off_loop
+from slipway.clients.kube import Kube, error_message, off_loop
 from slipway.clients.prometheus import NoData, Prometheus, PrometheusError
 from slipway.rollout import abtest, machine
 from slipway.rollout.analysis import AnalysisConfig, Measurement, judge, render_query
@@ -45,6 +45,9 @@ ISVC = ("serving.kserve.io/v1beta1", "InferenceService")
 HPA = ("autoscaling/v2", "HorizontalPodAutoscaler")
 ROUTE = ("gateway.networking.k8s.io/v1", "HTTPRoute")
 RESYNC_SECONDS = 30.0
+RETRY_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+"""After a failed pass, the wait before the next (then the next delay, up to the last); reset by a pass that works."""
+MESSAGE_LIMIT = 1024
 T = TypeVar("T")
 AfterRollback = Callable[[dict[str, Any], dict[str, Any]], Coroutine[Any, Any, None]]
 """Called (in the background) with the object and the status just written when a pass started a rollback."""
@@ -193,6 +196,10 @@ def status_of(
         conditions = set_condition(conditions, c.type, c.status, c.reason, c.message, generation=md.metadata.generation)
     if any(c.get("type") == "InvalidSpec" for c in conditions or []):
         conditions = set_condition(conditions, "InvalidSpec", False, "Valid", "", generation=md.metadata.generation)
+    if any(c.get("type") == "ReconcileError" for c in conditions or []):
+        conditions = set_condition(
+            conditions, "ReconcileError", False, "Reconciled", "", generation=md.metadata.generation
+        )
     status["conditions"] = conditions
     gateway = md.spec.gateway
     if gateway is not None and gateway.hostnames:
@@ -250,6 +257,24 @@ def reconcile(kube: Kube, prom: Prometheus, body: dict[str, Any], now: datetime 
     return Outcome(status_of(md, old, decision.state, resolved.version, stable_ready=stable_ready), events, requeue)
 
 
+def failed(old: dict[str, Any], body: dict[str, Any], exc: BaseException) -> Outcome:
+    """A pass that raised (the API server refused a child, a call timed out): say so in a condition, keep the rest.
+
+    The rollout's own fields stay as the last pass that worked wrote them; the event is posted
+    when the condition first says this (not on every retry).
+    """
+    generation = (body.get("metadata") or {}).get("generation")
+    why = error_message(exc)
+    if len(why) > MESSAGE_LIMIT:
+        why = why[: MESSAGE_LIMIT - 1] + "…"
+    conditions = set_condition(
+        old.get("conditions"), "ReconcileError", True, "ReconcileFailed", why, generation=generation
+    )
+    status = {"conditions": conditions}
+    events = [Event("ReconcileFailed", why, "Warning")] if status_changed(old, status) else []
+    return Outcome(status, events, None)
+
+
 def _invalid(old: dict[str, Any], body: dict[str, Any], why: str) -> Outcome:
     generation = (body.get("metadata") or {}).get("generation")
     conditions = set_condition(old.get("conditions"), "InvalidSpec", True, "InvalidSpec", why, generation=generation)
@@ -280,6 +305,7 @@ class Driver:
         self._urgent = ThreadPoolExecutor(max_workers=2, thread_name_prefix="urgent")
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._due: dict[tuple[str, str], float] = {}
+        self._failures: dict[tuple[str, str], int] = {}
         self._watched: set[tuple[str, str]] = set()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -336,6 +362,7 @@ class Driver:
     def forget(self, namespace: str, name: str) -> None:
         """The object is gone: stop tracking it (its children's deletion by the garbage collector is no news)."""
         self._due.pop((namespace, name), None)
+        self._failures.pop((namespace, name), None)
         self._watched.discard((namespace, name))
 
     def expedite(self, namespace: str, name: str) -> None:
@@ -343,24 +370,59 @@ class Driver:
         self._due[(namespace, name)] = 0.0
 
     async def drive(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, Outcome | None]:
-        """Run one pass on the current object; returns the object and the outcome (None if it is gone)."""
+        """Run one pass on the current object; returns the object and the outcome (None if it is gone).
+
+        A pass that raises does not reach kopf (whose retry would wait a minute): its error goes
+        into a ``ReconcileError`` condition and the next pass comes after RETRY_SECONDS.
+        """
         key = (namespace, name)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            body = await off_loop(self.kube.get, GROUP_VERSION, "ModelDeployment", name, namespace)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                self.forget(namespace, name)
-                return body, None
-            outcome = await off_loop(reconcile, self.kube, self.prom, body)
-            if status_changed(body.get("status"), outcome.status):
-                await off_loop(
-                    self.kube.patch_status, GROUP_VERSION, "ModelDeployment", name, namespace, outcome.status
-                )
-                if self.after_rollback is not None and entered_rollback(body.get("status"), outcome.status):
-                    self.spawn(self.after_rollback(body, outcome.status), f"after rollback {namespace}/{name}")
-            if ACTION_ANNOTATION in ((body["metadata"].get("annotations")) or {}):
-                patch = {"metadata": {"annotations": {ACTION_ANNOTATION: None}}}
-                await off_loop(self.kube.merge_patch, GROUP_VERSION, "ModelDeployment", name, namespace, patch)
+            body: dict[str, Any] | None = None
+            try:
+                body = await off_loop(self.kube.get, GROUP_VERSION, "ModelDeployment", name, namespace)
+                if body is None or body["metadata"].get("deletionTimestamp"):
+                    self.forget(namespace, name)
+                    return body, None
+                outcome = await self._pass(namespace, name, body)
+            except Exception as exc:
+                return body, await self._failed(namespace, name, body, exc)
+            self._failures.pop(key, None)
             delay = outcome.requeue_after if outcome.requeue_after is not None else RESYNC_SECONDS
             self._due[key] = time.monotonic() + delay
             return body, outcome
+
+    async def _pass(self, namespace: str, name: str, body: dict[str, Any]) -> Outcome:
+        outcome = await off_loop(reconcile, self.kube, self.prom, body)
+        if status_changed(body.get("status"), outcome.status):
+            await off_loop(self.kube.patch_status, GROUP_VERSION, "ModelDeployment", name, namespace, outcome.status)
+            if self.after_rollback is not None and entered_rollback(body.get("status"), outcome.status):
+                self.spawn(self.after_rollback(body, outcome.status), f"after rollback {namespace}/{name}")
+        if ACTION_ANNOTATION in ((body["metadata"].get("annotations")) or {}):
+            patch = {"metadata": {"annotations": {ACTION_ANNOTATION: None}}}
+            await off_loop(self.kube.merge_patch, GROUP_VERSION, "ModelDeployment", name, namespace, patch)
+        return outcome
+
+    async def _failed(self, namespace: str, name: str, body: dict[str, Any] | None, exc: Exception) -> Outcome | None:
+        """Back off, and record the error on the object when it can be written (the API server may be the trouble)."""
+        key = (namespace, name)
+        failures = self._failures[key] = self._failures.get(key, 0) + 1
+        rollout_metrics.PASS_ERRORS.inc()
+        delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1]
+        self._due[key] = time.monotonic() + delay
+        log.warning(
+            "pass on ModelDeployment %s/%s failed (next in %.0fs): %s", namespace, name, delay, error_message(exc)
+        )
+        if body is None:
+            return None
+        outcome = failed(dict(body.get("status") or {}), body, exc)
+        outcome.requeue_after = delay
+        if status_changed(body.get("status"), outcome.status):
+            try:
+                await off_loop(
+                    self.kube.patch_status, GROUP_VERSION, "ModelDeployment", name, namespace, outcome.status
+                )
+            except Exception as write_exc:
+                log.warning("could not record the error on %s/%s: %s", namespace, name, error_message(write_exc))
+                return None
+        return outcome

@@ -17,6 +17,7 @@ ROLLOUT_PHASE = Gauge(
 CANARY_WEIGHT = Gauge("slipway_canary_weight", "Percent of traffic on the canary.", ["namespace", "name"])
 ROLLOUTS = Counter("slipway_rollouts", "Rollouts started.", ["namespace", "name", "strategy"])
 ROLLBACKS = Counter("slipway_rollbacks", "Rollbacks, by reason.", ["namespace", "name", "reason"])
+PASS_ERRORS = Counter("slipway_reconcile_errors", "ModelDeployment passes that failed (retried with a back-off).")
 
 
 def record(namespace: str, name: str, strategy: str, decision: Decision) -> None:
