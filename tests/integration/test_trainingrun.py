@@ -293,3 +293,32 @@ def test_distributed_job_is_accepted_by_the_real_api_server(kubectl, namespace, 
             assert env["PET_NODE_RANK"] == str(index) and env["PET_MASTER_ADDR"] == "dist-0.dist"
         else:
             assert json.loads(env["TF_CONFIG"])["task"] == {"type": "worker", "index": index}
+
+
+def test_a_job_the_namespace_quota_refuses_waits_says_why_and_starts_once_allowed(trainer, kubectl, mlflow):
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-jobs"},
+        "spec": {"hard": {"count/jobs.batch": "0"}},
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(quota))
+    wait_for(lambda: (get(kubectl, "resourcequota", "no-jobs").get("status") or {}).get("hard"), 30, "quota")
+    apply_run(kubectl, "quota", framework="custom", command=["python", "-c", "pass"], experiment=f"it-{suffix()}")
+
+    def refused() -> dict[str, Any] | None:
+        st = get(kubectl, "trainingrun", "quota").get("status") or {}
+        return st if conditions(st).get("Ready") == ("False", "ReconcileFailed") else None
+
+    status = wait_for(refused, 60, "the Job refused")
+    print(f"\n{status['message']}")
+    assert status["phase"] == "Pending" and "exceeded quota: no-jobs" in status["message"], status
+    assert status.get("mlflowRunId"), "the MLflow run was created before the Job"
+    wait_for(lambda: "ReconcileFailed" in reasons(kubectl, "quota"), 30, "the ReconcileFailed event")
+    time.sleep(5)  # passes every 2 s keep failing alike
+    assert reasons(kubectl, "quota").count("ReconcileFailed") == 1, "one event, not one per pass"
+
+    kubectl("delete", "resourcequota", "no-jobs")
+    status = finished(kubectl, "quota", timeout=180)
+    assert status["phase"] == "Succeeded", status
+    assert mlflow.get_run(status["mlflowRunId"]).info.status == "FINISHED"

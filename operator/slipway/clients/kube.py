@@ -9,9 +9,11 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import urllib3
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError, ResourceNotFoundError
 from kubernetes.dynamic.resource import Resource
 
 from slipway.clients.applied import APPLIES, AppliedCache
@@ -27,6 +29,10 @@ Manifest = dict[str, Any]
 
 class KindNotServed(RuntimeError):
     """The API server does not serve this apiVersion/kind (a CRD is missing)."""
+
+
+KUBE_ERRORS: tuple[type[Exception], ...] = (DynamicApiError, ApiException, urllib3.exceptions.HTTPError, KindNotServed)
+"""What a Kubernetes call raises when the API server refuses it or cannot be reached (not a bug of ours)."""
 
 
 class Kube:

@@ -27,7 +27,7 @@ from slipway.builders.names import (
     predictor_name,
     sanitise_model_name,
 )
-from slipway.clients.kube import Kube, error_message, off_loop
+from slipway.clients.kube import KUBE_ERRORS, Kube, error_message, off_loop
 from slipway.clients.prometheus import NoData, Prometheus, PrometheusError
 from slipway.rollout import abtest, machine
 from slipway.rollout.analysis import AnalysisConfig, Measurement, judge, render_query
@@ -411,7 +411,12 @@ class Driver:
         delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1]
         self._due[key] = time.monotonic() + delay
         log.warning(
-            "pass on ModelDeployment %s/%s failed (next in %.0fs): %s", namespace, name, delay, error_message(exc)
+            "pass on ModelDeployment %s/%s failed (next in %.0fs): %s",
+            namespace,
+            name,
+            delay,
+            error_message(exc),
+            exc_info=not isinstance(exc, KUBE_ERRORS),  # a bug of ours gets its traceback
         )
         if body is None:
             return None

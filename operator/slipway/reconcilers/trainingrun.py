@@ -49,7 +49,7 @@ from slipway.builders.job import (
     job_name,
 )
 from slipway.builders.names import sanitise_model_name
-from slipway.clients.kube import Kube, off_loop
+from slipway.clients.kube import KUBE_ERRORS, Kube, error_message, off_loop
 from slipway.clients.mlflow_runs import MlflowError, MlflowRuns, MlflowUnavailable, RunOutcome
 from slipway.reconcilers.gates import evaluate_gates, headline
 from slipway.reconcilers.status import Event, Outcome, get_condition, now_iso, set_condition
@@ -200,6 +200,8 @@ class TrainingRunReconciler:
         except MlflowError as exc:
             p.phase("Failed", "MlflowError", f"MLflow refused: {exc}")
             p.event("MlflowError", str(exc), warning=True)
+        except KUBE_ERRORS as exc:  # a quota or an admission policy refused the Job, or no answer: retried
+            p.waiting("ReconcileFailed", f"Kubernetes refused or did not answer, will retry: {error_message(exc)}")
         return p.outcome()
 
     async def _step(self, tr: TrainingRun, p: Pass, jobs: Sequence[Mapping[str, Any]]) -> None:
