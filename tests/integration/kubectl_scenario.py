@@ -35,6 +35,13 @@ def get(kubectl, *args: str) -> dict[str, Any] | None:
     return json.loads(out.stdout) if out.returncode == 0 else None
 
 
+def forbid(kubectl, name: str, resource: str) -> None:
+    """A ResourceQuota allowing none of ``resource`` (``count/jobs.batch``…), once the quota controller counted it."""
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": name}, "spec": {"hard": {resource: "0"}}}
+    kubectl("apply", "-f", "-", input=json.dumps(quota))
+    wait_until(lambda: ((get(kubectl, "resourcequota", name) or {}).get("status") or {}).get("hard"), what="quota")
+
+
 def md_status(kubectl, name: str = MODEL) -> dict[str, Any]:
     return (get(kubectl, "modeldeployment", name) or {}).get("status") or {}
 

@@ -15,6 +15,7 @@ from kubectl_scenario import (
     action,
     deployment,
     first_version_up,
+    forbid,
     get,
     isvc_versions,
     md_status,
@@ -367,14 +368,7 @@ def test_unchanged_children_are_not_applied_again_and_a_deleted_or_edited_one_is
 
 def test_a_child_the_api_server_refuses_is_a_condition_and_an_event_then_retried(kubectl, operator):
     """A namespace quota forbids HPAs: the pass fails on the HPA, says why, backs off, and recovers on its own."""
-    quota = {
-        "apiVersion": "v1",
-        "kind": "ResourceQuota",
-        "metadata": {"name": "no-hpas"},
-        "spec": {"hard": {"count/horizontalpodautoscalers.autoscaling": "0"}},
-    }
-    kubectl("apply", "-f", "-", input=json.dumps(quota))
-    wait_until(lambda: ((get(kubectl, "resourcequota", "no-hpas") or {}).get("status") or {}).get("hard"), what="quota")
+    forbid(kubectl, "no-hpas", "count/horizontalpodautoscalers.autoscaling")
     model_version(kubectl, "1", ["champion"])
     predictor(kubectl, "1")
     deployment(kubectl, {"canary": {"steps": [{"setWeight": 50}]}})

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from kubectl_scenario import forbid
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from operator_fixture import StartOperator, start_operator
@@ -296,14 +297,7 @@ def test_distributed_job_is_accepted_by_the_real_api_server(kubectl, namespace, 
 
 
 def test_a_job_the_namespace_quota_refuses_waits_says_why_and_starts_once_allowed(trainer, kubectl, mlflow):
-    quota = {
-        "apiVersion": "v1",
-        "kind": "ResourceQuota",
-        "metadata": {"name": "no-jobs"},
-        "spec": {"hard": {"count/jobs.batch": "0"}},
-    }
-    kubectl("apply", "-f", "-", input=json.dumps(quota))
-    wait_for(lambda: (get(kubectl, "resourcequota", "no-jobs").get("status") or {}).get("hard"), 30, "quota")
+    forbid(kubectl, "no-jobs", "count/jobs.batch")
     apply_run(kubectl, "quota", framework="custom", command=["python", "-c", "pass"], experiment=f"it-{suffix()}")
 
     def refused() -> dict[str, Any] | None:
