@@ -76,23 +76,8 @@ async def version_moved(
         _post(*await _driver(memo).drive(namespace or "", name))
 
 
-def _ready(status: kopf.Status, **_: Any) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-
-
-@kopf.on.event(
-    "serving.kserve.io", "v1beta1", "inferenceservices", labels={LABEL_DEPLOYMENT: kopf.PRESENT}, when=_ready
-)
-async def predictor_ready(
-    name: str,
-    labels: kopf.Labels,
-    namespace: str | None,
-    memo: Any,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
-    **_: Any,
-) -> None:
-    """A ModelDeployment's InferenceService is Ready: look at the deployment on the next tick, not the next resync."""
-    _deployment_due(memo, labels, namespace, logger, f"InferenceService {name} is Ready")
+def _ready(status: Any) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in (status or {}).get("conditions") or [])
 
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -124,17 +109,22 @@ async def _child_event(
     logger: logging.Logger | logging.LoggerAdapter[Any],
     **_: Any,
 ) -> None:
-    """A child deleted, or its spec changed, since the operator applied it: apply again on the next tick."""
+    """News of a child makes its deployment due on the next tick (not the next resync).
+
+    The news: the child was deleted, or its spec changed, since the operator applied it (apply it
+    again); or an InferenceService is Ready (a rollout waiting for it can move on).
+    """
     if "md_driver" not in memo:
         return
     deleted = event.get("type") == "DELETED"
     key = (str(body.get("apiVersion")), str(body.get("kind")), namespace or "", name)
     live = event.get("object")
-    if not memo.kube.applied.observed(key, None if deleted or not isinstance(live, dict) else live):
-        return
-    generation = body.metadata.get("generation")
-    what = "deleted" if deleted else "changed" if generation is None else f"changed (generation {generation})"
-    _deployment_due(memo, labels, namespace, logger, f"{key[1]} {name} {what} outside the operator")
+    if memo.kube.applied.observed(key, None if deleted or not isinstance(live, dict) else live):
+        generation = body.metadata.get("generation")
+        what = "deleted" if deleted else "changed" if generation is None else f"changed (generation {generation})"
+        _deployment_due(memo, labels, namespace, logger, f"{key[1]} {name} {what} outside the operator")
+    elif not deleted and key[1] == "InferenceService" and _ready(body.get("status")):
+        _deployment_due(memo, labels, namespace, logger, f"InferenceService {name} is Ready")
 
 
 CHILDREN = (

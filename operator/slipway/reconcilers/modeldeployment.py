@@ -394,10 +394,9 @@ class Driver:
 
     async def _pass(self, namespace: str, name: str, body: dict[str, Any]) -> Outcome:
         outcome = await off_loop(reconcile, self.kube, self.prom, body)
-        if status_changed(body.get("status"), outcome.status):
-            await off_loop(self.kube.patch_status, GROUP_VERSION, "ModelDeployment", name, namespace, outcome.status)
-            if self.after_rollback is not None and entered_rollback(body.get("status"), outcome.status):
-                self.spawn(self.after_rollback(body, outcome.status), f"after rollback {namespace}/{name}")
+        written = await self._write_status(namespace, name, body, outcome)
+        if written and self.after_rollback is not None and entered_rollback(body.get("status"), outcome.status):
+            self.spawn(self.after_rollback(body, outcome.status), f"after rollback {namespace}/{name}")
         if ACTION_ANNOTATION in ((body["metadata"].get("annotations")) or {}):
             patch = {"metadata": {"annotations": {ACTION_ANNOTATION: None}}}
             await off_loop(self.kube.merge_patch, GROUP_VERSION, "ModelDeployment", name, namespace, patch)
@@ -422,12 +421,16 @@ class Driver:
             return None
         outcome = failed(dict(body.get("status") or {}), body, exc)
         outcome.requeue_after = delay
-        if status_changed(body.get("status"), outcome.status):
-            try:
-                await off_loop(
-                    self.kube.patch_status, GROUP_VERSION, "ModelDeployment", name, namespace, outcome.status
-                )
-            except Exception as write_exc:
-                log.warning("could not record the error on %s/%s: %s", namespace, name, error_message(write_exc))
-                return None
+        try:
+            await self._write_status(namespace, name, body, outcome)
+        except Exception as write_exc:
+            log.warning("could not record the error on %s/%s: %s", namespace, name, error_message(write_exc))
+            return None
         return outcome
+
+    async def _write_status(self, namespace: str, name: str, body: dict[str, Any], outcome: Outcome) -> bool:
+        """Write the outcome's status if it changes the object's; True if it was written."""
+        if not status_changed(body.get("status"), outcome.status):
+            return False
+        await off_loop(self.kube.patch_status, GROUP_VERSION, "ModelDeployment", name, namespace, outcome.status)
+        return True
