@@ -15,6 +15,13 @@ if st.conditions ~= nil then
       hs.message = "Invalid spec: " .. (c.message or "")
       return hs
     end
+    -- The API server refused a child (quota, admission) or did not answer: the rollout fields are
+    -- the last pass that worked, so they must not read as Healthy or Progressing.
+    if c.type == "ReconcileError" and c.status == "True" then
+      hs.status = "Degraded"
+      hs.message = "Cannot reconcile: " .. (c.message or "")
+      return hs
+    end
   end
 end
 local phase = st.phase or ""

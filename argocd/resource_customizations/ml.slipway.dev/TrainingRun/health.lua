@@ -14,6 +14,15 @@ elseif phase == "Failed" or phase == "Rejected" then
   hs.status = "Degraded"
 else
   hs.status = "Progressing"
+  -- The API server refuses the Job (quota, admission) or does not answer: Ready=False, ReconcileFailed.
+  if obj.status.conditions ~= nil then
+    for _, c in ipairs(obj.status.conditions) do
+      if c.type == "Ready" and c.status == "False" and c.reason == "ReconcileFailed" then
+        hs.status = "Degraded"
+        msg = c.message or msg
+      end
+    end
+  end
 end
 hs.message = msg
 return hs
