@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -302,14 +303,54 @@ def test_http_route_ab_golden():
     assert cookie == {"type": "RegularExpression", "name": "Cookie", "value": cookie_pattern("variant", "b.1")}
 
 
-def test_cookie_pattern_matches_only_that_cookie():
-    import re
+COOKIE_HEADERS = [
+    # (cookie name, value, Cookie header, carries that cookie)
+    ("variant", "b.1", "variant=b.1", True),
+    ("variant", "b.1", "a=1; variant=b.1; z=2", True),
+    ("variant", "b.1", "a=1;variant=b.1;z=2", True),
+    ("variant", "b", "sid=9; variant=b", True),
+    ("variant", "b", "variant=b; sid=9", True),
+    ("variant", "b", "  variant=b  ", True),
+    ("variant", "b", "a=x;b=y; variant=b", True),
+    ("variant", "b", "variant=a; variant=b", True),
+    ("variant", "b.1", "variant=bx1", False),
+    ("variant", "b.1", "xvariant=b.1", False),
+    ("variant", "b.1", "variant=b.12", False),
+    ("variant", "b", "sid=9; variant=bb", False),
+    ("variant", "b", "sid=9; avariant=b", False),
+    ("variant", "b", "sid=variant=b", False),
+    ("variant", "b", "variant=c; x=variant=b", False),
+    ("variant", "b", "", False),
+    ("id", "7", "sid=7; uid=7", False),
+    ("id", "7", "sid=7; id=7", True),
+    ("s-id", "a+b|c", "s-id=a+b|c; q=1", True),
+    ("s-id", "a+b|c", "s-id=abbc", False),
+    ("k", "", "k=; z=1", True),
+    ("k", "", "k=1", False),
+    ("tok", "{x}[y](z)*?^$", "a=1; tok={x}[y](z)*?^$", True),
+    ("tok", "{x}[y](z)*?^$", "tok={x}[y](z)", False),
+]
 
-    pattern = re.compile(cookie_pattern("variant", "b.1"))
-    assert pattern.search("variant=b.1") and pattern.search("a=1; variant=b.1; z=2")
-    assert (
-        not pattern.search("variant=bx1") and not pattern.search("xvariant=b.1") and not pattern.search("variant=b.12")
-    )
+
+@pytest.mark.parametrize(("name", "value", "header", "carries"), COOKIE_HEADERS)
+def test_cookie_pattern_same_verdict_under_search_and_full_match(
+    name: str, value: str, header: str, carries: bool
+) -> None:
+    """Traefik finds the pattern anywhere (RE2 search); Envoy needs the whole value to match: same verdict."""
+    pattern = re.compile(cookie_pattern(name, value))
+    assert bool(pattern.search(header)) is carries, "search semantics (Traefik)"
+    assert bool(pattern.fullmatch(header)) is carries, "full-match semantics (Envoy Gateway, Istio)"
+
+
+@pytest.mark.parametrize(("name", "value"), sorted({(n, v) for n, v, _, _ in COOKIE_HEADERS}))
+def test_cookie_pattern_is_re2_syntax(name: str, value: str) -> None:
+    """No lookaround, atomic group, back-reference or possessive quantifier: RE2 (Envoy, Go) has none."""
+    pattern = cookie_pattern(name, value)
+    unescaped = re.sub(r"\\.", "", pattern)  # what remains outside escapes
+    assert not re.search(r"\(\?(=|!|<=|<!|>|P=)", unescaped), pattern
+    assert not re.search(r"\\[1-9]", pattern), pattern
+    assert not re.search(r"[*+?}]\+", unescaped), pattern
+    assert unescaped.startswith("^") and unescaped.endswith("$"), "anchored at both ends"
 
 
 def test_http_route_shadow_golden():

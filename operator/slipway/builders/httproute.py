@@ -24,8 +24,16 @@ def _backend(md: str, version: str, weight: int | None = None) -> dict[str, Any]
 
 
 def cookie_pattern(name: str, value: str) -> str:
-    """The regular expression matching a Cookie header that carries ``name=value`` (RE2 syntax)."""
-    return f"(^|;\\s*){re.escape(name)}={re.escape(value)}(;|$)"
+    """The regular expression matching a Cookie header that carries ``name=value`` (RE2 syntax).
+
+    Gateway API leaves the semantics of a ``RegularExpression`` header match to the
+    implementation: Traefik finds the pattern anywhere in the value (RE2 search), Envoy-based
+    gateways (Envoy Gateway, Istio) must match the whole value. The pattern is anchored at both
+    ends and spells out what may stand around the cookie (earlier cookies up to a ``;``, later
+    ones after one), so both semantics give the same verdict. No lookarounds or back-references:
+    RE2 has none.
+    """
+    return f"^(?:.*;)?\\s*{re.escape(name)}={re.escape(value)}\\s*(?:;.*)?$"
 
 
 def http_match(match: AbMatch) -> dict[str, Any]:
