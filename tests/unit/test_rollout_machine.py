@@ -306,6 +306,22 @@ def test_promotion_keeps_the_old_version_at_0_until_scale_down():
     assert done.keep == {"2"} and dict(done.weights) == {"2": 100}
 
 
+def test_canary_scale_down_delay_is_the_specs():
+    """strategy.canary.scaleDownDelaySeconds, not a fixed 30 s: the old version stays that long, then goes."""
+    canary = spec().strategy.canary
+    assert canary is not None and canary.scale_down_delay_seconds == 30, "the default is the former fixed 30 s"
+    long = spec(canary={**canary.model_dump(by_alias=True, exclude_none=True), "scaleDownDelaySeconds": 120})
+    d = next(canary_state(6, canary_weight=50), obs(), long)
+    hold = next(d.state, obs(now=31), long)
+    assert hold.transition is None and hold.keep == {"1", "2"} and "v1 removed in 89s" in hold.state.message
+    assert hold.requeue_after == pytest.approx(89)
+    done = next(d.state, obs(now=121), long)
+    assert done.state.phase == "Succeeded" and done.keep == {"2"}
+    now = spec(canary={**canary.model_dump(by_alias=True, exclude_none=True), "scaleDownDelaySeconds": 0})
+    at_once = next(next(canary_state(6, canary_weight=50), obs(), now).state, obs(now=0), now)
+    assert at_once.state.phase == "Succeeded" and at_once.keep == {"2"}
+
+
 def test_rollback_from_promoting_goes_back_to_the_previous_version():
     d = SCENARIOS[("Promoting", "RollingBack", "AlertFiring")]()
     assert d.state.stable_version == "1" and dict(d.weights) == {"1": 100} and d.state.blocked[0].version == "2"

@@ -365,6 +365,15 @@ class Canary(ApiModel):
         "10m",
         description=("Longest a step may take (pauses without duration excepted) before the rollout is rolled back."),
     )
+    scale_down_delay_seconds: int = Field(
+        30,
+        ge=0,
+        le=86400,
+        description=(
+            "Seconds the old version keeps running after the canary is promoted to 100% (instant switch-back "
+            "while an alert may still roll back), then its InferenceService and HPA are removed."
+        ),
+    )
 
 
 class Shadow(ApiModel):

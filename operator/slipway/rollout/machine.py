@@ -31,6 +31,8 @@ def scale_down_seconds(spec: ModelDeploymentSpec) -> float:
     """How long the old version stays up after a promotion."""
     if spec.strategy.blue_green is not None:
         return float(spec.strategy.blue_green.scale_down_delay_seconds)
+    if spec.strategy.canary is not None:
+        return float(spec.strategy.canary.scale_down_delay_seconds)
     return CANARY_SCALE_DOWN_SECONDS
 
 

@@ -15,7 +15,7 @@ Action = Literal["promote", "promote-full", "abort", "retry", "pause", "resume"]
 ACTIONS: tuple[str, ...] = ("promote", "promote-full", "abort", "retry", "pause", "resume")
 HISTORY_LIMIT = 10
 CANARY_SCALE_DOWN_SECONDS = 30.0
-"""How long the old version outlives a canary promotion (the API has no canary field for it yet)."""
+"""How long the old version outlives an A/B test's promotion (a canary's: ``strategy.canary.scaleDownDelaySeconds``)."""
 WAIT_SECONDS = 5.0
 """How soon to look again while waiting on the cluster (readiness, children going away)."""
 NEXT_SECONDS = 0.5
