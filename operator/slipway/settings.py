@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 class Settings(BaseModel):
@@ -66,6 +68,54 @@ class Settings(BaseModel):
         8080, ge=0, le=65535, description="Port of the webhook and metrics server (SLIPWAY_HTTP_PORT)."
     )
 
+    leader_election_lease: str = Field(
+        "",
+        description=(
+            "Name of the coordination.k8s.io Lease the replicas elect a leader on; only the leader "
+            "reconciles, the others answer webhooks 503 (SLIPWAY_LEADER_ELECTION_LEASE; empty: no election, "
+            "for a single replica)."
+        ),
+    )
+    leader_election_namespace: str = Field(
+        "",
+        description=(
+            "Namespace of the Lease (SLIPWAY_LEADER_ELECTION_NAMESPACE; empty: the pod's namespace from "
+            "SLIPWAY_POD_NAMESPACE or its service account, else default)."
+        ),
+    )
+    lease_duration_seconds: float = Field(
+        15.0, gt=0, description="How long a standby waits for a silent leader (SLIPWAY_LEASE_DURATION_SECONDS)."
+    )
+    lease_renew_deadline_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A leader that has not renewed for this long stops (SLIPWAY_LEASE_RENEW_DEADLINE_SECONDS).",
+    )
+    lease_retry_period_seconds: float = Field(
+        2.0, gt=0, description="How often the leader renews and a standby tries (SLIPWAY_LEASE_RETRY_PERIOD_SECONDS)."
+    )
+    pod_name: str = Field("", description="This replica's pod, the first part of its identity (SLIPWAY_POD_NAME).")
+    pod_namespace: str = Field("", description="This replica's namespace (SLIPWAY_POD_NAMESPACE).")
+
+    @model_validator(mode="after")
+    def _lease_timings(self) -> Settings:
+        d, r, p = self.lease_duration_seconds, self.lease_renew_deadline_seconds, self.lease_retry_period_seconds
+        if not d > r > p * 1.2:
+            raise ValueError(
+                f"lease timings need duration ({d}) > renew deadline ({r}) > 1.2 × retry period ({p})"
+            )
+        return self
+
+    def lease_namespace(self, service_account_dir: str = SERVICE_ACCOUNT_DIR) -> str:
+        """The Lease's namespace: set, else the pod's, else the service account's, else ``default``."""
+        if self.leader_election_namespace or self.pod_namespace:
+            return self.leader_election_namespace or self.pod_namespace
+        try:
+            with open(os.path.join(service_account_dir, "namespace"), encoding="utf-8") as f:
+                return f.read().strip() or "default"
+        except OSError:
+            return "default"
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         """Read the settings from environment variables; unset ones keep their defaults."""
@@ -84,5 +134,12 @@ class Settings(BaseModel):
             "alertmanager_token": e.get("SLIPWAY_ALERTMANAGER_TOKEN", ""),
             "http_host": e.get("SLIPWAY_HTTP_HOST", ""),
             "http_port": e.get("SLIPWAY_HTTP_PORT", ""),
+            "leader_election_lease": e.get("SLIPWAY_LEADER_ELECTION_LEASE", ""),
+            "leader_election_namespace": e.get("SLIPWAY_LEADER_ELECTION_NAMESPACE", ""),
+            "lease_duration_seconds": e.get("SLIPWAY_LEASE_DURATION_SECONDS", ""),
+            "lease_renew_deadline_seconds": e.get("SLIPWAY_LEASE_RENEW_DEADLINE_SECONDS", ""),
+            "lease_retry_period_seconds": e.get("SLIPWAY_LEASE_RETRY_PERIOD_SECONDS", ""),
+            "pod_name": e.get("SLIPWAY_POD_NAME", ""),
+            "pod_namespace": e.get("SLIPWAY_POD_NAMESPACE", ""),
         }
         return cls.model_validate({k: v for k, v in raw.items() if v != ""})

@@ -1,4 +1,4 @@
-"""ASGI middleware: request counts by status code, latency, and the request body size limit."""
+"""ASGI middleware: request counts by status code, latency, the request body size limit, JSON as the V2 default."""
 
 from __future__ import annotations
 
@@ -16,6 +16,27 @@ def is_inference_path(path: str) -> bool:
     if path.startswith("/v1/models/"):
         return path.endswith((":predict", ":explain"))
     return path.startswith("/v2/models/") and path.endswith("/infer")
+
+
+V2_BINARY_HEADER = b"inference-header-content-length"
+"""The header that marks a V2 body in the binary-tensor format (a JSON header, then raw tensor bytes)."""
+
+
+def json_by_default(scope: Scope) -> Scope:
+    """A V2 inference body without Content-Type that is not in the binary-tensor format is read as JSON.
+
+    ``tritonclient.http`` (the most common Open Inference Protocol client) sends its JSON mode
+    (``binary_data=False``) without a Content-Type header; FastAPI then hands KServe raw bytes,
+    which KServe can only decode as binary tensors, and answers 400 for the missing
+    ``inference-header-content-length``. A body with that header, or with any Content-Type, is
+    left as the client sent it.
+    """
+    if scope["method"] != "POST" or not scope["path"].startswith("/v2/models/"):
+        return scope
+    names = {name.lower() for name, _ in scope["headers"]}
+    if b"content-type" in names or V2_BINARY_HEADER in names:
+        return scope
+    return {**scope, "headers": [*scope["headers"], (b"content-type", b"application/json")]}
 
 
 class InFlight:
@@ -63,6 +84,7 @@ class ServingMiddleware:
         observed = is_inference_path(scope["path"])
         if observed:
             self.in_flight.count += 1
+            scope = json_by_default(scope)
         started = time.perf_counter()
         status = 500
         response_started = False

@@ -38,6 +38,16 @@ def test_lint_and_schema_rejects_bad_values(testbed):
     assert bad.returncode != 0 and "/mlflow/trackingUri" in bad.stderr
     unknown = helm(testbed, "template", "x", str(CHART), "--kube-version", "1.34.4", "--set", "replicas=2", check=False)
     assert unknown.returncode != 0 and "replicas" in unknown.stderr
+    two_writers = helm(
+        testbed, "template", "x", str(CHART), "--kube-version", "1.34.4",
+        "--set", "replicaCount=2", "--set", "leaderElection.enabled=false", check=False,
+    )  # fmt: skip
+    assert two_writers.returncode != 0 and "leaderElection/enabled" in two_writers.stderr, two_writers.stderr
+    gone = helm(testbed, "template", "x", str(CHART), "--kube-version", "1.34.4", "--set", "peering.enabled=true",
+                check=False)  # fmt: skip
+    assert gone.returncode != 0 and "peering" in gone.stderr, "kopf peering is no more: leader election replaces it"
+    one = helm(testbed, "template", "x", str(CHART), "--kube-version", "1.34.4", "--set", "leaderElection.enabled=false")
+    assert "SLIPWAY_LEADER_ELECTION_LEASE" not in one.stdout and "kind: Role\n" not in one.stdout
 
 
 def test_install_runs_the_operator_with_least_privilege(testbed, kubectl, namespace):
@@ -50,7 +60,7 @@ def test_install_runs_the_operator_with_least_privilege(testbed, kubectl, namesp
         "-n",
         namespace,
         "--set",
-        "peering.enabled=false",
+        "replicaCount=2",
         "--set",
         "mlflow.webhookSecret=mlflow-webhook",
     )
@@ -58,7 +68,7 @@ def test_install_runs_the_operator_with_least_privilege(testbed, kubectl, namesp
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             dep = json.loads(kubectl("get", "deployment", f"{release}-slipway", "-o", "json").stdout)
-            if dep["status"].get("availableReplicas") == 1:
+            if dep["status"].get("availableReplicas") == 2:
                 break
             time.sleep(0.5)
         else:
@@ -71,6 +81,10 @@ def test_install_runs_the_operator_with_least_privilege(testbed, kubectl, namesp
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         env = {e["name"]: e for e in container["env"]}
         assert env["SLIPWAY_MLFLOW_WEBHOOK_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-webhook"
+        assert env["SLIPWAY_LEADER_ELECTION_LEASE"]["value"] == f"{release}-slipway"
+        assert env["SLIPWAY_LEADER_ELECTION_NAMESPACE"]["value"] == namespace
+        assert env["SLIPWAY_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+        assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
 
         sa = f"--as=system:serviceaccount:{namespace}:{release}-slipway"
 
@@ -85,12 +99,20 @@ def test_install_runs_the_operator_with_least_privilege(testbed, kubectl, namesp
         assert not can("get", "secrets")
         assert not can("delete", "nodes")
         assert not can("create", "clusterroles.rbac.authorization.k8s.io")
+
+        def can_here(verb: str, resource: str, ns: str = namespace) -> bool:
+            return kubectl("auth", "can-i", verb, resource, sa, "-n", ns, check=False).stdout.strip() == "yes"
+
+        lease = f"leases.coordination.k8s.io/{release}-slipway"
+        assert can_here("create", "leases.coordination.k8s.io") and can_here("update", lease)
+        assert can_here("get", lease) and not can_here("update", "leases.coordination.k8s.io/kube-scheduler")
+        assert not can_here("update", lease, "kube-system") and not can_here("create", "leases", "default")
         role = json.loads(kubectl("get", "clusterrole", f"{release}-slipway", "-o", "json").stdout)
         assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in role["rules"])
     finally:
         helm(testbed, "uninstall", release, "-n", namespace, check=False)
     selector = f"app.kubernetes.io/instance={release}"
-    left = kubectl("get", "deployment,service,serviceaccount,configmap", "-l", selector, "-o", "name").stdout
+    left = kubectl("get", "deployment,service,serviceaccount,configmap,role,rolebinding", "-l", selector, "-o", "name").stdout
     cluster_left = kubectl("get", "clusterrole,clusterrolebinding", "-l", selector, "-o", "name", "-A").stdout
     assert left.strip() == "" and cluster_left.strip() == "", f"left behind: {left} {cluster_left}"
     crds = kubectl("get", "crd", "-o", "name", "-A").stdout

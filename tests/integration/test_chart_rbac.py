@@ -51,7 +51,8 @@ def test_operator_with_only_the_charts_permissions_completes_a_rollout(
         who = f"--as=system:serviceaccount:{namespace}:{sa}"
         assert kubectl("auth", "can-i", "get", "secrets", who, check=False).stdout.strip() == "no"
         kubeconfig = service_account_kubeconfig(testbed, kubectl, namespace, sa, tmp_path / "sa.kubeconfig")
-        proc = OperatorProcess(kubeconfig, namespace, tmp_path, testbed.prometheus_url).start()
+        lease = {"SLIPWAY_LEADER_ELECTION_LEASE": sa, "SLIPWAY_LEADER_ELECTION_NAMESPACE": namespace}  # the chart's
+        proc = OperatorProcess(kubeconfig, namespace, tmp_path, testbed.prometheus_url, env=lease).start()
         try:
             model_version(kubectl, "1", ["champion"])
             model_version(kubectl, "2", [])

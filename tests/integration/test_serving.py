@@ -412,3 +412,44 @@ def test_serves_what_slipway_training_logs(tmp_path: Path):
             labels = {"model": MODEL, "version": "1"}
             assert metric(client, "slipway_drift_window_samples", **labels) == 200
             assert metric(client, "slipway_feature_drift_psi", **labels, feature="pixel_0_0") is not None
+
+
+# --------------------------------------------------------------------------- the most common V2 client: tritonclient
+
+
+@pytest.mark.parametrize("binary_data", [False, True], ids=["json", "binary"])
+def test_tritonclient_http_infers_in_json_and_binary_mode(server: Server, trained: Trained, binary_data: bool):
+    """``tritonclient.http`` as users call it: JSON mode sends no Content-Type; binary mode sends raw tensors."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url=server.url.removeprefix("http://"), network_timeout=30.0)
+    try:
+        assert client.is_model_ready(MODEL)
+        rows = trained.x_test[:40].astype(np.float32)
+        tensor = httpclient.InferInput("input-0", list(rows.shape), "FP32")
+        tensor.set_data_from_numpy(rows, binary_data=binary_data)
+        outputs = [
+            httpclient.InferRequestedOutput("predictions", binary_data=binary_data),
+            httpclient.InferRequestedOutput("probabilities", binary_data=binary_data),
+        ]
+        result = client.infer(MODEL, [tensor], outputs=outputs)
+    finally:
+        client.close()
+    predictions, probabilities = result.as_numpy("predictions"), result.as_numpy("probabilities")
+    assert predictions is not None and probabilities is not None
+    assert predictions.shape == (40,) and probabilities.shape == (40, 10)
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+    assert float(np.mean(predictions == trained.y_test[:40])) > 0.85
+
+
+def test_v2_json_without_content_type_is_read_as_json(server: Server, trained: Trained):
+    rows = trained.x_test[:3]
+    tensor = {"name": "input-0", "shape": list(rows.shape), "datatype": "FP32", "data": rows.ravel().tolist()}
+    with server.client() as client:
+        response = client.post(f"/v2/models/{MODEL}/infer", content=json.dumps({"inputs": [tensor]}).encode())
+        assert "content-type" not in response.request.headers
+        assert response.status_code == 200, response.text
+        assert response.json()["outputs"][0]["shape"] in ([3], [3, 10])
+        not_json = client.post(f"/v2/models/{MODEL}/infer", content=b"\x00\x01 not json")
+        assert not_json.status_code in (400, 422), not_json.text
+        assert client.get(f"/v2/models/{MODEL}/ready").status_code == 200, "still serving"

@@ -18,7 +18,7 @@ import testbed  # noqa: E402
 CASES = {
     "chart-default": [],
     "chart-all-options": [
-        "--set", "peering.enabled=true", "--set", "replicaCount=2", "--set", "watchNamespaces={ml,ml-staging}",
+        "--set", "leaderElection.leaseName=ops-leader", "--set", "leaderElection.leaseNamespace=ops", "--set", "replicaCount=2", "--set", "watchNamespaces={ml,ml-staging}",
         "--set", "mlflow.credentialsSecret=mlflow-creds", "--set", "mlflow.webhookSecret=mlflow-webhook",
         "--set", "alertmanager.tokenSecret=am-token", "--set", "serviceMonitor.enabled=true",
         "--set", "prometheusRule.enabled=true", "--set", "dashboard.enabled=true",

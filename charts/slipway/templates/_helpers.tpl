@@ -11,3 +11,11 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 app.kubernetes.io/name: slipway
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+
+{{/* The leader-election Lease: its name and namespace (defaults: the release's full name and namespace). */}}
+{{- define "slipway.leaseName" -}}
+{{- .Values.leaderElection.leaseName | default (include "slipway.fullname" .) -}}
+{{- end -}}
+{{- define "slipway.leaseNamespace" -}}
+{{- .Values.leaderElection.leaseNamespace | default .Release.Namespace -}}
+{{- end -}}
