@@ -101,9 +101,7 @@ class Settings(BaseModel):
     def _lease_timings(self) -> Settings:
         d, r, p = self.lease_duration_seconds, self.lease_renew_deadline_seconds, self.lease_retry_period_seconds
         if not d > r > p * 1.2:
-            raise ValueError(
-                f"lease timings need duration ({d}) > renew deadline ({r}) > 1.2 × retry period ({p})"
-            )
+            raise ValueError(f"lease timings need duration ({d}) > renew deadline ({r}) > 1.2 x retry period ({p})")
         return self
 
     def lease_namespace(self, service_account_dir: str = SERVICE_ACCOUNT_DIR) -> str:

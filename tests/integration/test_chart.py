@@ -46,7 +46,9 @@ def test_lint_and_schema_rejects_bad_values(testbed):
     gone = helm(testbed, "template", "x", str(CHART), "--kube-version", "1.34.4", "--set", "peering.enabled=true",
                 check=False)  # fmt: skip
     assert gone.returncode != 0 and "peering" in gone.stderr, "kopf peering is no more: leader election replaces it"
-    one = helm(testbed, "template", "x", str(CHART), "--kube-version", "1.34.4", "--set", "leaderElection.enabled=false")
+    one = helm(
+        testbed, "template", "x", str(CHART), "--kube-version", "1.34.4", "--set", "leaderElection.enabled=false"
+    )
     assert "SLIPWAY_LEADER_ELECTION_LEASE" not in one.stdout and "kind: Role\n" not in one.stdout
 
 
@@ -112,7 +114,9 @@ def test_install_runs_the_operator_with_least_privilege(testbed, kubectl, namesp
     finally:
         helm(testbed, "uninstall", release, "-n", namespace, check=False)
     selector = f"app.kubernetes.io/instance={release}"
-    left = kubectl("get", "deployment,service,serviceaccount,configmap,role,rolebinding", "-l", selector, "-o", "name").stdout
+    left = kubectl(
+        "get", "deployment,service,serviceaccount,configmap,role,rolebinding", "-l", selector, "-o", "name"
+    ).stdout
     cluster_left = kubectl("get", "clusterrole,clusterrolebinding", "-l", selector, "-o", "name", "-A").stdout
     assert left.strip() == "" and cluster_left.strip() == "", f"left behind: {left} {cluster_left}"
     crds = kubectl("get", "crd", "-o", "name", "-A").stdout

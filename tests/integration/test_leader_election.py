@@ -45,7 +45,7 @@ from slipway.clients.leader import LeaderElector, LeaseConfig
 pytestmark = pytest.mark.integration
 
 FAST = LeaseConfig(name="x", namespace="x", identity="x", lease_duration=3.0, renew_deadline=2.0, retry_period=0.5)
-"""Short timings for the elector tests (client-go's ratios: duration > deadline > 1.2 × retry)."""
+"""Short timings for the elector tests (client-go's ratios: duration > deadline > 1.2 x retry)."""
 PROCESS_LEASE = {
     "SLIPWAY_LEASE_DURATION_SECONDS": "4",
     "SLIPWAY_LEASE_RENEW_DEADLINE_SECONDS": "3",

@@ -18,7 +18,8 @@ import testbed  # noqa: E402
 CASES = {
     "chart-default": [],
     "chart-all-options": [
-        "--set", "leaderElection.leaseName=ops-leader", "--set", "leaderElection.leaseNamespace=ops", "--set", "replicaCount=2", "--set", "watchNamespaces={ml,ml-staging}",
+        "--set", "leaderElection.leaseName=ops-leader", "--set", "leaderElection.leaseNamespace=ops",
+        "--set", "replicaCount=2", "--set", "watchNamespaces={ml,ml-staging}",
         "--set", "mlflow.credentialsSecret=mlflow-creds", "--set", "mlflow.webhookSecret=mlflow-webhook",
         "--set", "alertmanager.tokenSecret=am-token", "--set", "serviceMonitor.enabled=true",
         "--set", "prometheusRule.enabled=true", "--set", "dashboard.enabled=true",

@@ -23,6 +23,7 @@ below the renew deadline so that a hung call cannot outlive the leadership it is
 from __future__ import annotations
 
 import logging
+import math
 import random
 import socket
 import threading
@@ -72,7 +73,7 @@ class LeaseConfig:
     def __post_init__(self) -> None:
         if not self.lease_duration > self.renew_deadline > self.retry_period * (1 + JITTER) > 0:
             raise ValueError(
-                "leader election needs leaseDuration > renewDeadline > 1.2 × retryPeriod > 0, got "
+                "leader election needs leaseDuration > renewDeadline > 1.2 x retryPeriod > 0, got "
                 f"{self.lease_duration}, {self.renew_deadline}, {self.retry_period}"
             )
 
@@ -230,7 +231,7 @@ class LeaderElector:
     def _spec(self, acquired: datetime, renewed: datetime, transitions: int) -> client.V1LeaseSpec:
         return client.V1LeaseSpec(
             holder_identity=self.config.identity,
-            lease_duration_seconds=max(int(round(self.config.lease_duration)), 1),
+            lease_duration_seconds=max(math.ceil(self.config.lease_duration), 1),
             acquire_time=acquired,
             renew_time=renewed,
             lease_transitions=transitions,
