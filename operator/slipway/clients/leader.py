@@ -112,22 +112,29 @@ class LeaderElector:
     leading: bool = False
     _stop: threading.Event = field(default_factory=threading.Event)
     _errors: set[str] = field(default_factory=set)
+    _renewing: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def leader(self) -> str:
         """Who holds the Lease, as last seen ('' when nobody does or it was never read)."""
         return self.observed.holder if self.observed else ""
 
-    def _timeout(self) -> tuple[float, float]:
-        return (self.config.retry_period, max(self.config.renew_deadline / 2, 1.0))
+    def _timeout(self, budget: float | None = None) -> float:
+        """Seconds one call may take: half the round's budget (two calls a round), at most half the renew deadline."""
+        cap = self.config.renew_deadline / 2
+        return max(min(cap, budget / 2 if budget is not None else cap), 0.1)
 
-    def try_acquire_or_renew(self) -> bool:
-        """One round: take or renew the Lease if it is free, expired or ours; False if someone else holds it."""
+    def try_acquire_or_renew(self, budget: float | None = None) -> bool:
+        """One round: take or renew the Lease if it is free, expired or ours; False if someone else holds it.
+
+        ``budget``: seconds the whole round may take (a leader's time left before its renew deadline).
+        """
         coord = client.CoordinationV1Api(self.api)
         cfg = self.config
         now = micro_now()
+        timeout = self._timeout(budget)
         try:
-            lease = coord.read_namespaced_lease(cfg.name, cfg.namespace, _request_timeout=self._timeout())
+            lease = coord.read_namespaced_lease(cfg.name, cfg.namespace, _request_timeout=timeout)
         except ApiException as exc:
             if exc.status != 404:
                 return self._failed(f"reading Lease {cfg.namespace}/{cfg.name}", exc)
@@ -136,7 +143,7 @@ class LeaderElector:
                 spec=self._spec(now, now, 0),
             )
             try:
-                created = coord.create_namespaced_lease(cfg.namespace, body, _request_timeout=self._timeout())
+                created = coord.create_namespaced_lease(cfg.namespace, body, _request_timeout=timeout)
             except (ApiException, urllib3.exceptions.HTTPError) as exc2:
                 return self._failed(f"creating Lease {cfg.namespace}/{cfg.name}", exc2)
             self._observe(_record(created))
@@ -155,7 +162,7 @@ class LeaderElector:
         transitions = seen.transitions if ours else seen.transitions + 1
         lease.spec = self._spec(acquired, now, transitions)
         try:
-            replaced = coord.replace_namespaced_lease(cfg.name, cfg.namespace, lease, _request_timeout=self._timeout())
+            replaced = coord.replace_namespaced_lease(cfg.name, cfg.namespace, lease, _request_timeout=timeout)
         except (ApiException, urllib3.exceptions.HTTPError) as exc:  # 409: another candidate wrote first
             return self._failed(f"writing Lease {cfg.namespace}/{cfg.name}", exc)
         self._observe(_record(replaced))
@@ -182,7 +189,12 @@ class LeaderElector:
         on_started()
         renewed = self.clock()
         while not self._stop.wait(cfg.retry_period):
-            if self.try_acquire_or_renew():
+            with self._renewing:  # never a renewal after release() wrote the Lease free
+                if self._stop.is_set():
+                    return
+                budget = renewed + cfg.renew_deadline - self.clock()  # the round ends by the deadline
+                ok = budget > 0 and self.try_acquire_or_renew(budget)
+            if ok:
                 renewed = self.clock()
             elif self.clock() - renewed >= cfg.renew_deadline or (self.observed and self.leader != cfg.identity):
                 self.leading = False
@@ -203,10 +215,14 @@ class LeaderElector:
     def release(self) -> bool:
         """Give the Lease up if we hold it (holder cleared, 1 s duration), so a standby takes over at once."""
         self.stop()
-        if not self.leading:
-            return False
-        self.leading = False
-        LEADER.set(0)
+        with self._renewing:
+            if not self.leading:
+                return False
+            self.leading = False
+            LEADER.set(0)
+            return self._release()
+
+    def _release(self) -> bool:
         coord = client.CoordinationV1Api(self.api)
         cfg = self.config
         try:
