@@ -88,17 +88,23 @@ class Candidate:
             self.thread.join(timeout=10)
 
 
-def api_client(kubeconfig: Path, host: str | None = None) -> Any:
+def api_client(kubeconfig: Path, host: str | None = None, workdir: Path | None = None) -> Any:
+    """A client of the test bed, or of ``host`` instead with the same credentials (a copy of the kubeconfig:
+    the client's credential refresh re-reads the server from the file, so setting the host after does not hold)."""
+    import yaml
     from kubernetes import config
 
-    api = config.new_client_from_config(config_file=str(kubeconfig))
     if host is not None:
-        api.configuration.host = host
-    return api
+        doc = yaml.safe_load(kubeconfig.read_text())
+        for entry in doc["clusters"]:
+            entry["cluster"]["server"] = host
+        kubeconfig = (workdir or kubeconfig.parent) / f"kubeconfig-{uuid.uuid4().hex[:8]}"
+        kubeconfig.write_text(yaml.safe_dump(doc))
+    return config.new_client_from_config(config_file=str(kubeconfig))
 
 
 @pytest.fixture
-def candidates(testbed: Any, namespace: str) -> Iterator[Callable[..., Candidate]]:
+def candidates(testbed: Any, namespace: str, tmp_path: Path) -> Iterator[Callable[..., Candidate]]:
     made: list[Candidate] = []
     lease = f"lease-{uuid.uuid4().hex[:6]}"
 
@@ -111,7 +117,7 @@ def candidates(testbed: Any, namespace: str) -> Iterator[Callable[..., Candidate
             renew_deadline=FAST.renew_deadline,
             retry_period=FAST.retry_period,
         )
-        c = Candidate(LeaderElector(api_client(testbed.kubeconfig, host), cfg))
+        c = Candidate(LeaderElector(api_client(testbed.kubeconfig, host, tmp_path), cfg))
         made.append(c)
         return c
 

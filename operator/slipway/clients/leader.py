@@ -120,9 +120,12 @@ class LeaderElector:
         return self.observed.holder if self.observed else ""
 
     def _timeout(self, budget: float | None = None) -> float:
-        """Seconds one call may take: half the round's budget (two calls a round), at most half the renew deadline."""
-        cap = self.config.renew_deadline / 2
-        return max(min(cap, budget / 2 if budget is not None else cap), 0.1)
+        """Seconds one attempt of a call may take: an eighth of the round's budget (at most the renew deadline).
+
+        A round makes two calls, and the kubernetes client's urllib3 tries each up to four times
+        (three retries on a broken connection), so the round ends within its budget.
+        """
+        return max(min(self.config.renew_deadline, budget if budget is not None else float("inf")) / 8, 0.1)
 
     def try_acquire_or_renew(self, budget: float | None = None) -> bool:
         """One round: take or renew the Lease if it is free, expired or ours; False if someone else holds it.
