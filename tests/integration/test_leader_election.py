@@ -268,7 +268,7 @@ class Replicas:
         (other,) = [op for op in self.ops if op is not self.leader()]
         return other
 
-    def wait_leader(self, timeout: float = 60) -> OperatorProcess:
+    def wait_leader(self, timeout: float = 180) -> OperatorProcess:
         def ready() -> OperatorProcess | None:
             op = self.leader()
             return op if op is not None and "'start_driver' succeeded" in op._run_log() else None
@@ -362,7 +362,11 @@ def test_the_standby_runs_no_kopf_and_answers_alertmanager_503(
     wait_for("v1 Succeeded", lambda: cluster.status(ns).get("phase") == "Succeeded", 90)
     with urllib.request.urlopen(f"{standby.url}/healthz", timeout=5) as resp:
         assert resp.status == 200, "a standby is healthy: its probes must not restart it"
-    status, headers, body = post(f"{standby.url}/webhooks/alertmanager", alert_payload(ns, MD))
+    def refused() -> tuple[int, dict[str, str], Any] | None:
+        answer = post(f"{standby.url}/webhooks/alertmanager", alert_payload(ns, MD))
+        return answer if answer[0] != 503 or answer[2].get("leader") else None  # until it has read the Lease
+
+    status, headers, body = wait_for("the standby to name the leader", refused, 30, 0.5)
     assert status == 503, (status, body)
     assert headers.get("Connection", "").lower() == "close", "a retry must open a new connection (the Service)"
     assert headers.get("Retry-After") and body["leader"].startswith(socket.gethostname())
