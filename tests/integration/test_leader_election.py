@@ -362,6 +362,7 @@ def test_the_standby_runs_no_kopf_and_answers_alertmanager_503(
     wait_for("v1 Succeeded", lambda: cluster.status(ns).get("phase") == "Succeeded", 90)
     with urllib.request.urlopen(f"{standby.url}/healthz", timeout=5) as resp:
         assert resp.status == 200, "a standby is healthy: its probes must not restart it"
+
     def refused() -> tuple[int, dict[str, str], Any] | None:
         answer = post(f"{standby.url}/webhooks/alertmanager", alert_payload(ns, MD))
         return answer if answer[0] != 503 or answer[2].get("leader") else None  # until it has read the Lease
@@ -492,6 +493,8 @@ def test_leader_killed_during_an_alert_storm_every_alert_is_acted_on_once(
         print(f"the standby answered {refused} deliveries 503 before it led")
         taken = standby_log.index("leads (Lease")
         assert all("rolled back" not in line for line in standby_log[:taken].splitlines()), "acted while standby"
+        by_new = sum(f"{ns}/m" in line and "rolled back" in line for line in standby_log[taken:].splitlines())
+        print(f"rolled back by the new leader: {by_new}, by the old one before it died: {count - by_new}")
     finally:
         testbed.set_alert_webhooks([])
         service.stop()
