@@ -2,7 +2,7 @@
 
 What each test checks is the behaviour docs/runbook.md documents. The operator always runs for
 real (``python -m slipway`` as a subprocess). The SIGKILL seeds run concurrently (each in its own
-namespace with its own operator) so that the canary's fixed 30 s scale-down is waited out once,
+namespace with its own operator) so that the canary's default 30 s scale-down delay is waited out once,
 not once per seed; each seed is still its own parametrised test. ``-s`` prints where each kill
 landed and how long things took.
 """
@@ -226,7 +226,7 @@ BLUE_GREEN = {"blueGreen": {"autoPromotionSeconds": 1, "scaleDownDelaySeconds": 
 STRATEGIES: dict[str, dict[str, Any]] = {"canary": CANARY, "blueGreen": BLUE_GREEN}
 KILL_WINDOWS = {"canary": (8.0, 36.0), "blueGreen": (6.0, 6.0)}
 """Seconds after the alias move in which the first kill lands (the steps, on this machine) and a second one may
-(the whole rollout: a canary keeps the old version for a fixed 30 s after promotion; blue-green here for 2 s)."""
+(the whole rollout: a canary keeps the old version for its default scaleDownDelaySeconds, 30 s; blue-green here for 2 s)."""
 SEEDS = {"canary": (11, 23, 37, 41, 59), "blueGreen": (13, 29, 43, 61, 71)}
 
 
