@@ -226,7 +226,7 @@ BLUE_GREEN = {"blueGreen": {"autoPromotionSeconds": 1, "scaleDownDelaySeconds": 
 STRATEGIES: dict[str, dict[str, Any]] = {"canary": CANARY, "blueGreen": BLUE_GREEN}
 KILL_WINDOWS = {"canary": (8.0, 36.0), "blueGreen": (6.0, 6.0)}
 """Seconds after the alias move in which the first kill lands (the steps, on this machine) and a second one may
-(the whole rollout: a canary keeps the old version for its default scaleDownDelaySeconds, 30 s; blue-green here for 2 s)."""
+(the whole rollout: a canary keeps the old version for the default scaleDownDelaySeconds, 30 s; blue-green 2 s)."""
 SEEDS = {"canary": (11, 23, 37, 41, 59), "blueGreen": (13, 29, 43, 61, 71)}
 
 
