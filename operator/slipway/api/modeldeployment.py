@@ -714,6 +714,13 @@ class VariantResult(ApiModel):
     drift: float | None = Field(None, description="Mean drift score (PSI) over the test, if the model has a baseline.")
     feedback: float | None = Field(None, description="Predictions whose true label was fed back.")
     accuracy: float | None = Field(None, description="Share of fed-back predictions that were right.")
+    estimated_accuracy: float | None = Field(
+        None,
+        description=(
+            "Mean label-free accuracy estimate over the test (from the predictions' confidence, "
+            "calibrated on the training validation split), if the runtime exports one."
+        ),
+    )
     criterion: float | None = Field(None, description="Value of the criterion's query.")
 
 
