@@ -53,7 +53,11 @@ class Cluster(ModelDeploymentReader):
 
     def isvc_versions(self) -> set[str]:
         items = self.custom.list_namespaced_custom_object(
-            "serving.kserve.io", "v1beta1", self.ns, "inferenceservices", label_selector=f"ml.slipway.dev/deployment={MD}"
+            "serving.kserve.io",
+            "v1beta1",
+            self.ns,
+            "inferenceservices",
+            label_selector=f"ml.slipway.dev/deployment={MD}",
         )["items"]
         return {i["metadata"]["labels"]["ml.slipway.dev/version"] for i in items}
 

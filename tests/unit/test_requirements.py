@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from slipway.api.modeldeployment import ModelDeployment
 from slipway.api.requirements import Requirements
 from slipway.reconcilers.requirements import CONDITION, held_version, record
-from slipway.rollout.requirements import VersionFacts, Verdict, evaluate
+from slipway.rollout.requirements import Verdict, VersionFacts, evaluate
 from slipway.rollout.state import RolloutState
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
