@@ -199,10 +199,12 @@ def test_a_canary_of_four_gpu_replicas_within_four_gpus(
         client.set_registered_model_alias(name, "champion", "2")
         for weight, want in ((25, {"1": 3, "2": 1}), (50, {"1": 2, "2": 2}), (100, {"1": 1, "2": 3})):
             wait_for(
-                f"the canary at {weight} %", lambda w=weight: cluster.status().get("canaryWeight") == w, HPA_SYNC, 0.5
+                f"paused at {weight} %",
+                lambda w=weight: (s := cluster.status()).get("canaryWeight") == w and s.get("phase") == "Paused",
+                HPA_SYNC,
+                0.5,
             )
             wait_for(f"the split at {weight} %: {want}", lambda w=want: cluster.settled(w), HPA_SYNC, 0.5)
-            assert cluster.status()["phase"] == "Paused"
             if weight < 100:
                 cluster.action("promote")
 
