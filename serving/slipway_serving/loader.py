@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -15,6 +16,7 @@ import numpy as np
 from . import frameworks
 from .drift import Baseline, BaselineFormatError
 from .errors import ModelLoadError
+from .performance import ValidationFormatError, ValidationSplit
 from .validation import InputSpec
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ class LoadedModel:
     input_spec: InputSpec | None
     input_example: np.ndarray | None
     baseline: Baseline | None
+    validation: ValidationSplit | None = None
+    """The validation split saved with the baseline (calibrates the accuracy estimate)."""
 
 
 def resolve_uri(uri: str, download_dir: Path | None = None) -> Path:
@@ -87,7 +91,7 @@ def load(
         raise
     except Exception as exc:
         raise ModelLoadError(f"cannot load {uri}: {type(exc).__name__}: {exc}") from exc
-    baseline = _load_baseline(path, baseline_uri, download_dir)
+    baseline, validation = _load_baseline(path, baseline_uri, download_dir)
     return LoadedModel(
         predict=loaded[0],
         flavor=loaded[1],
@@ -95,6 +99,7 @@ def load(
         input_spec=loaded[2],
         input_example=loaded[3],
         baseline=baseline,
+        validation=validation,
     )
 
 
@@ -204,7 +209,9 @@ def _synthetic_example(spec: InputSpec) -> np.ndarray:
     return np.zeros(shape, dtype=spec.dtype or np.float32)
 
 
-def _load_baseline(model_path: Path, baseline_uri: str | None, download_dir: Path | None) -> Baseline | None:
+def _load_baseline(
+    model_path: Path, baseline_uri: str | None, download_dir: Path | None
+) -> tuple[Baseline | None, ValidationSplit | None]:
     if baseline_uri is not None:
         candidates = [resolve_uri(baseline_uri, download_dir)]
     else:
@@ -214,9 +221,15 @@ def _load_baseline(model_path: Path, baseline_uri: str | None, download_dir: Pat
         if candidate.is_file():
             try:
                 baseline = Baseline.load(candidate)
-            except BaselineFormatError as exc:
+                validation = ValidationSplit.from_baseline(json.loads(candidate.read_text()))
+            except (BaselineFormatError, ValidationFormatError) as exc:
                 raise ModelLoadError(f"baseline {candidate}: {exc}") from exc
-            log.info("drift baseline: %s (%d features)", candidate, len(baseline.features))
-            return baseline
+            log.info(
+                "drift baseline: %s (%d features, %s validation rows)",
+                candidate,
+                len(baseline.features),
+                len(validation.y) if validation is not None else "no",
+            )
+            return baseline, validation
     log.info("no drift baseline next to the model: drift metrics are off")
-    return None
+    return None, None

@@ -30,6 +30,17 @@ other label has a bounded set of values. Names:
     Gauge: mean of the per-feature PSI. Same absence rules. Alert: ``> 0.25`` (major shift).
 ``slipway_drift_window_samples{model,version}``
     Gauge: instances currently in the drift window (present whenever a baseline is loaded).
+``slipway_estimated_accuracy{model,version}``
+    Gauge: label-free accuracy estimate of the predictions in the window (``--drift-window``),
+    from their confidence, calibrated on the validation split saved with the training baseline
+    (``performance.py``). Absent without a validation split, for non-classifiers, and while the
+    window holds fewer than ``--drift-min-samples`` predictions. Alert: more than 0.1 below
+    ``slipway_validation_accuracy``.
+``slipway_validation_accuracy{model,version}``
+    Gauge: the model's accuracy on that validation split, measured at load (the estimate's
+    reference).
+``slipway_estimated_accuracy_window_samples{model,version}``
+    Gauge: predictions currently in the estimate's window.
 ``slipway_feedback_total{model,version}``
     Counter of predicted instances whose true label a client reported
     (``POST /v2/models/{name}/feedback``, see ``feedback.py``).

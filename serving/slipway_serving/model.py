@@ -18,6 +18,7 @@ from .errors import ModelLoadError, ModelNotLoaded, PredictionFailed, ServingErr
 from .metrics import DriftCollector, ModelMetrics, register_drift
 from .middleware import InFlight
 from .outputs import OutputKind, Outputs, classify, interpret
+from .performance import AccuracyCollector, AccuracyMonitor, calibrate, register_accuracy
 from .validation import InputSpec, conform, v1_instances, v2_datatype, v2_inputs
 from .workers import ModelWorkers
 
@@ -43,6 +44,7 @@ class SlipwayModel(Model):  # type: ignore[misc]  # kserve ships no type informa
         self.output_kind: OutputKind | None = None
         self.input_spec: InputSpec | None = None
         self.drift: DriftMonitor | None = None
+        self.accuracy: AccuracyMonitor | None = None
         self._predict_fn: frameworks.Predict | None = None
         self._workers: ModelWorkers[Outputs] | None = None
         self.in_flight = InFlight()
@@ -64,6 +66,7 @@ class SlipwayModel(Model):  # type: ignore[misc]  # kserve ships no type informa
         self.input_spec = loaded.input_spec
         self._warm_up(loaded.input_example)
         self._set_up_drift(loaded)
+        self._set_up_accuracy(loaded)
         # No wait: the model threads batch what is queued. A wait: the loop collects batches.
         waits = self.config.batching and self.config.max_latency_ms > 0
         self._workers = ModelWorkers(
@@ -137,6 +140,43 @@ class SlipwayModel(Model):  # type: ignore[misc]  # kserve ships no type informa
             )
         )
 
+    def _set_up_accuracy(self, loaded: loader.LoadedModel) -> None:
+        """Calibrate the label-free accuracy estimate on the validation split saved with the baseline."""
+        validation = loaded.validation
+        if validation is None or self.output_kind not in (OutputKind.PROBABILITIES, OutputKind.LOGITS):
+            if validation is None:
+                log.info("no validation split with the baseline: no accuracy estimate")
+            return
+
+        spec = self.input_spec
+
+        def predict(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            assert self._predict_fn is not None
+            if spec is not None and all(d >= 0 for d in spec.shape):
+                rows = rows.reshape(len(rows), *spec.shape)
+            if spec is not None and spec.dtype is not None:
+                rows = rows.astype(spec.dtype)
+            batch = conform(rows, spec, what="the validation split")
+            outputs = interpret(np.asarray(self._predict_fn(batch)), self.output_kind)
+            assert outputs.classes is not None and outputs.confidence is not None
+            return outputs.classes, outputs.confidence
+
+        try:
+            estimator = calibrate(predict, validation)
+        except Exception as exc:
+            log.warning("cannot calibrate the accuracy estimate on the validation split: %s", exc)
+            return
+        self.accuracy = AccuracyMonitor(
+            estimator, window=self.config.drift_window, min_samples=self.config.drift_min_samples
+        )
+        register_accuracy(AccuracyCollector(self.config.model_name, self.config.version, self.accuracy))
+        log.info(
+            "accuracy estimate calibrated on %d validation rows: accuracy %.4f, mean confidence %.4f",
+            estimator.validation_samples,
+            estimator.validation_accuracy,
+            estimator.validation_confidence,
+        )
+
     # -- metadata --------------------------------------------------------------------------
 
     def get_input_types(self) -> list[dict[str, Any]]:
@@ -189,7 +229,7 @@ class SlipwayModel(Model):  # type: ignore[misc]  # kserve ships no type informa
             raise PredictionFailed(f"the model failed: {type(exc).__name__}: {exc}") from exc
 
     def _infer(self, batch: np.ndarray) -> Outputs:
-        """One model call, in a model thread: predict, interpret, record the inputs for drift."""
+        """One model call, in a model thread: predict, interpret, record inputs (drift) and confidences (accuracy)."""
         assert self._predict_fn is not None
         self.metrics.batch_size.observe(len(batch))
         raw = np.asarray(self._predict_fn(batch))
@@ -198,6 +238,8 @@ class SlipwayModel(Model):  # type: ignore[misc]  # kserve ships no type informa
         outputs = interpret(raw, self.output_kind)
         if self.drift is not None:
             self.drift.observe(batch)
+        if self.accuracy is not None and outputs.confidence is not None:
+            self.accuracy.observe(outputs.confidence)
         return outputs
 
     def _v2_response(self, request: InferRequest, outputs: Outputs) -> InferResponse:

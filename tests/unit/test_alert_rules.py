@@ -27,7 +27,7 @@ def test_generated_files_are_up_to_date():
 def test_rule_file_is_valid():
     proc = promtool("check", "rules", outputs.RULE_FILE)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 2 rules found" in proc.stdout
+    assert "SUCCESS: 3 rules found" in proc.stdout
 
 
 def test_rules_fire_on_drift_and_errors_but_not_on_healthy_versions():

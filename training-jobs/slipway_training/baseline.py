@@ -15,6 +15,7 @@ anything incompatible bumps ``version``)::
       "n_features": 64,                         # == len(features)
       "input": {"dtype": "float32", "shape": [-1, 64]},   # what the model's signature takes
       "dataset": {"name": "sklearn-digits", "digest": "<32 hex>"},   # optional, informative
+      "validation": {"n": 180, "x": [[...64 numbers], ...], "y": [3, 7, ...]},  # optional
       "features": [                             # one per input column, ordered by index 0..63
         {
           "index": 0,                           # column of the (-1, 64) input
@@ -34,6 +35,11 @@ values are clipped into the first or last bin (``v < e[0]`` -> bin 0, ``v > e[B]
 Non-finite values (NaN, inf) are not counted. Edges are fixed per feature and may differ between
 features; counts may be zero, so smooth before taking logs (e.g. PSI over proportions with a
 small epsilon such as 1e-4, or add 0.5 to each count).
+
+``validation`` (optional, additive in version 1) is the held-out validation split the model was
+not trained on: ``n`` rows of inputs ``x`` (each flattened like ``input``) and their integer
+class labels ``y``. The serving runtime predicts it once at load and calibrates its label-free
+accuracy estimate on the confidences and hits it gets there (``slipway_serving.performance``).
 
 For the digits models the edges of every feature are ``B = baseline_bins`` (default 8) equal-width
 bins over the dataset's value range 0..16.
@@ -79,8 +85,12 @@ def build_baseline(
     *,
     feature_names: Sequence[str] | None = None,
     dataset: dict[str, str] | None = None,
+    validation: tuple[npt.NDArray[Any], npt.NDArray[Any]] | None = None,
 ) -> dict[str, Any]:
-    """The baseline document for training inputs ``x`` (n, F) with per-feature ``edges``."""
+    """The baseline document for training inputs ``x`` (n, F) with per-feature ``edges``.
+
+    ``validation`` is the held-out split ``(x, y)`` saved for calibrating the accuracy estimate.
+    """
     if x.ndim != 2:
         raise ValueError(f"x must be 2-D (n, features), got shape {x.shape}")
     n, f = x.shape
@@ -107,8 +117,33 @@ def build_baseline(
     }
     if dataset is not None:
         doc["dataset"] = dict(dataset)
+    if validation is not None:
+        doc["validation"] = validation_section(*validation)
     doc["features"] = features
     return doc
+
+
+def validation_section(x: npt.NDArray[Any], y: npt.NDArray[Any]) -> dict[str, Any]:
+    """The ``validation`` entry: rows flattened to lists of floats, labels as ints."""
+    rows = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    labels = np.asarray(y).ravel()
+    if len(rows) != len(labels) or len(rows) == 0:
+        raise ValueError(f"validation needs as many labels as rows (>= 1), got {len(rows)} and {len(labels)}")
+    return {"n": len(rows), "x": [[float(v) for v in row] for row in rows], "y": [int(v) for v in labels]}
+
+
+def _check_validation(section: Any, n_features: int) -> None:
+    if not isinstance(section, dict):
+        raise BaselineError("validation must be an object with n, x and y")
+    n, x, y = section.get("n"), section.get("x"), section.get("y")
+    if not isinstance(n, int) or n < 1 or not isinstance(x, list) or not isinstance(y, list):
+        raise BaselineError("validation needs n >= 1 and lists x and y")
+    if len(x) != n or len(y) != n:
+        raise BaselineError(f"validation has n={n} but {len(x)} rows and {len(y)} labels")
+    if any(not isinstance(row, list) or len(row) != n_features for row in x):
+        raise BaselineError(f"validation rows must hold {n_features} values each")
+    if any(not isinstance(label, int) for label in y):
+        raise BaselineError("validation labels must be ints")
 
 
 def _check_edges(edges: Sequence[float], i: int) -> None:
@@ -140,6 +175,8 @@ def validate(doc: dict[str, Any]) -> dict[str, Any]:
             or sum(counts) > n
         ):
             raise BaselineError(f"feature {i}: counts must be len(edges)-1 ints >= 0 summing <= n")
+    if "validation" in doc:
+        _check_validation(doc["validation"], len(feats))
     return doc
 
 

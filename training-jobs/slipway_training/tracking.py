@@ -177,6 +177,7 @@ class MlflowTracker(Tracker):
             [bl.uniform_edges(*VALUE_RANGE, cfg.baseline_bins)] * N_FEATURES,
             feature_names=feature_names(),
             dataset={"name": DATASET_NAME, "digest": digits.digest},
+            validation=(digits.val.x, digits.val.y),
         )
         client = mlflow.MlflowClient()
         with tempfile.TemporaryDirectory() as tmp:

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from .budget import CanaryBudget
 from .common import (
     AGE_COLUMN,
     API_VERSION,
@@ -35,6 +36,7 @@ from .common import (
     name_rule,
     ordered_bounds,
 )
+from .requirements import Requirements
 
 Phase = Literal["Idle", "Progressing", "Paused", "Promoting", "Succeeded", "RollingBack", "RolledBack"]
 MeasurementPhase = Literal["Successful", "Failed", "Inconclusive", "Error"]
@@ -374,6 +376,13 @@ class Canary(ApiModel):
             "while an alert may still roll back), then its InferenceService and HPA are removed."
         ),
     )
+    budget: CanaryBudget | None = Field(
+        None,
+        description=(
+            "Share one replica (or GPU) budget between stable and canary by weight instead of running the "
+            "canary on top of stable. Unset: each version has autoscaling's bounds."
+        ),
+    )
 
 
 class Shadow(ApiModel):
@@ -679,6 +688,14 @@ class ModelDeploymentSpec(ApiModel):
         None, description="Gateways for the HTTPRoute. Default: the operator's configured gateway."
     )
     paused: bool = Field(False, description="Freeze the rollout where it is (traffic stays as it is).")
+    requirements: Requirements | None = Field(
+        None,
+        description=(
+            "What a version must show before it is rolled out, whatever moves the alias: run metrics, "
+            "tags, a signature, a passed TrainingRun gate, a minimum age. A version failing them is not "
+            "rolled out (condition RequirementsMet False); it starts by itself once it meets them."
+        ),
+    )
 
 
 # --- status -------------------------------------------------------------------------------
@@ -723,6 +740,13 @@ class VariantResult(ApiModel):
     drift: float | None = Field(None, description="Mean drift score (PSI) over the test, if the model has a baseline.")
     feedback: float | None = Field(None, description="Predictions whose true label was fed back.")
     accuracy: float | None = Field(None, description="Share of fed-back predictions that were right.")
+    estimated_accuracy: float | None = Field(
+        None,
+        description=(
+            "Mean label-free accuracy estimate over the test (from the predictions' confidence, "
+            "calibrated on the training validation split), if the runtime exports one."
+        ),
+    )
     criterion: float | None = Field(None, description="Value of the criterion's query.")
 
 
@@ -801,7 +825,7 @@ class ModelDeploymentStatus(ApiModel):
     conditions: list[Condition] | None = Field(
         None,
         json_schema_extra=CONDITIONS_EXTRA,
-        description="Conditions: Ready, Progressing, RolledBack, InvalidSpec.",
+        description="Conditions: Ready, Progressing, RolledBack, InvalidSpec, RequirementsMet.",
     )
 
 

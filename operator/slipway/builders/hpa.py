@@ -28,18 +28,22 @@ def hpa_metric(metric: ScalingMetric) -> dict[str, Any]:
     return {"type": "Resource", "resource": {"name": metric.type, "target": _target(metric)}}
 
 
-def build_hpa(md: ModelDeployment, version: str) -> dict[str, Any]:
-    """The HPA ``<md>-v<version>`` targeting the Deployment ``<md>-v<version>-predictor`` KServe creates."""
+def build_hpa(md: ModelDeployment, version: str, replicas: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The HPA ``<md>-v<version>`` targeting the Deployment ``<md>-v<version>-predictor`` KServe creates.
+
+    ``replicas`` (min, max) overrides autoscaling's bounds: the version's share of a canary budget.
+    """
     name = md.metadata.name or ""
     scaling = md.spec.autoscaling
+    low, high = replicas if replicas is not None else (scaling.min_replicas, scaling.max_replicas)
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
         "metadata": child_metadata(md, isvc_name(name, version), version),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": predictor_name(name, version)},
-            "minReplicas": scaling.min_replicas,
-            "maxReplicas": scaling.max_replicas,
+            "minReplicas": low,
+            "maxReplicas": high,
             "metrics": [hpa_metric(m) for m in scaling.metrics],
         },
     }

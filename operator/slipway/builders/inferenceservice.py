@@ -100,8 +100,13 @@ def predictor(md: ModelDeployment, version: str, storage_uri: str) -> dict[str, 
     return {"model": runtime_model(md, storage_uri)}
 
 
-def build_inference_service(md: ModelDeployment, version: str, storage_uri: str) -> dict[str, Any]:
-    """The InferenceService ``<md>-v<version>`` in Standard mode; replicas come from our own HPA."""
+def build_inference_service(
+    md: ModelDeployment, version: str, storage_uri: str, replicas: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """The InferenceService ``<md>-v<version>`` in Standard mode; replicas come from our own HPA.
+
+    ``replicas`` (min, max) overrides autoscaling's bounds: the version's share of a canary budget.
+    """
     meta = child_metadata(md, isvc_name(md.metadata.name or "", version), version)
     meta["annotations"] = {
         "serving.kserve.io/deploymentMode": "Standard",
@@ -109,7 +114,10 @@ def build_inference_service(md: ModelDeployment, version: str, storage_uri: str)
         **scrape_annotations(),
     }
     spec = predictor(md, version, storage_uri)
-    spec["minReplicas"] = md.spec.autoscaling.min_replicas
-    spec["maxReplicas"] = md.spec.autoscaling.max_replicas
+    low, high = (
+        replicas if replicas is not None else (md.spec.autoscaling.min_replicas, md.spec.autoscaling.max_replicas)
+    )
+    spec["minReplicas"] = low
+    spec["maxReplicas"] = high
     spec["labels"] = {"ml.slipway.dev/version": version}
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta, "spec": {"predictor": spec}}

@@ -322,6 +322,7 @@ def plan_command(
     from slipway.api.modeldeployment import ModelDeployment
     from slipway.cli.plan import plan
     from slipway.reconcilers.modeldeployment import resolve, unhonourable
+    from slipway.reconcilers.requirements import check
 
     try:
         body = yaml.safe_load(file.read())
@@ -338,10 +339,11 @@ def plan_command(
     try:
         current = kube.get(API_VERSION, "ModelDeployment", name, ns)
         resolved = resolve(kube, md)
+        verdict = check(kube, md, resolved.version, resolved.statuses, datetime.now(UTC))
     except KindNotServed as exc:
         fail(str(exc))
     stable = ((current or {}).get("status") or {}).get("stableVersion")
-    result = plan(md, unhonourable(md), stable, resolved.version, resolved.message, resolved.storage_uris)
+    result = plan(md, unhonourable(md), stable, resolved.version, resolved.message, resolved.storage_uris, verdict)
     out.print(f"modeldeployment/{name} in {ns}: {'update' if current else 'create'}")
     if result.invalid:
         out.print(f"  InvalidSpec: {result.invalid} — the operator would touch nothing")
@@ -350,6 +352,14 @@ def plan_command(
         out.print(f"  waits: {result.waiting}")
         return
     out.print(f"  tracked version: v{result.target}; stable now: {f'v{stable}' if stable else 'none'}")
+    if result.requirements is not None:
+        verdict_word = "met" if result.requirements_met else "NOT MET"
+        out.print(f"  requirements {verdict_word}: {result.requirements}")
+    if result.budget:
+        split = Table("WHEN", "REPLICAS", title="Budget split (strategy.canary.budget)")
+        for when, replicas in result.budget:
+            split.add_row(when, replicas)
+        out.print(split)
     steps = Table("STEP", "TRAFFIC", title="Rollout")
     for what, traffic in result.traffic:
         steps.add_row(what, traffic)

@@ -9,6 +9,9 @@ from slipway.api.modeldeployment import ModelDeployment
 from slipway.builders.hpa import build_hpa
 from slipway.builders.httproute import build_http_route
 from slipway.builders.inferenceservice import build_inference_service
+from slipway.rollout.budget import replica_budget, shares
+from slipway.rollout.requirements import Verdict
+from slipway.rollout.state import RolloutState
 
 
 @dataclass
@@ -21,6 +24,33 @@ class Plan:
     waiting: str = ""
     traffic: list[tuple[str, str]] = field(default_factory=list)
     children: list[dict[str, Any]] = field(default_factory=list)
+    requirements: str | None = None
+    """The requirements' verdict on the tracked version (None: the spec declares none)."""
+    requirements_met: bool = True
+    budget: list[tuple[str, str]] = field(default_factory=list)
+    """With a canary budget: each weight and the replicas each version may have there."""
+
+
+def budget_split(md: ModelDeployment, stable: str | None, target: str) -> list[tuple[str, str]]:
+    """With strategy.canary.budget: the replica split at rest, at each setWeight, and after promotion."""
+    total = replica_budget(md.spec)
+    canary = md.spec.strategy.canary
+    if total is None or canary is None or stable is None or stable == target:
+        return []
+
+    def line(state: RolloutState) -> str:
+        got = shares(total, state)
+        return " · ".join(f"v{v} {n}" for v, n in sorted(got.items(), key=lambda kv: int(kv[0]))) + f" (of {total})"
+
+    rows = [("now", line(RolloutState(phase="Succeeded", stable_version=stable)))]
+    weights = [0] + [s.set_weight for s in canary.steps if s.set_weight is not None]
+    for w in weights:
+        state = RolloutState(phase="Progressing", stable_version=stable, canary_version=target, canary_weight=w)
+        rows.append((f"weight {w}%", line(state)))
+    rows.append(("promoted", line(RolloutState(phase="Succeeded", stable_version=target))))
+    back = RolloutState(phase="RollingBack", stable_version=stable, canary_version=target)
+    rows.append(("rollback", line(back) + f"; v{stable} first, v{target} removed"))
+    return rows
 
 
 def _split(stable: str | None, target: str, weight: int) -> str:
@@ -101,11 +131,15 @@ def plan(
     target: str | None,
     waiting: str,
     storage_uris: dict[str, str],
+    verdict: Verdict | None = None,
 ) -> Plan:
-    """Put the pieces together (pure): the caller resolved the versions against the cluster."""
+    """Put the pieces together (pure): the caller resolved the versions and judged the requirements."""
     result = Plan(invalid=invalid, stable=stable, target=target, waiting=waiting)
+    if verdict is not None:
+        result.requirements, result.requirements_met = verdict.message, verdict.met
     if invalid or target is None:
         return result
+    result.budget = budget_split(md, stable, target)
     result.traffic = traffic_steps(md, stable, target)
     live = {v: storage_uris.get(v, "<unresolved>") for v in {stable, target} if v is not None}
     first_weight = {target: 100} if stable in (None, target) else {stable: 100, target: 0}

@@ -1,11 +1,12 @@
-"""The drift and error-rate alert rules, one source for the chart's PrometheusRule and the plain rule file.
+"""The drift, error-rate and estimated-accuracy alert rules: one source for the PrometheusRule and the rule file.
 
 The rules read the serving runtime's metrics (``slipway_model_drift_score``,
-``slipway_requests_total``) and keep the labels the operator matches alerts on: ``namespace``
-and ``modeldeployment`` (added at scrape time from the pod's namespace and its
-``ml.slipway.dev/deployment`` label) and ``model_version`` (copied from the runtime's
-``version`` label). Thresholds follow the PSI rule of thumb (> 0.25 is a major shift) and a 5 %
-5xx ratio; ``for`` keeps one noisy scrape from rolling a model back.
+``slipway_requests_total``, ``slipway_estimated_accuracy`` against ``slipway_validation_accuracy``)
+and keep the labels the operator matches alerts on: ``namespace`` and ``modeldeployment`` (added
+at scrape time from the pod's namespace and its ``ml.slipway.dev/deployment`` label) and
+``model_version`` (copied from the runtime's ``version`` label). Thresholds follow the PSI rule of
+thumb (> 0.25 is a major shift), a 5 % 5xx ratio, and a label-free accuracy estimate more than 10
+points under the validation accuracy; ``for`` keeps one noisy scrape from rolling a model back.
 """
 
 from __future__ import annotations
@@ -46,8 +47,13 @@ def _with_model_version(expr: str) -> str:
     return f'label_replace({expr}, "model_version", "$1", "version", "(.*)")'
 
 
-def rules(drift_threshold: float = 0.25, error_ratio: float = 0.05, for_: str = "30s") -> list[AlertRule]:
+def rules(
+    drift_threshold: float = 0.25, error_ratio: float = 0.05, for_: str = "30s", accuracy_drop: float = 0.1
+) -> list[AlertRule]:
     """Slipway's alert rules with the given thresholds."""
+    estimated_drop = (
+        f"max by ({BY}) (slipway_validation_accuracy) - min by ({BY}) (slipway_estimated_accuracy) > {accuracy_drop}"
+    )
     drift = f"max by ({BY}) (slipway_model_drift_score) > {drift_threshold}"
     errors = (
         f'sum by ({BY}) (rate(slipway_requests_total{{code=~"5.."}}[1m]))'
@@ -74,6 +80,17 @@ def rules(drift_threshold: float = 0.25, error_ratio: float = 0.05, for_: str = 
             description=(
                 "{{ $value | humanizePercentage }} of inference requests fail with 5xx "
                 f"(> {error_ratio:.0%}) in {{{{ $labels.namespace }}}}."
+            ),
+        ),
+        AlertRule(
+            alert="SlipwayEstimatedAccuracyDrop",
+            expr=_with_model_version(estimated_drop),
+            for_=for_,
+            severity="critical",
+            summary="Estimated accuracy drop on {{ $labels.modeldeployment }} v{{ $labels.model_version }}",
+            description=(
+                "The label-free accuracy estimate of recent predictions is {{ $value | humanizePercentage }} "
+                f"below the validation accuracy (> {accuracy_drop:.0%}) in {{{{ $labels.namespace }}}}."
             ),
         ),
     ]

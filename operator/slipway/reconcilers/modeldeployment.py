@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -31,10 +31,11 @@ from slipway.clients.kube import KUBE_ERRORS, Kube, error_message, off_loop
 from slipway.clients.prometheus import NoData, Prometheus, PrometheusError
 from slipway.rollout import abtest, machine
 from slipway.rollout.analysis import AnalysisConfig, Measurement, judge, render_query
+from slipway.rollout.budget import Split, replica_budget, unsplittable
 from slipway.rollout.phases import conditions_for
 from slipway.rollout.state import ACTIONS, Action, Decision, Observations, RolloutState
 
-from . import rollout_metrics
+from . import budget, requirements, rollout_metrics
 from .ab_comparison import compare
 from .rollout_status import state_from_status, state_to_status
 from .status import Event, Outcome, set_condition, status_changed
@@ -60,6 +61,8 @@ class Resolved:
     version: str | None
     message: str
     storage_uris: dict[str, str]
+    statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """version → its ModelVersion's status (tags, metrics, registration time) for the requirements."""
 
 
 def resolve(kube: Kube, md: ModelDeployment) -> Resolved:
@@ -85,10 +88,11 @@ def resolve(kube: Kube, md: ModelDeployment) -> Resolved:
         pinned = str(track.version)
         want, what = (pinned if pinned in by_version else None), f"version {pinned}"
     if want is None:
-        return Resolved(None, f"no ModelVersion of model {md.spec.model.name} has {what}", uris)
+        return Resolved(None, f"no ModelVersion of model {md.spec.model.name} has {what}", uris, by_version)
     if want not in uris:
-        return Resolved(None, f"ModelVersion {md.spec.model.name} v{want} ({what}) has no storageUri yet", uris)
-    return Resolved(want, "", uris)
+        message = f"ModelVersion {md.spec.model.name} v{want} ({what}) has no storageUri yet"
+        return Resolved(None, message, uris, by_version)
+    return Resolved(want, "", uris, by_version)
 
 
 def unhonourable(md: ModelDeployment) -> str | None:
@@ -101,7 +105,9 @@ def unhonourable(md: ModelDeployment) -> str | None:
         )
     if md.spec.router == "kserve-knative" and strategy.blue_green is not None:
         return "strategy.blueGreen with router kserve-knative is not supported: use canary or router gateway-api"
-    return None
+    if md.spec.router == "kserve-knative" and strategy.canary is not None and strategy.canary.budget is not None:
+        return "strategy.canary.budget needs router gateway-api (one HPA per version)"
+    return unsplittable(md.spec)
 
 
 def observe_children(kube: Kube, md: ModelDeployment) -> tuple[frozenset[str], frozenset[str]]:
@@ -120,7 +126,8 @@ def observe_children(kube: Kube, md: ModelDeployment) -> tuple[frozenset[str], f
         if md.spec.router == "gateway-api":
             dep = kube.get("apps/v1", "Deployment", predictor_name(name, version), ns)
             available = int(((dep or {}).get("status") or {}).get("availableReplicas") or 0)
-            if available >= md.spec.autoscaling.min_replicas:
+            # Within a budget a version may be held to fewer replicas than minReplicas: one serves.
+            if available >= (1 if replica_budget(md.spec) is not None else md.spec.autoscaling.min_replicas):
                 ready.add(version)
     return frozenset(live), frozenset(ready)
 
@@ -144,13 +151,20 @@ def measure(
 
 
 def apply_children(
-    kube: Kube, md: ModelDeployment, decision: Decision, uris: dict[str, str], live: frozenset[str]
+    kube: Kube,
+    md: ModelDeployment,
+    decision: Decision,
+    uris: dict[str, str],
+    live: frozenset[str],
+    shares: Split | None = None,
 ) -> None:
     """New backends first, then the route (one write carries the weights), then remove the live versions not kept.
 
     Children already applied as they are and unchanged since are not applied again (``Kube.ensure``).
 
     ``live`` is the versions with an InferenceService as this pass observed them (no second list).
+    ``shares``, with a canary budget, bounds each version's replicas; a version whose bound is 0
+    waits (its children are not created, or left as they are) until the other gives replicas back.
     """
     ns, name = md.metadata.namespace, md.metadata.name or ""
     state = decision.state
@@ -162,8 +176,12 @@ def apply_children(
         return
     for version in sorted(decision.keep, key=int):
         if version in uris:
-            kube.ensure(build_inference_service(md, version, uris[version]))
-            kube.ensure(build_hpa(md, version))
+            bounds = shares.bounds.get(version) if shares is not None else None
+            if bounds is not None and bounds.max < 1:
+                continue
+            replicas = (bounds.min, bounds.max) if bounds is not None else None
+            kube.ensure(build_inference_service(md, version, uris[version], replicas))
+            kube.ensure(build_hpa(md, version, replicas))
     weights = dict(decision.weights)
     if weights:
         mirror = (state.canary_version, state.mirror_percent) if state.canary_version and state.mirror_percent else None
@@ -222,6 +240,10 @@ def reconcile(kube: Kube, prom: Prometheus, body: dict[str, Any], now: datetime 
     live, ready = observe_children(kube, md)
     action, bad_action = _action(md)
     state = state_from_status(old)
+    verdict = requirements.check(kube, md, resolved.version, resolved.statuses, now)
+    tracked, tracked_message = resolved.version, resolved.message
+    if verdict is not None and not verdict.met:  # whoever moved the alias, this version does not roll out
+        tracked, tracked_message = requirements.held_version(state), verdict.message
     config = machine.measurement_due(state, md.spec, now)
     measurements = None
     if config is not None and state.canary_version is not None:
@@ -229,8 +251,8 @@ def reconcile(kube: Kube, prom: Prometheus, body: dict[str, Any], now: datetime 
     comparison = compare(prom, md, state, now) if machine.comparison_due(state, md.spec, now) else None
     obs = Observations(
         now=now,
-        tracked_version=resolved.version,
-        tracked_message=resolved.message,
+        tracked_version=tracked,
+        tracked_message=tracked_message,
         ready_versions=ready,
         live_versions=live,
         action=action,
@@ -239,7 +261,8 @@ def reconcile(kube: Kube, prom: Prometheus, body: dict[str, Any], now: datetime 
         comparison=comparison,
     )
     decision = machine.next(state, obs, md.spec)
-    apply_children(kube, md, decision, resolved.storage_uris, live)
+    shares = budget.plan(kube, md, decision.state)
+    apply_children(kube, md, decision, resolved.storage_uris, live, shares)
     strategy = "blueGreen" if md.spec.strategy.blue_green else "abTest" if md.spec.strategy.ab_test else "canary"
     rollout_metrics.record(md.metadata.namespace or "", md.metadata.name or "", strategy, decision)
     events = [Event(n.reason, n.message, "Warning" if n.warning else "Normal") for n in decision.events]
@@ -253,8 +276,14 @@ def reconcile(kube: Kube, prom: Prometheus, body: dict[str, Any], now: datetime 
     waiting = machine.seconds_until_measurement(decision.state, md.spec, now)
     if waiting is not None:
         requeue = min(requeue if requeue is not None else waiting, max(waiting, 0.5))
+    if shares is not None and not shares.settled:
+        requeue = min(requeue if requeue is not None else budget.SETTLE_SECONDS, budget.SETTLE_SECONDS)
+    if verdict is not None and verdict.retry_after is not None:
+        requeue = min(requeue if requeue is not None else verdict.retry_after, max(verdict.retry_after, 0.5))
     stable_ready = decision.state.stable_version in ready
-    return Outcome(status_of(md, old, decision.state, resolved.version, stable_ready=stable_ready), events, requeue)
+    status = status_of(md, old, decision.state, resolved.version, stable_ready=stable_ready)
+    events += requirements.record(old, status, verdict, md.metadata.generation)
+    return Outcome(status, events, requeue)
 
 
 def failed(old: dict[str, Any], body: dict[str, Any], exc: BaseException) -> Outcome:

@@ -51,6 +51,7 @@ _RESULT_FIELDS = (
     ("drift", "drift"),
     ("feedback", "feedback"),
     ("accuracy", "accuracy"),
+    ("estimated_accuracy", "estimatedAccuracy"),
     ("criterion", "criterion"),
 )
 

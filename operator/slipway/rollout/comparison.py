@@ -31,6 +31,8 @@ ACCURACY_QUERY = (
     f" / sum(increase(slipway_feedback_total{{{_SEL}}}[{{{{window}}}}]))"
 )
 """Live accuracy of one version from the ground truth fed back to the runtime (a ready-made criterion)."""
+ESTIMATED_ACCURACY_QUERY = f"avg(avg_over_time(slipway_estimated_accuracy{{{_SEL}}}[{{{{window}}}}]))"
+"""Label-free accuracy estimate of one version from its confidence (no labels needed; a ready-made criterion)."""
 
 SCALAR_QUERIES: dict[str, str] = {
     "requests": REQUESTS_QUERY,
@@ -40,6 +42,7 @@ SCALAR_QUERIES: dict[str, str] = {
     "drift": DRIFT_QUERY,
     "feedback": FEEDBACK_QUERY,
     "accuracy": ACCURACY_QUERY,
+    "estimated_accuracy": ESTIMATED_ACCURACY_QUERY,
 }
 """Field of VariantResult → PromQL template (``{{window}}`` is the test's length, e.g. ``600s``)."""
 
@@ -63,6 +66,7 @@ class VariantResult:
     drift: float | None = None
     feedback: float | None = None
     accuracy: float | None = None
+    estimated_accuracy: float | None = None
     criterion: float | None = None
 
 
@@ -127,6 +131,8 @@ def summary(c: Comparison) -> str:
         bits.append(f"p99 {_ms(r.p99_latency_seconds)}")
         if r.accuracy is not None:
             bits.append(f"accuracy {_pct(r.accuracy)} of {_num(r.feedback, '.0f')}")
+        if r.estimated_accuracy is not None:
+            bits.append(f"estimated accuracy {_pct(r.estimated_accuracy)}")
         if r.drift is not None:
             bits.append(f"drift {r.drift:.3g}")
         return ", ".join(bits)

@@ -1,0 +1,222 @@
+"""A canary inside a GPU budget on the real test bed: the operator's HPA bounds, the real HPA controller and scheduler.
+
+A ModelDeployment serves 4 one-GPU replicas (``minReplicas = maxReplicas = 4``, ``nvidia.com/gpu:
+1``) with ``strategy.canary.budget.gpus: 4``: the test bed's GPU node has exactly 4, so a canary on
+top of stable could not schedule. The versions are registered in the test bed's MLflow and
+followed through the alias ``champion``.
+
+What the test plays: KServe's controller for the named runtime ``kserve-mlserver`` (the test bed's
+stand-in leaves named runtimes alone) — for each InferenceService the operator writes, a predictor
+Deployment owned by it, started at the InferenceService's ``minReplicas``, whose pods ask for one
+GPU. Everything else is real: the operator writes the InferenceServices' and HPAs' bounds, the
+kube-controller-manager's HPA controller scales the Deployments to those bounds (no metrics on the
+test bed: it enforces min and max), the scheduler places the pods on the kwok GPU node, the garbage
+collector removes a deleted InferenceService's Deployment.
+
+The canary goes through 25/50/100 (pauses in between, promoted by the action annotation), then is
+aborted: stable gets its bounds back. A watcher checks all along that no pod is ever unschedulable
+(Pending for lack of GPUs) and that the pods never hold more than 4 GPUs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kube_objects import ModelDeploymentReader, wait_for
+from operator_fixture import StartOperator, start_operator
+
+pytestmark = pytest.mark.integration
+__all__ = ["start_operator"]  # a fixture, imported for pytest
+
+MD = "gpu"
+GPUS = 4
+ISVC_LABEL = "serving.kserve.io/inferenceservice"
+HPA_SYNC = 90.0  # the HPA controller syncs every 15 s; a step moves stable, then the canary
+
+
+@pytest.fixture(scope="module")
+def logged_model(mlflow_uri: str) -> str:
+    import mlflow
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_experiment("slipway-gpu-budget")
+    x, y = load_iris(return_X_y=True)
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(LogisticRegression(max_iter=300).fit(x, y), name="model")
+    return str(info.model_uri)
+
+
+@pytest.fixture
+def registry(mlflow_uri: str, logged_model: str) -> Iterator[tuple[Any, str]]:
+    import mlflow
+    from mlflow import MlflowClient
+
+    name = f"gpu-{uuid.uuid4().hex[:8]}"
+    for _ in range(2):
+        mlflow.register_model(logged_model, name)
+    client = MlflowClient(mlflow_uri)
+    client.set_registered_model_alias(name, "champion", "1")
+    yield client, name
+    with contextlib.suppress(Exception):
+        client.delete_registered_model(name)
+
+
+class Cluster(ModelDeploymentReader):
+    def __init__(self, kube_api: Any, namespace: str) -> None:
+        from kubernetes import client
+
+        super().__init__(kube_api, namespace, MD)
+        self.autoscaling = client.AutoscalingV2Api(kube_api)
+        self.unschedulable: list[str] = []
+        self.most_gpus = 0
+
+    def isvcs(self) -> dict[str, dict[str, Any]]:
+        items = self.custom.list_namespaced_custom_object(
+            "serving.kserve.io",
+            "v1beta1",
+            self.ns,
+            "inferenceservices",
+            label_selector=f"ml.slipway.dev/deployment={MD}",
+        )["items"]
+        return {i["metadata"]["labels"]["ml.slipway.dev/version"]: i for i in items}
+
+    def hpa_bounds(self) -> dict[str, tuple[int, int]]:
+        out = {}
+        for h in self.autoscaling.list_namespaced_horizontal_pod_autoscaler(self.ns).items:
+            version = h.metadata.labels.get("ml.slipway.dev/version")
+            out[version] = (h.spec.min_replicas, h.spec.max_replicas)
+        return out
+
+    def pods(self) -> dict[str, int]:
+        """Pods holding a GPU (not finished; terminating ones included) by version."""
+        out: dict[str, int] = {}
+        for p in self.core.list_namespaced_pod(self.ns, label_selector=ISVC_LABEL).items:
+            if p.status.phase in ("Succeeded", "Failed"):
+                continue
+            version = p.metadata.labels["ml.slipway.dev/version"]
+            out[version] = out.get(version, 0) + 1
+        return out
+
+    def play_kserve(self) -> None:
+        """Create the predictor Deployment of each new InferenceService, as KServe's controller would."""
+        apps = self.apps
+        have = {d.metadata.name for d in apps.list_namespaced_deployment(self.ns).items}
+        for version, isvc in self.isvcs().items():
+            name = f"{MD}-v{version}-predictor"
+            if name in have or isvc["metadata"].get("deletionTimestamp"):
+                continue
+            labels = {"app": name, ISVC_LABEL: isvc["metadata"]["name"], "ml.slipway.dev/version": version}
+            owner = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "controller": True,
+                     "name": isvc["metadata"]["name"], "uid": isvc["metadata"]["uid"]}  # fmt: skip
+            container = {"name": "kserve-container", "image": "registry.invalid/mlserver:1",
+                         "resources": {"limits": {"nvidia.com/gpu": "1"}}}  # fmt: skip
+            apps.create_namespaced_deployment(
+                self.ns,
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {"name": name, "labels": labels, "ownerReferences": [owner]},
+                    "spec": {
+                        "replicas": int(isvc["spec"]["predictor"]["minReplicas"]),
+                        "selector": {"matchLabels": {"app": name}},
+                        "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+                    },
+                },
+            )
+
+    def watch(self, stop: threading.Event) -> None:
+        """Until stopped: play KServe, and record any unschedulable pod and the most GPUs held at once."""
+        while not stop.is_set():
+            with contextlib.suppress(Exception):
+                self.play_kserve()
+            for p in self.core.list_namespaced_pod(self.ns).items:
+                for c in p.status.conditions or []:
+                    if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable":
+                        self.unschedulable.append(f"{p.metadata.name}: {c.message}")
+            self.most_gpus = max(self.most_gpus, sum(self.pods().values()))
+            time.sleep(0.2)
+
+    def action(self, name: str) -> None:
+        self.custom.patch_namespaced_custom_object(
+            "ml.slipway.dev", "v1alpha1", self.ns, "modeldeployments", MD,
+            {"metadata": {"annotations": {"ml.slipway.dev/action": name}}},
+        )  # fmt: skip
+
+    def deploy(self, model: str) -> None:
+        steps = [{"setWeight": 25}, {"pause": {}}, {"setWeight": 50}, {"pause": {}}, {"setWeight": 100}, {"pause": {}}]
+        body = {
+            "apiVersion": "ml.slipway.dev/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": MD},
+            "spec": {
+                "model": {"name": model, "track": {"alias": "champion"}},
+                "serving": {
+                    "runtime": "kserve-mlserver",
+                    "modelFormat": "mlflow",
+                    "resources": {"limits": {"nvidia.com/gpu": 1}},
+                },
+                "autoscaling": {"minReplicas": GPUS, "maxReplicas": GPUS},
+                "strategy": {"canary": {"steps": steps, "budget": {"gpus": GPUS}, "progressDeadline": "5m"}},
+                "gateway": {"parentRefs": [{"name": "ml-gateway"}]},
+            },
+        }
+        self.custom.create_namespaced_custom_object("ml.slipway.dev", "v1alpha1", self.ns, "modeldeployments", body)
+
+    def settled(self, want: dict[str, int]) -> bool:
+        """The HPAs, the InferenceServices and the pods all at ``want`` (version → replicas)."""
+        isvcs = self.isvcs()
+        bounds = self.hpa_bounds()
+        return (
+            self.pods() == want
+            and {v: b for v, b in bounds.items() if v in isvcs} == {v: (n, n) for v, n in want.items()}
+            and {v: (i["spec"]["predictor"]["minReplicas"], i["spec"]["predictor"]["maxReplicas"])
+                 for v, i in isvcs.items()} == {v: (n, n) for v, n in want.items()}
+        )  # fmt: skip
+
+
+def test_a_canary_of_four_gpu_replicas_within_four_gpus(
+    start_operator: StartOperator, namespace: str, kube_api: Any, registry: tuple[Any, str]
+):
+    client, name = registry
+    cluster = Cluster(kube_api, namespace)
+    start_operator(namespace, poll_seconds=1.0)
+    stop = threading.Event()
+    watcher = threading.Thread(target=cluster.watch, args=(stop,), daemon=True)
+    watcher.start()
+    try:
+        cluster.deploy(name)
+        wait_for("v1 on 4 GPUs", lambda: cluster.settled({"1": 4}), HPA_SYNC, 0.5)
+        assert cluster.status()["phase"] == "Succeeded"
+
+        client.set_registered_model_alias(name, "champion", "2")
+        for weight, want in ((25, {"1": 3, "2": 1}), (50, {"1": 2, "2": 2}), (100, {"1": 1, "2": 3})):
+            wait_for(
+                f"paused at {weight} %",
+                lambda w=weight: (s := cluster.status()).get("canaryWeight") == w and s.get("phase") == "Paused",
+                HPA_SYNC,
+                0.5,
+            )
+            wait_for(f"the split at {weight} %: {want}", lambda w=want: cluster.settled(w), HPA_SYNC, 0.5)
+            if weight < 100:
+                cluster.action("promote")
+
+        cluster.action("abort")
+        wait_for("rolled back", lambda: cluster.status().get("phase") == "RolledBack", HPA_SYNC, 0.5)
+        wait_for("stable back on 4 GPUs", lambda: cluster.settled({"1": 4}), HPA_SYNC, 0.5)
+        assert cluster.weights() == {"1": 100}
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+        cluster.delete()
+    assert cluster.unschedulable == []
+    assert cluster.most_gpus <= GPUS
+    events = cluster.core.list_namespaced_event(namespace, field_selector="reason=FailedScheduling").items
+    assert [e.message for e in events] == []
