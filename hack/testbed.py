@@ -180,6 +180,7 @@ class Binaries:
     etcd: str
     kwok: str
     helm: str
+    traefik: str
 
 
 def build() -> Binaries:
@@ -192,6 +193,9 @@ def build() -> Binaries:
     etcd = _build_wrapper("etcd", ETCD_VERSION, HACK / "etcd", ".")
     kwok = _go_install("kwok", "sigs.k8s.io/kwok/cmd/kwok", KWOK_VERSION)
     helm = _go_install("helm", "helm.sh/helm/v3/cmd/helm", HELM_VERSION)
+    import testbed_gateway  # noqa: PLC0415  (it imports this module)
+
+    traefik = testbed_gateway.build_traefik()
     return Binaries(
         kube_apiserver=str(kube / "kube-apiserver"),
         kube_controller_manager=str(kube / "kube-controller-manager"),
@@ -200,6 +204,7 @@ def build() -> Binaries:
         etcd=str(etcd / "etcd"),
         kwok=str(kwok / "kwok"),
         helm=str(helm / "helm"),
+        traefik=str(traefik),
     )
 
 
@@ -570,7 +575,9 @@ def start_kwok(state: State, bins: Binaries) -> None:
             f"--config={tb / 'kwok-stages.yaml'}",
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            "--disregard-status-with-label-selector=ml.slipway.dev/trainingrun",  # hack/local_kubelet.py runs those
+            # hack/local_kubelet.py runs training pods and KServe's predictor pods (kwok skips a pod matching either)
+            "--disregard-status-with-label-selector=ml.slipway.dev/trainingrun",
+            "--disregard-status-with-annotation-selector=internal.serving.kserve.io/storage-initializer-sourceuri",
             "--node-ip=127.0.0.1",
             f"--server-address=127.0.0.1:{port}",
             "--cidr=10.244.0.0/16",
@@ -704,7 +711,7 @@ scrape_configs:
     file_sd_configs:
       - files: ["{dir}/targets/*.json"]
         refresh_interval: 1s
-"""
+{pods}"""
 
 ALERTMANAGER_CONFIG = """\
 route:
@@ -758,7 +765,10 @@ def start_prometheus(state: State) -> None:
             "--log.level=warn",
         ],
     )
-    (prom_dir / "prometheus.yml").write_text(PROMETHEUS_CONFIG.format(dir=prom_dir, am_port=am_port))
+    import testbed_gateway  # noqa: PLC0415  (it imports this module)
+
+    pods = testbed_gateway.prometheus_pod_scrape_config(state)  # the predictor pods, found through the API server
+    (prom_dir / "prometheus.yml").write_text(PROMETHEUS_CONFIG.format(dir=prom_dir, am_port=am_port, pods=pods))
     _spawn(
         state,
         "prometheus",
@@ -845,6 +855,9 @@ def up(with_extras: tuple[str, ...] = ()) -> State:
     state.save()
     try:
         start_control_plane(state, bins)
+        import testbed_gateway  # noqa: PLC0415  (it imports this module)
+
+        testbed_gateway.start_gateway(state, Path(bins.traefik))
         if "mlflow" in with_extras:
             start_mlflow(state)
         if "prometheus" in with_extras:
@@ -919,6 +932,10 @@ def env_lines(state: State) -> Iterator[str]:
     if "prometheus" in state.urls:
         yield f"export SLIPWAY_PROMETHEUS_URL={state.urls['prometheus']}"
         yield f"export SLIPWAY_ALERTMANAGER_URL={state.urls['alertmanager']}"
+    import testbed_gateway  # noqa: PLC0415  (it imports this module)
+
+    for key, value in testbed_gateway.gateway_env(state).items():
+        yield f"export {key}={value}"
 
 
 def status() -> int:
