@@ -196,6 +196,7 @@ def build() -> Binaries:
     import testbed_gateway  # noqa: PLC0415  (it imports this module)
 
     traefik = testbed_gateway.build_traefik()
+    testbed_gateway.build_prometheus()
     return Binaries(
         kube_apiserver=str(kube / "kube-apiserver"),
         kube_controller_manager=str(kube / "kube-controller-manager"),
@@ -738,10 +739,14 @@ def alertmanager_config(webhook_urls: list[str], token: str = "") -> str:
 
 
 def start_prometheus(state: State) -> None:
-    """Debian's Alertmanager and Prometheus, wired together, with file-based targets and rules."""
-    for binary in ("prometheus", "prometheus-alertmanager"):
-        if not shutil.which(binary):
-            raise TestbedError(f"{binary} is not installed (apt-get install prometheus prometheus-alertmanager)")
+    """Debian's Alertmanager and Prometheus (built with Kubernetes SD), wired together, with targets and rules."""
+    import testbed_gateway  # noqa: PLC0415  (it imports this module)
+
+    if not shutil.which("prometheus-alertmanager"):
+        raise TestbedError("prometheus-alertmanager is not installed (apt-get install prometheus-alertmanager)")
+    prometheus = testbed_gateway.prometheus_binary()
+    if not prometheus.exists():
+        raise TestbedError(f"{prometheus} is not built (hack/testbed build)")
     tb = Path(state.dir)
     am_dir, prom_dir = tb / "alertmanager", tb / "prometheus"
     for d in (am_dir, prom_dir):
@@ -765,15 +770,13 @@ def start_prometheus(state: State) -> None:
             "--log.level=warn",
         ],
     )
-    import testbed_gateway  # noqa: PLC0415  (it imports this module)
-
     pods = testbed_gateway.prometheus_pod_scrape_config(state)  # the predictor pods, found through the API server
     (prom_dir / "prometheus.yml").write_text(PROMETHEUS_CONFIG.format(dir=prom_dir, am_port=am_port, pods=pods))
     _spawn(
         state,
         "prometheus",
         [
-            shutil.which("prometheus") or "",
+            str(prometheus),
             f"--config.file={prom_dir / 'prometheus.yml'}",
             f"--storage.tsdb.path={prom_dir / 'data'}",
             f"--web.listen-address=127.0.0.1:{prom_port}",

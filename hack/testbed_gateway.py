@@ -1,4 +1,4 @@
-"""The test bed's Gateway API implementation: Traefik, built from its Go module, run out of cluster, and its Gateway.
+"""The test bed's real data path: Traefik as the Gateway API implementation and its Gateway; Prometheus with Kubernetes SD.
 
 Traefik v3.6 (``github.com/traefik/traefik/v3``, ``./cmd/traefik``) is built inside the module's
 own directory, so that its ``go.mod`` and ``replace`` directives apply, and cached under
@@ -16,6 +16,12 @@ Traefik applies a new configuration at most every ``providersThrottleDuration`` 
 the test bed lowers it to ``THROTTLE`` so that a route write reaches traffic fast; the bench
 (``bench/traffic.py``) measures the delay. Traefik implements HTTPRoute weights and header
 matches, not ``RequestMirror`` (see docs/rollouts.md).
+
+Prometheus finds the predictor pods as a cluster's Prometheus does: ``kubernetes_sd_configs``
+(role pod) on the test bed's API server, kept by the ``prometheus.io/*`` annotations. Debian's
+package is built without Kubernetes SD, so Prometheus v3 is built from its Go module
+(``github.com/prometheus/prometheus``, only the Kubernetes SD plugin compiled in) and cached
+like Traefik.
 
 Standard library only, like ``testbed.py``.
 """
@@ -63,6 +69,43 @@ def build_traefik() -> Path:
     tmp.mkdir(parents=True)
     env = dict(os.environ, GOFLAGS="-mod=mod -buildvcs=false", CGO_ENABLED="0")
     cmd = ["nice", "-n", "19", "go", "build", "-trimpath", "-ldflags=-s -w", "-o", str(tmp / "traefik"), "./cmd/traefik"]
+    tb._run(cmd, cwd=module, env=env)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return binary
+
+
+PROMETHEUS_VERSION = "v3.16.0"
+PROMETHEUS_MODULE = ("github.com/prometheus/prometheus", "v0.316.0")
+"""Prometheus's Go module numbers its v3.X.Y releases v0.3XX.Y."""
+
+
+def prometheus_binary() -> Path:
+    """Where the built Prometheus lives."""
+    return tb.cache_dir() / "bin" / f"prometheus-{PROMETHEUS_VERSION}" / "prometheus"
+
+
+def build_prometheus() -> Path:
+    """Build Prometheus from its Go module with Kubernetes service discovery (Debian's package has none).
+
+    Only the Kubernetes SD plugin is compiled in (build tags ``remove_all_sd,enable_kubernetes_sd``;
+    file and HTTP SD are always there), which keeps the cloud SDKs out of the build.
+    """
+    binary = prometheus_binary()
+    if binary.exists():
+        return binary
+    out = binary.parent
+    tb.log(f"building prometheus {PROMETHEUS_VERSION} from the Go module proxy (first use; cached in {out})")
+    module = tb.go_module_dir(*PROMETHEUS_MODULE)
+    tmp = out.with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    # its module ships a go.work (for its own sub-modules): build the module alone
+    env = dict(os.environ, GOFLAGS="-mod=mod -buildvcs=false", CGO_ENABLED="0", GOWORK="off")
+    version = PROMETHEUS_VERSION.lstrip("v")
+    cmd = ["nice", "-n", "19", "go", "build", "-trimpath", "-tags", "remove_all_sd,enable_kubernetes_sd"]
+    cmd += [f"-ldflags=-s -w -X github.com/prometheus/common/version.Version={version}"]
+    cmd += ["-o", str(tmp / "prometheus"), "./cmd/prometheus"]
     tb._run(cmd, cwd=module, env=env)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,15 @@ def _endpoints(kubectl: Any, service: str) -> dict[str, bool]:
             for address in ep["addresses"]:
                 out[address] = bool((ep.get("conditions") or {}).get("ready"))
     return out
+
+
+def _pid(pod: dict[str, Any]) -> int:
+    """The model server's process (the local kubelet's container ID is ``local://<pid>``)."""
+    return int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("local://"))
+
+
+def _loopback_addresses() -> str:
+    return subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True, check=True).stdout
 
 
 def _live(ip: str) -> bool:
@@ -120,8 +130,7 @@ def test_two_replicas_run_on_their_own_ips_and_endpoints_follow_readiness(
 
     # Kill one model server from outside: the kubelet restarts it; its endpoint is unready meanwhile.
     victim = pods[0]
-    pid = int(victim["status"]["containerStatuses"][0]["containerID"].removeprefix("local://"))
-    os.kill(pid, signal.SIGKILL)
+    os.kill(_pid(victim), signal.SIGKILL)
     ip = victim["status"]["podIP"]
     wait_until(lambda: _endpoints(kubectl, app).get(ip) is False, 30, "the killed pod's endpoint unready", interval=0.2)
     restarted = wait_until(
@@ -137,13 +146,15 @@ def test_two_replicas_run_on_their_own_ips_and_endpoints_follow_readiness(
     wait_until(lambda: _endpoints(kubectl, app).get(ip) is True, 30, "its endpoint ready again", interval=0.2)
 
     # Scale down: one pod is stopped, its process gone, its address released.
+    pids = {p["status"]["podIP"]: _pid(p) for p in _pods(kubectl, app)}
+    assert all(f"{ip}/32" in _loopback_addresses() for ip in pids)
     kubectl("scale", "deployment", app, "--replicas=1")
     wait_until(lambda: len(_pods(kubectl, app)) == 1, 60, "one pod left", interval=0.5)
     wait_until(lambda: len(_endpoints(kubectl, app)) == 1, 30, "one endpoint left", interval=0.2)
-    gone = ips - {p["status"]["podIP"] for p in _pods(kubectl, app)}
-    (gone_ip,) = gone
-    with pytest.raises(httpx.TransportError):
-        httpx.get(f"http://{gone_ip}:8080/v2/health/live", timeout=2)
+    (gone_ip,) = ips - {p["status"]["podIP"] for p in _pods(kubectl, app)}
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[gone_ip], 0)
+    assert f"{gone_ip}/32" not in _loopback_addresses()
 
 
 def test_a_pod_whose_probe_fails_runs_but_is_not_ready(kubectl: Any, namespace: str, model_dir: Path) -> None:
