@@ -51,8 +51,8 @@ sys.path.insert(0, str(REPO / "operator"))
 
 import httpx  # noqa: E402
 import loadgen  # noqa: E402
-import testbed_gateway  # noqa: E402
 import numpy as np  # noqa: E402
+import testbed_gateway  # noqa: E402
 import yaml  # noqa: E402
 from common import (  # noqa: E402
     free_port,

@@ -9,7 +9,7 @@ runs two predictors shaped like KServe's (``hack/predictor_pods.py``), version 1
 Every request is a V2 ``/infer`` sent to the Gateway's listener with the route's Host, as a
 client's; the version that answered is read from the answer (``model_version``).
 
-1. **Shares**: for each canary weight w the route is written (v1 = 100 − w, v2 = w), the first
+1. **Shares**: for each canary weight w the route is written (v1 = 100 - w, v2 = w), the first
    request after the write that reaches v2 (or 2 s) marks Traefik's new configuration, then
    ``--requests`` requests (8 client threads) are counted per version. Passes when each
    version's share is within ±3 points of its weight.
@@ -38,13 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import predictor_pods
+import testbed_gateway as gw
+from common import percentile, tb, testbed_up, wait_for
 from kubernetes import client as kube
 from kubernetes import config as kubeconfig
-
-from common import percentile, testbed_up, tb, wait_for  # noqa: E402  (common puts hack/ on sys.path)
-
-import predictor_pods  # noqa: E402
-import testbed_gateway as gw  # noqa: E402
 
 BODY = {"inputs": [{"name": "input-0", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
 PATH = "/v2/models/model/infer"
@@ -106,9 +104,13 @@ class Bench:
 
     def ready_endpoints(self, service: str) -> int:
         out = json.loads(
-            self.kubectl("get", "endpointslices", "-n", self.ns, "-l", f"kubernetes.io/service-name={service}", "-o", "json")
+            self.kubectl(
+                "get", "endpointslices", "-n", self.ns, "-l", f"kubernetes.io/service-name={service}", "-o", "json"
+            )
         )
-        return sum(1 for s in out["items"] for e in s.get("endpoints") or [] if (e.get("conditions") or {}).get("ready"))
+        return sum(
+            1 for s in out["items"] for e in s.get("endpoints") or [] if (e.get("conditions") or {}).get("ready")
+        )
 
     def client(self) -> httpx.Client:
         c = getattr(self.local, "client", None)
@@ -131,7 +133,12 @@ class Bench:
         refs[0]["weight"], refs[1]["weight"] = v1, v2
         started = time.perf_counter()
         self.routes.patch_namespaced_custom_object(
-            "gateway.networking.k8s.io", "v1", self.ns, "httproutes", "digits", {"spec": {"rules": self.route["spec"]["rules"]}}
+            "gateway.networking.k8s.io",
+            "v1",
+            self.ns,
+            "httproutes",
+            "digits",
+            {"spec": {"rules": self.route["spec"]["rules"]}},
         )
         return time.perf_counter() - started
 
@@ -215,10 +222,14 @@ def main(argv: list[str] | None = None) -> int:
                 write, move = bench.rollback_trial()
                 writes.append(write)
                 moves.append(move)
-                print(f"rollback trial {i + 1}: write {write * 1000:.0f} ms, traffic {move * 1000:.0f} ms", file=sys.stderr)
+                print(
+                    f"rollback trial {i + 1}: write {write * 1000:.0f} ms, traffic {move * 1000:.0f} ms",
+                    file=sys.stderr,
+                )
             print(
                 f"\n| rollback, {args.trials} trials | p50 | p99 |\n|---|---|---|\n"
-                f"| route write (API server) | {percentile(writes, 0.5) * 1000:.0f} ms | {percentile(writes, 0.99) * 1000:.0f} ms |\n"
+                f"| route write (API server) | {percentile(writes, 0.5) * 1000:.0f} ms "
+                f"| {percentile(writes, 0.99) * 1000:.0f} ms |\n"
                 f"| write → {CONSECUTIVE} consecutive answers from v1 | {percentile(moves, 0.5) * 1000:.0f} ms "
                 f"| {percentile(moves, 0.99) * 1000:.0f} ms |"
             )

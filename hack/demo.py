@@ -55,9 +55,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "hack"))
 
 import loadgen  # noqa: E402
+import testbed_gateway  # noqa: E402
 
 import testbed as tb  # noqa: E402
-import testbed_gateway  # noqa: E402
 from slipway.monitoring.rules import rule_groups  # noqa: E402
 
 MODEL = "digits-cnn"

@@ -190,7 +190,9 @@ class LoadGenerator:
             draw -= share
         return {}
 
-    def _feedback(self, http: httpx.Client, resp: httpx.Response, labels: npt.NDArray[Any], headers: dict[str, str]) -> bool:
+    def _feedback(
+        self, http: httpx.Client, resp: httpx.Response, labels: npt.NDArray[Any], headers: dict[str, str]
+    ) -> bool:
         """Report the true labels of an answered request, through the gateway, as the same client."""
         request_id = resp.headers.get("x-request-id")
         if not request_id:

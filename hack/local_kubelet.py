@@ -131,7 +131,7 @@ def is_ours(pod: Pod) -> bool:
 
 def long_running(pod: Pod) -> bool:
     """Pods whose containers are restarted forever (Deployments' pods), not run to completion."""
-    return (pod.get("spec") or {}).get("restartPolicy", "Always") == "Always"
+    return bool((pod.get("spec") or {}).get("restartPolicy", "Always") == "Always")
 
 
 def now() -> str:
@@ -373,7 +373,8 @@ class Prober:
             if "httpGet" in self.probe:
                 get = self.probe["httpGet"]
                 host = get.get("host") or self.pod_ip
-                url = f"{str(get.get('scheme') or 'HTTP').lower()}://{host}:{self.port(get['port'])}{get.get('path') or '/'}"
+                scheme = str(get.get("scheme") or "HTTP").lower()
+                url = f"{scheme}://{host}:{self.port(get['port'])}{get.get('path') or '/'}"
                 headers = {h["name"]: h["value"] for h in get.get("httpHeaders") or []}
                 with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
                     return 200 <= int(resp.status) < 400
@@ -518,7 +519,9 @@ class ServicePod:
     def run(self) -> None:
         """The pod's life: inits in order (retried), then the containers, restarted and probed until stopped."""
         try:
-            self.volumes = prepare_volumes(self.kubelet.api, self.pod, self.kubelet.dir / f"{self.namespace}_{self.name}" / "volumes")
+            self.volumes = prepare_volumes(
+                self.kubelet.api, self.pod, self.kubelet.dir / f"{self.namespace}_{self.name}" / "volumes"
+            )
         except (ValueError, OSError) as exc:
             log.error("pod %s/%s: volumes: %s", self.namespace, self.name, exc)
         self.report()
@@ -546,7 +549,9 @@ class ServicePod:
         for c in self.mains:
             self._start(c)
         self.report()
-        delays = {id(c): float((c.spec.get("readinessProbe") or {}).get("initialDelaySeconds") or 0) for c in self.mains}
+        delays = {
+            id(c): float((c.spec.get("readinessProbe") or {}).get("initialDelaySeconds") or 0) for c in self.mains
+        }
         next_probe = {id(c): time.monotonic() + delays[id(c)] for c in self.mains}
         restart_at: dict[int, float] = {}
         while not self.stopping.wait(0.2):
@@ -555,7 +560,13 @@ class ServicePod:
                 key = id(c)
                 if c.proc is not None and c.proc.poll() is not None:
                     result = self._exited(c, int(c.proc.returncode))
-                    log.warning("pod %s/%s container %s exited %d", self.namespace, self.name, c.spec["name"], result["exitCode"])
+                    log.warning(
+                        "pod %s/%s container %s exited %d",
+                        self.namespace,
+                        self.name,
+                        c.spec["name"],
+                        result["exitCode"],
+                    )
                     with self.lock:
                         c.restarts, c.last, c.waiting, c.proc = c.restarts + 1, result, "CrashLoopBackOff", None
                         c.prober = None
@@ -599,7 +610,7 @@ class ServicePod:
 
 
 class AddressPool:
-    """Pod addresses from ``POD_NETWORK``, each added to ``lo`` while its pod runs (``ip addr add`` refuses a taken one)."""
+    """Pod addresses from ``POD_NETWORK``, each on ``lo`` while its pod runs (``ip addr add`` refuses a taken one)."""
 
     def __init__(self) -> None:
         self.hosts = [str(ip) for ip in POD_NETWORK.hosts()]
@@ -634,7 +645,9 @@ class AddressPool:
 class LocalKubelet:
     """Watches the pods it runs (see ``is_ours``) and runs them; one thread per pod."""
 
-    def __init__(self, api: client.CoreV1Api, directory: Path, max_grace: float, backoff_start: float = BACKOFF_START) -> None:
+    def __init__(
+        self, api: client.CoreV1Api, directory: Path, max_grace: float, backoff_start: float = BACKOFF_START
+    ) -> None:
         self.api = api
         self.dir = directory
         self.max_grace = max_grace
@@ -926,7 +939,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    log.info("local kubelet: running pods labelled %s or annotated %s with %s", LABEL, SERVING_ANNOTATION, sys.executable)
+    log.info(
+        "local kubelet: running pods labelled %s or annotated %s with %s", LABEL, SERVING_ANNOTATION, sys.executable
+    )
     kubelet.run_forever()
     return 0
 

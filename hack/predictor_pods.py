@@ -79,9 +79,7 @@ def predictor_objects(
                         "periodSeconds": 1,
                         "failureThreshold": 3,
                     },
-                    "volumeMounts": [
-                        {"name": "kserve-provision-location", "mountPath": MODEL_DIR, "readOnly": True}
-                    ],
+                    "volumeMounts": [{"name": "kserve-provision-location", "mountPath": MODEL_DIR, "readOnly": True}],
                 }
             ],
             "volumes": [{"name": "kserve-provision-location", "emptyDir": {}}],
@@ -112,7 +110,7 @@ def http_route(
     parent: tuple[str, str],
     header_match: tuple[str, str, str] | None = None,
 ) -> dict[str, Any]:
-    """An HTTPRoute like the operator's: one weighted rule over ``<backend>-predictor`` Services, optionally a header rule."""
+    """An HTTPRoute like the operator's: a weighted rule over ``<backend>-predictor`` Services, maybe a header rule."""
     rules: list[dict[str, Any]] = [
         {"backendRefs": [{"name": f"{b}-predictor", "port": SERVICE_PORT, "weight": w} for b, w in weights.items()]}
     ]

@@ -193,7 +193,7 @@ def build() -> Binaries:
     etcd = _build_wrapper("etcd", ETCD_VERSION, HACK / "etcd", ".")
     kwok = _go_install("kwok", "sigs.k8s.io/kwok/cmd/kwok", KWOK_VERSION)
     helm = _go_install("helm", "helm.sh/helm/v3/cmd/helm", HELM_VERSION)
-    import testbed_gateway  # noqa: PLC0415  (it imports this module)
+    import testbed_gateway
 
     traefik = testbed_gateway.build_traefik()
     testbed_gateway.build_prometheus()
@@ -740,7 +740,7 @@ def alertmanager_config(webhook_urls: list[str], token: str = "") -> str:
 
 def start_prometheus(state: State) -> None:
     """Debian's Alertmanager and Prometheus (built with Kubernetes SD), wired together, with targets and rules."""
-    import testbed_gateway  # noqa: PLC0415  (it imports this module)
+    import testbed_gateway
 
     if not shutil.which("prometheus-alertmanager"):
         raise TestbedError("prometheus-alertmanager is not installed (apt-get install prometheus-alertmanager)")
@@ -858,7 +858,7 @@ def up(with_extras: tuple[str, ...] = ()) -> State:
     state.save()
     try:
         start_control_plane(state, bins)
-        import testbed_gateway  # noqa: PLC0415  (it imports this module)
+        import testbed_gateway
 
         testbed_gateway.start_gateway(state, Path(bins.traefik))
         if "mlflow" in with_extras:
@@ -935,7 +935,7 @@ def env_lines(state: State) -> Iterator[str]:
     if "prometheus" in state.urls:
         yield f"export SLIPWAY_PROMETHEUS_URL={state.urls['prometheus']}"
         yield f"export SLIPWAY_ALERTMANAGER_URL={state.urls['alertmanager']}"
-    import testbed_gateway  # noqa: PLC0415  (it imports this module)
+    import testbed_gateway
 
     for key, value in testbed_gateway.gateway_env(state).items():
         yield f"export {key}={value}"

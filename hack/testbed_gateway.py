@@ -1,4 +1,4 @@
-"""The test bed's real data path: Traefik as the Gateway API implementation and its Gateway; Prometheus with Kubernetes SD.
+"""The test bed's real data path: Traefik as the Gateway API implementation, its Gateway; Prometheus with Kubernetes SD.
 
 Traefik v3.6 (``github.com/traefik/traefik/v3``, ``./cmd/traefik``) is built inside the module's
 own directory, so that its ``go.mod`` and ``replace`` directives apply, and cached under
@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -68,7 +67,18 @@ def build_traefik() -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     env = dict(os.environ, GOFLAGS="-mod=mod -buildvcs=false", CGO_ENABLED="0")
-    cmd = ["nice", "-n", "19", "go", "build", "-trimpath", "-ldflags=-s -w", "-o", str(tmp / "traefik"), "./cmd/traefik"]
+    cmd = [
+        "nice",
+        "-n",
+        "19",
+        "go",
+        "build",
+        "-trimpath",
+        "-ldflags=-s -w",
+        "-o",
+        str(tmp / "traefik"),
+        "./cmd/traefik",
+    ]
     tb._run(cmd, cwd=module, env=env)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -202,7 +212,9 @@ def gateway_env(state: tb.State) -> dict[str, str]:
     }
 
 
-def wait_for_route(url: str, host: str, path: str, timeout: float = 30.0, headers: dict[str, str] | None = None) -> None:
+def wait_for_route(
+    url: str, host: str, path: str, timeout: float = 30.0, headers: dict[str, str] | None = None
+) -> None:
     """Wait until the gateway answers ``path`` for ``host`` with anything but 404 (the route is programmed)."""
     deadline = time.monotonic() + timeout
     last = ""

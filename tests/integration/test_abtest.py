@@ -248,7 +248,11 @@ def test_failing_shadow_rolls_back_without_touching_stable_traffic(
         "metrics": [{"name": "error-rate", "query": ERROR_RATE, "max": 0.05}],
     }
     deploy(
-        kubectl, namespace, md, registry.name, {"blueGreen": {"shadow": {"percent": 100, "duration": "60s", "analysis": analysis}}}
+        kubectl,
+        namespace,
+        md,
+        registry.name,
+        {"blueGreen": {"shadow": {"percent": 100, "duration": "60s", "analysis": analysis}}},
     )
     try:
         stable_serving(kubectl, md)

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-from operator_process import wait_until
-
 import predictor_pods
+import pytest
 import testbed_gateway as gw
+from operator_process import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -54,9 +53,7 @@ def _ready_endpoints(kubectl: Any, service: str) -> int:
     out = json.loads(
         kubectl("get", "endpointslices", "-l", f"kubernetes.io/service-name={service}", "-o", "json").stdout
     )
-    return sum(
-        1 for s in out["items"] for e in s.get("endpoints") or [] if (e.get("conditions") or {}).get("ready")
-    )
+    return sum(1 for s in out["items"] for e in s.get("endpoints") or [] if (e.get("conditions") or {}).get("ready"))
 
 
 def _versions(url: str, host: str, n: int, headers: dict[str, str] | None = None) -> Counter[str]:
@@ -94,7 +91,9 @@ def _accepted(kubectl: Any, route: str) -> bool:
     out = json.loads(kubectl("get", "httproute", route, "-o", "json").stdout)
     parents = (out.get("status") or {}).get("parents") or []
     return any(
-        c["type"] == "Accepted" and c["status"] == "True" and c.get("observedGeneration") == out["metadata"]["generation"]
+        c["type"] == "Accepted"
+        and c["status"] == "True"
+        and c.get("observedGeneration") == out["metadata"]["generation"]
         for p in parents
         for c in p.get("conditions") or []
     )
@@ -103,7 +102,9 @@ def _accepted(kubectl: Any, route: str) -> bool:
 def test_weights_and_header_match_through_the_gateway(kubectl: Any, two_versions: str, testbed: Any) -> None:
     ns = two_versions
     url = testbed.state.urls["gateway"]
-    route = predictor_pods.http_route("digits", ns, {"digits-v1": 75, "digits-v2": 25}, PARENT, ("x-variant", "b", "digits-v2"))
+    route = predictor_pods.http_route(
+        "digits", ns, {"digits-v1": 75, "digits-v2": 25}, PARENT, ("x-variant", "b", "digits-v2")
+    )
     host = route["spec"]["hostnames"][0]
     _apply(kubectl, [route])
     wait_until(lambda: _accepted(kubectl, "digits"), 30, "the route Accepted by Traefik", interval=0.2)
@@ -147,9 +148,7 @@ def test_a_route_without_our_gateway_gets_no_traffic(kubectl: Any, two_versions:
 
 
 def test_prometheus_finds_the_predictor_pods(kubectl: Any, namespace: str, model_dir: Path, testbed: Any) -> None:
-    objects = predictor_pods.predictor_objects(
-        "scraped", namespace, str(model_dir), "7", deployment_label="scraped-md"
-    )
+    objects = predictor_pods.predictor_objects("scraped", namespace, str(model_dir), "7", deployment_label="scraped-md")
     _apply(kubectl, objects)
     wait_until(lambda: _ready_endpoints(kubectl, "scraped-predictor") == 1, 300, "the pod ready", interval=0.5)
     pod = json.loads(kubectl("get", "pods", "-l", "app=scraped-predictor", "-o", "json").stdout)["items"][0]

@@ -1,4 +1,4 @@
-"""Predictor pods run for real on the test bed: the local kubelet, the real EndpointSlice controller, per-pod IPs and mounts.
+"""Predictor pods run for real on the test bed: the local kubelet, the EndpointSlice controller, per-pod IPs and mounts.
 
 A Deployment shaped like KServe's predictor (``hack/predictor_pods.py``: the
 ``storage-initializer`` init container filling the emptyDir at ``/mnt/models``, then
@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import predictor_pods
 import pytest
 from operator_process import wait_until
-
-import predictor_pods
 
 pytestmark = pytest.mark.integration
 
@@ -116,7 +115,9 @@ def test_two_replicas_run_on_their_own_ips_and_endpoints_follow_readiness(
         assert resp.status_code == 200, resp.text
         assert resp.json()["model_version"] == "3"
         # each pod got its own /mnt/models, filled by its own init container
-        volume = testbed.dir / "pods" / f"{namespace}_{pod['metadata']['name']}" / "volumes" / "kserve-provision-location"
+        volume = (
+            testbed.dir / "pods" / f"{namespace}_{pod['metadata']['name']}" / "volumes" / "kserve-provision-location"
+        )
         assert (volume / "MLmodel").is_file()
     assert not Path("/mnt/models/MLmodel").exists()
 
