@@ -66,7 +66,7 @@ KSERVE_CRDS = (
     "config/crd/full/serving.kserve.io_servingruntimes.yaml",
     "config/crd/full/serving.kserve.io_clusterservingruntimes.yaml",
 )
-GATEWAY_CRDS = ("gatewayclasses", "gateways", "httproutes", "referencegrants", "grpcroutes")
+GATEWAY_CRDS = ("gatewayclasses", "gateways", "httproutes", "referencegrants", "grpcroutes", "backendtlspolicies")
 EXTRAS = ("mlflow", "prometheus")
 
 
