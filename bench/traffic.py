@@ -38,11 +38,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import predictor_pods
-import testbed_gateway as gw
-from common import percentile, tb, testbed_up, wait_for
 from kubernetes import client as kube
 from kubernetes import config as kubeconfig
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "hack"))
+
+import predictor_pods  # noqa: E402
+import testbed_gateway as gw  # noqa: E402
+from common import percentile, tb, testbed_up, wait_for  # noqa: E402
 
 BODY = {"inputs": [{"name": "input-0", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
 PATH = "/v2/models/model/infer"
