@@ -52,6 +52,7 @@ sys.path.insert(0, str(REPO / "operator"))
 import httpx  # noqa: E402
 import loadgen  # noqa: E402
 import numpy as np  # noqa: E402
+import testbed_gateway  # noqa: E402
 import yaml  # noqa: E402
 from common import (  # noqa: E402
     free_port,
@@ -204,8 +205,8 @@ class Bench:
         tb.set_alert_webhooks(self.state, [f"http://127.0.0.1:{self.port}/webhooks/alertmanager"], self.token)
         self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, "modeldeployments", self.deployment())
         wait_for("v1 served", lambda: self.status().get("phase") == "Succeeded" and self.ready("1"), 300, 0.5)
-        reader = loadgen.RouteReader(self.state.kubeconfig, self.ns, MD)
-        self.load = loadgen.LoadGenerator(reader.read, rate=8, batch=16, duration=1800, refresh_seconds=0.25).start()
+        gateway = loadgen.Gateway(self.state.urls["gateway"], MD, testbed_gateway.route_host(self.ns, MD))
+        self.load = loadgen.LoadGenerator(gateway, rate=8, batch=16, duration=1800).start()
         self.routes = RouteWatch(self.custom, self.ns)
         self.mlflow.set_registered_model_alias(self.model, "champion", "2")
 
@@ -223,6 +224,7 @@ class Bench:
                 },
                 "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
                 "strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}},
+                "gateway": testbed_gateway.route_gateway(self.ns, MD),  # the test bed's Traefik
                 "rollback": {
                     "alerts": {"alertNames": ["SlipwayModelDrift"], "matchLabels": {"severity": "critical"}},
                     "registry": "none",

@@ -13,9 +13,12 @@ local KServe (serves InferenceServices with the real Slipway runtime as local pr
 3. applies a ModelDeployment that follows the MLflow alias ``champion`` with a canary strategy
    and ``rollback.alerts`` on ``SlipwayModelDrift``; moves the alias to v1 with the MLflow
    client, as a data scientist would (v1 is served), then to v2 (the canary starts);
-4. sends held-out digits through the HTTPRoute's weights (``hack/loadgen.py``), then inputs with
-   inverted ink: the canary's drift score rises, Prometheus fires ``SlipwayModelDrift``,
-   Alertmanager calls the operator, the operator puts all traffic back on v1.
+4. sends held-out digits to the test bed's Gateway (Traefik), which splits them by the HTTPRoute's
+   weights (``hack/loadgen.py`` is only a client), then inputs with inverted ink: the canary's
+   drift score rises, Prometheus fires ``SlipwayModelDrift``, Alertmanager calls the operator,
+   the operator puts all traffic back on v1, and the gateway follows. The summary shows, per
+   version, the requests the clients got answered and what that version's model servers
+   counted themselves (Prometheus, which finds the pods through the API server).
 
 It prints a timeline as things happen and a summary at the end, exits 0 when the rollback
 happened, and cleans up (``--keep`` leaves everything running for a look around). It brings up
@@ -35,6 +38,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "hack"))
 
 import loadgen  # noqa: E402
+import testbed_gateway  # noqa: E402
 
 import testbed as tb  # noqa: E402
 from slipway.monitoring.rules import rule_groups  # noqa: E402
@@ -149,14 +154,18 @@ def training_run(name: str, params: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def model_deployment() -> dict[str, Any]:
-    """Follow alias champion; canary 25% → 50% (held until promoted or rolled back); roll back on drift."""
+def model_deployment(namespace: str) -> dict[str, Any]:
+    """Follow alias champion; canary 25% → 50% (held until promoted or rolled back); roll back on drift.
+
+    Its HTTPRoute attaches to the test bed's Gateway (Traefik) with a hostname of its own.
+    """
     return {
         "apiVersion": API,
         "kind": "ModelDeployment",
         "metadata": {"name": DEPLOYMENT},
         "spec": {
             "model": {"name": MODEL, "track": {"alias": ALIAS}},
+            "gateway": testbed_gateway.route_gateway(namespace, DEPLOYMENT),
             "serving": {
                 "runtime": "slipway",
                 "protocol": "v2",
@@ -507,7 +516,7 @@ def run_story(story: Story) -> bool:
     """Steps 2 to 5 of the module doc; True when the operator rolled back."""
     tl, obs, ns = story.tl, story.obs, story.namespace
     first, second = TRAININGS
-    apply(story.state, model_deployment(), ns)
+    apply(story.state, model_deployment(ns), ns)
     tl.say(
         f"applied ModelDeployment {DEPLOYMENT}: follows {MODEL}@{ALIAS}; canary 25% → 50% (held) → 100%; "
         f"rolls back on {ALERT} (severity critical); registry write-back revertAlias"
@@ -528,10 +537,9 @@ def run_story(story: Story) -> bool:
         300,
     )
     tl.mark("served-v1")
-    story.load = loadgen.LoadGenerator(
-        loadgen.RouteReader(story.state.kubeconfig, ns, DEPLOYMENT).read, rate=8, batch=16, duration=600
-    ).start()
-    tl.say("load generator: 8 requests/s x 16 held-out digits, split by the HTTPRoute's weights (loopback)")
+    gateway = loadgen.Gateway(story.state.urls["gateway"], DEPLOYMENT, testbed_gateway.route_host(ns, DEPLOYMENT))
+    story.load = loadgen.LoadGenerator(gateway, rate=8, batch=16, duration=600).start()
+    tl.say(f"load generator: 8 requests/s x 16 held-out digits to the Gateway ({gateway.url}, Host {gateway.host})")
     v2 = trained(story, second[0])
     obs.canary = v2
     tl.mark("alias-v2")
@@ -557,7 +565,7 @@ def run_story(story: Story) -> bool:
         return False
     tl.mark("rolled-back")
     story.load.mode = "held-out"
-    since = tl.marks["route-rolled-back"] + 1.0  # the generator re-reads the route every 0.5s, as a gateway would
+    since = tl.marks["route-rolled-back"] + 1.0  # the gateway applies a route change within a fraction of that
     calm = time.monotonic() + 6
     obs.wait("traffic after the rollback", lambda: time.monotonic() > calm, 30)
     story.after_rollback = story.load.stats.since(since)
@@ -574,6 +582,21 @@ def run_story(story: Story) -> bool:
             + (" (reverted by the operator: revertAlias)" if story.alias_after == v1 else "")
         )
     return True
+
+
+def served_by_version(story: Story) -> dict[str, float]:
+    """Per version, the requests its model servers answered, as they count them (Prometheus, scraped from the pods)."""
+    query = (
+        f'sum by (version) (slipway_requests_total{{namespace="{story.namespace}",'
+        f'modeldeployment="{DEPLOYMENT}",code="200"}})'
+    )
+    url = f"{story.state.urls['prometheus']}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            result = json.loads(resp.read())["data"]["result"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {str(r["metric"].get("version", "")): float(r["value"][1]) for r in result}
 
 
 def summary(story: Story, ok: bool) -> None:
@@ -628,15 +651,14 @@ def summary(story: Story, ok: bool) -> None:
         "requests after the rollback", ", ".join(f"v{v}: {n}" for v, n in sorted(story.after_rollback.items())) or "—"
     )
     table.add_row(f"MLflow alias {ALIAS} after", f"v{story.alias_after}" if story.alias_after else "—")
+    served = served_by_version(story)
     if story.load is not None:
         for v, vs in sorted(story.load.stats.by_version.items()):
             acc = f", live accuracy on held-out digits {vs.accuracy:.3f}" if vs.accuracy is not None else ""
-            retried = (
-                f" ({vs.retried} refused during the rollback, retried where the route pointed next)"
-                if vs.retried
-                else ""
-            )
-            table.add_row(f"live traffic to v{v}", f"{vs.requests} requests, {vs.errors} errors{retried}{acc}")
+            own = f"; its model servers counted {served[v]:.0f}" if v in served else ""
+            table.add_row(f"live traffic answered by v{v}", f"{vs.requests} requests{own}{acc}")
+        if story.load.stats.unanswered:
+            table.add_row("not answered by a model", json.dumps(story.load.stats.unanswered))
     table.add_row("outcome", "[green]rolled back on drift[/green]" if ok else "[red]no rollback[/red]")
     table.add_row("total", f"{time.monotonic() - tl.t0:.0f}s")
     console.print(table)

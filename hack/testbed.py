@@ -66,7 +66,7 @@ KSERVE_CRDS = (
     "config/crd/full/serving.kserve.io_servingruntimes.yaml",
     "config/crd/full/serving.kserve.io_clusterservingruntimes.yaml",
 )
-GATEWAY_CRDS = ("gatewayclasses", "gateways", "httproutes", "referencegrants", "grpcroutes")
+GATEWAY_CRDS = ("gatewayclasses", "gateways", "httproutes", "referencegrants", "grpcroutes", "backendtlspolicies")
 EXTRAS = ("mlflow", "prometheus")
 
 
@@ -180,6 +180,7 @@ class Binaries:
     etcd: str
     kwok: str
     helm: str
+    traefik: str
 
 
 def build() -> Binaries:
@@ -192,6 +193,10 @@ def build() -> Binaries:
     etcd = _build_wrapper("etcd", ETCD_VERSION, HACK / "etcd", ".")
     kwok = _go_install("kwok", "sigs.k8s.io/kwok/cmd/kwok", KWOK_VERSION)
     helm = _go_install("helm", "helm.sh/helm/v3/cmd/helm", HELM_VERSION)
+    import testbed_gateway
+
+    traefik = testbed_gateway.build_traefik()
+    testbed_gateway.build_prometheus()
     return Binaries(
         kube_apiserver=str(kube / "kube-apiserver"),
         kube_controller_manager=str(kube / "kube-controller-manager"),
@@ -200,6 +205,7 @@ def build() -> Binaries:
         etcd=str(etcd / "etcd"),
         kwok=str(kwok / "kwok"),
         helm=str(helm / "helm"),
+        traefik=str(traefik),
     )
 
 
@@ -570,7 +576,9 @@ def start_kwok(state: State, bins: Binaries) -> None:
             f"--config={tb / 'kwok-stages.yaml'}",
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            "--disregard-status-with-label-selector=ml.slipway.dev/trainingrun",  # hack/local_kubelet.py runs those
+            # hack/local_kubelet.py runs training pods and KServe's predictor pods (kwok skips a pod matching either)
+            "--disregard-status-with-label-selector=ml.slipway.dev/trainingrun",
+            "--disregard-status-with-annotation-selector=internal.serving.kserve.io/storage-initializer-sourceuri",
             "--node-ip=127.0.0.1",
             f"--server-address=127.0.0.1:{port}",
             "--cidr=10.244.0.0/16",
@@ -704,7 +712,7 @@ scrape_configs:
     file_sd_configs:
       - files: ["{dir}/targets/*.json"]
         refresh_interval: 1s
-"""
+{pods}"""
 
 ALERTMANAGER_CONFIG = """\
 route:
@@ -731,10 +739,14 @@ def alertmanager_config(webhook_urls: list[str], token: str = "") -> str:
 
 
 def start_prometheus(state: State) -> None:
-    """Debian's Alertmanager and Prometheus, wired together, with file-based targets and rules."""
-    for binary in ("prometheus", "prometheus-alertmanager"):
-        if not shutil.which(binary):
-            raise TestbedError(f"{binary} is not installed (apt-get install prometheus prometheus-alertmanager)")
+    """Debian's Alertmanager and Prometheus (built with Kubernetes SD), wired together, with targets and rules."""
+    import testbed_gateway
+
+    if not shutil.which("prometheus-alertmanager"):
+        raise TestbedError("prometheus-alertmanager is not installed (apt-get install prometheus-alertmanager)")
+    prometheus = testbed_gateway.prometheus_binary()
+    if not prometheus.exists():
+        raise TestbedError(f"{prometheus} is not built (hack/testbed build)")
     tb = Path(state.dir)
     am_dir, prom_dir = tb / "alertmanager", tb / "prometheus"
     for d in (am_dir, prom_dir):
@@ -758,12 +770,13 @@ def start_prometheus(state: State) -> None:
             "--log.level=warn",
         ],
     )
-    (prom_dir / "prometheus.yml").write_text(PROMETHEUS_CONFIG.format(dir=prom_dir, am_port=am_port))
+    pods = testbed_gateway.prometheus_pod_scrape_config(state)  # the predictor pods, found through the API server
+    (prom_dir / "prometheus.yml").write_text(PROMETHEUS_CONFIG.format(dir=prom_dir, am_port=am_port, pods=pods))
     _spawn(
         state,
         "prometheus",
         [
-            shutil.which("prometheus") or "",
+            str(prometheus),
             f"--config.file={prom_dir / 'prometheus.yml'}",
             f"--storage.tsdb.path={prom_dir / 'data'}",
             f"--web.listen-address=127.0.0.1:{prom_port}",
@@ -845,6 +858,9 @@ def up(with_extras: tuple[str, ...] = ()) -> State:
     state.save()
     try:
         start_control_plane(state, bins)
+        import testbed_gateway
+
+        testbed_gateway.start_gateway(state, Path(bins.traefik))
         if "mlflow" in with_extras:
             start_mlflow(state)
         if "prometheus" in with_extras:
@@ -919,6 +935,10 @@ def env_lines(state: State) -> Iterator[str]:
     if "prometheus" in state.urls:
         yield f"export SLIPWAY_PROMETHEUS_URL={state.urls['prometheus']}"
         yield f"export SLIPWAY_ALERTMANAGER_URL={state.urls['alertmanager']}"
+    import testbed_gateway
+
+    for key, value in testbed_gateway.gateway_env(state).items():
+        yield f"export {key}={value}"
 
 
 def status() -> int:

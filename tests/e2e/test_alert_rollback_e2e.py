@@ -51,6 +51,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 sys.path.insert(0, str(REPO / "hack"))
 
 import loadgen  # noqa: E402
+import testbed_gateway  # noqa: E402
 from kube_objects import ModelDeploymentReader, wait_for  # noqa: E402
 from operator_fixture import StartOperator, start_operator  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402
@@ -206,6 +207,7 @@ class Cluster(ModelDeploymentReader):
                 },
                 "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
                 "strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}},
+                "gateway": testbed_gateway.route_gateway(self.ns, MD),  # the test bed's Traefik
                 "rollback": {
                     "alerts": {"alertNames": [alert], "matchLabels": {"severity": "critical"}},
                     "window": "10m",
@@ -264,8 +266,8 @@ def story(
         cluster.deploy(name, alert)
         wait_for("v1 served", lambda: cluster.status().get("phase") == "Succeeded" and cluster.ready("1"), 240, 0.5)
         assert cluster.weights() == {"1": 100}
-        reader = loadgen.RouteReader(str(testbed.kubeconfig), namespace, MD)
-        load = loadgen.LoadGenerator(reader.read, rate=8, batch=16, duration=600, refresh_seconds=0.25).start()
+        gateway = loadgen.Gateway(testbed.state.urls["gateway"], MD, testbed_gateway.route_host(namespace, MD))
+        load = loadgen.LoadGenerator(gateway, rate=8, batch=16, duration=600).start()
         s = Story(cluster, op, load, client, name)
         made.append(s)
         client.set_registered_model_alias(name, "champion", "2")
