@@ -416,7 +416,7 @@ def start_operator(state: tb.State, namespace: str, port: int, token: str) -> su
     env.update(
         KUBECONFIG=state.kubeconfig,
         SLIPWAY_MLFLOW_URI=state.urls["mlflow"],
-        SLIPWAY_MLFLOW_ARTIFACTS_DESTINATION=str(Path(state.dir) / "mlflow" / "artifacts"),
+        SLIPWAY_MLFLOW_ARTIFACTS_DESTINATION=state.urls["mlflow-artifacts"],
         SLIPWAY_MLFLOW_POLL_SECONDS="2",
         SLIPWAY_PROMETHEUS_URL=state.urls["prometheus"],
         SLIPWAY_ALERTMANAGER_TOKEN=token,
@@ -676,11 +676,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tl.say(
             f"bringing up the test bed in {tb.testbed_dir()}: etcd, kube-apiserver, controller-manager, scheduler, "
-            "kwok, local kubelet, local KServe, MLflow, Prometheus, Alertmanager"
+            "kwok, local kubelet, KServe's controller-manager, versitygw (S3), MLflow, Prometheus, Alertmanager"
         )
         reused = tb.is_up(tb.State.load(tb.testbed_dir()))
         state = tb.up(("mlflow", "prometheus"))
-        missing = {"local-kubelet", "local-kserve"} - set(state.pids)
+        missing = {"local-kubelet", "kserve-manager", "s3"} - set(state.pids)
         if missing:
             raise DemoFailed(f"this test bed has no {', '.join(sorted(missing))}: `hack/testbed down` it first")
         tl.mark("testbed")

@@ -66,6 +66,11 @@ KSERVE_CRDS = (
     "config/crd/full/serving.kserve.io_servingruntimes.yaml",
     "config/crd/full/serving.kserve.io_clusterservingruntimes.yaml",
 )
+KSERVE_MANAGER_CRDS = (  # watched by KServe's controller-manager, which exits without them
+    "config/crd/full/serving.kserve.io_inferencegraphs.yaml",
+    "config/crd/full/serving.kserve.io_trainedmodels.yaml",
+    "config/crd/full/clusterstoragecontainer/serving.kserve.io_clusterstoragecontainers.yaml",
+)
 GATEWAY_CRDS = ("gatewayclasses", "gateways", "httproutes", "referencegrants", "grpcroutes")
 EXTRAS = ("mlflow", "prometheus")
 
@@ -180,6 +185,8 @@ class Binaries:
     etcd: str
     kwok: str
     helm: str
+    kserve_manager: str
+    versitygw: str
 
 
 def build() -> Binaries:
@@ -192,6 +199,9 @@ def build() -> Binaries:
     etcd = _build_wrapper("etcd", ETCD_VERSION, HACK / "etcd", ".")
     kwok = _go_install("kwok", "sigs.k8s.io/kwok/cmd/kwok", KWOK_VERSION)
     helm = _go_install("helm", "helm.sh/helm/v3/cmd/helm", HELM_VERSION)
+    import testbed_kserve  # KServe's controller-manager and versitygw, built from their Go modules
+
+    kserve_manager, versitygw = testbed_kserve.build_manager(), testbed_kserve.build_versitygw()
     return Binaries(
         kube_apiserver=str(kube / "kube-apiserver"),
         kube_controller_manager=str(kube / "kube-controller-manager"),
@@ -200,6 +210,8 @@ def build() -> Binaries:
         etcd=str(etcd / "etcd"),
         kwok=str(kwok / "kwok"),
         helm=str(helm / "helm"),
+        kserve_manager=str(kserve_manager),
+        versitygw=str(versitygw),
     )
 
 
@@ -222,7 +234,7 @@ def upstream_crd_files() -> list[Path]:
     """The real KServe and Gateway API CRD files, read out of their Go modules."""
     kserve = go_module_dir("github.com/kserve/kserve", KSERVE_VERSION)
     gateway = go_module_dir("sigs.k8s.io/gateway-api", GATEWAY_API_VERSION)
-    files = [kserve / rel for rel in KSERVE_CRDS]
+    files = [kserve / rel for rel in (*KSERVE_CRDS, *KSERVE_MANAGER_CRDS)]
     files += [gateway / "config/crd/standard" / f"gateway.networking.k8s.io_{n}.yaml" for n in GATEWAY_CRDS]
     return files
 
@@ -546,11 +558,9 @@ def start_control_plane(state: State, bins: Binaries) -> None:
         "local-kubelet",
         [sys.executable, str(HACK / "local_kubelet.py"), f"--kubeconfig={kubeconfig}", f"--dir={tb / 'pods'}"],
     )
-    _spawn(  # plays KServe's controller: serves Slipway-runtime InferenceServices locally, see its docstring
-        state,
-        "local-kserve",
-        [sys.executable, str(HACK / "local_kserve.py"), f"--kubeconfig={kubeconfig}", f"--dir={tb}"],
-    )
+    import testbed_kserve  # KServe's own controller-manager, its config and webhooks: see its docstring
+
+    testbed_kserve.start_kserve(state, bins.kserve_manager)
 
 
 def start_kwok(state: State, bins: Binaries) -> None:
@@ -650,11 +660,15 @@ def _venv_bin(name: str) -> str:
     return found
 
 
-def start_mlflow(state: State) -> None:
-    """`mlflow server` with a SQLite backend and a local artifact folder."""
+def start_mlflow(state: State, versitygw: str) -> None:
+    """`mlflow server` with a SQLite backend, its artifacts in an S3 bucket of versitygw (started first)."""
+    import testbed_kserve
+
+    testbed_kserve.start_s3(state, versitygw)
     tb = Path(state.dir) / "mlflow"
     shutil.rmtree(tb, ignore_errors=True)
-    (tb / "artifacts").mkdir(parents=True)
+    tb.mkdir(parents=True)
+    artifacts = state.urls["mlflow-artifacts"] = f"s3://{testbed_kserve.S3_BUCKET}/artifacts"
     port = free_port()
     state.ports["mlflow"] = port
     url = f"http://127.0.0.1:{port}"
@@ -666,6 +680,7 @@ def start_mlflow(state: State) -> None:
         MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS="true",
         MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
         MLFLOW_WEBHOOK_CACHE_TTL="1",
+        **testbed_kserve.s3_env(state),
     )
     _spawn(
         state,
@@ -676,7 +691,7 @@ def start_mlflow(state: State) -> None:
             "--backend-store-uri",
             f"sqlite:///{tb / 'mlflow.db'}",
             "--artifacts-destination",
-            str(tb / "artifacts"),
+            artifacts,
             "--host",
             "127.0.0.1",
             "--port",
@@ -838,7 +853,7 @@ def up(with_extras: tuple[str, ...] = ()) -> State:
             "kubernetes": KUBERNETES_VERSION,
             "etcd": ETCD_VERSION,
             "kwok": KWOK_VERSION,
-            "kserve-crds": KSERVE_VERSION,
+            "kserve": KSERVE_VERSION,
             "gateway-api-crds": GATEWAY_API_VERSION,
         },
     )
@@ -846,7 +861,7 @@ def up(with_extras: tuple[str, ...] = ()) -> State:
     try:
         start_control_plane(state, bins)
         if "mlflow" in with_extras:
-            start_mlflow(state)
+            start_mlflow(state, bins.versitygw)
         if "prometheus" in with_extras:
             start_prometheus(state)
     except BaseException:
@@ -980,4 +995,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.modules.setdefault("testbed", sys.modules[__name__])  # one module for testbed_kserve's `import testbed`
     sys.exit(main())
