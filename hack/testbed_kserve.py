@@ -209,7 +209,9 @@ def webhook_configurations(state: tb.State, port: int, ca: bytes) -> list[dict[s
 
 def _apply(state: tb.State, objects: list[dict[str, Any]]) -> None:
     body = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
-    tb._kubectl(state, "apply", "--server-side", "--force-conflicts", "--field-manager=slipway-testbed", "-f", "-", input=body)
+    tb._kubectl(
+        state, "apply", "--server-side", "--force-conflicts", "--field-manager=slipway-testbed", "-f", "-", input=body
+    )
 
 
 # --------------------------------------------------------------------------- pki
@@ -223,7 +225,9 @@ def webhook_certificate(pki: Path, cert_dir: Path) -> None:
     ext = cert_dir / "san.ext"
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
     key, csr, crt = cert_dir / "tls.key", cert_dir / "tls.csr", cert_dir / "tls.crt"
-    tb._openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kserve-webhook", "-keyout", str(key), "-out", str(csr))
+    tb._openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kserve-webhook", "-keyout", str(key), "-out", str(csr)
+    )
     tb._openssl(
         "x509", "-req", "-in", str(csr), "-CA", str(pki / "ca.crt"), "-CAkey", str(pki / "ca.key"),
         "-CAcreateserial", "-days", "3650", "-extfile", str(ext), "-out", str(crt),
@@ -324,4 +328,3 @@ def manager_running(state: tb.State) -> bool:
     """Whether the manager recorded in the state still runs."""
     pid = state.pids.get("kserve-manager")
     return pid is not None and tb._alive(pid, state.identities.get("kserve-manager", ""))
-

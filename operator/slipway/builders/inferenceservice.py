@@ -112,4 +112,6 @@ def build_inference_service(md: ModelDeployment, version: str, storage_uri: str)
     spec["minReplicas"] = md.spec.autoscaling.min_replicas
     spec["maxReplicas"] = md.spec.autoscaling.max_replicas
     spec["labels"] = {"ml.slipway.dev/version": version}
+    if md.spec.serving.service_account_name:
+        spec["serviceAccountName"] = md.spec.serving.service_account_name
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta, "spec": {"predictor": spec}}
