@@ -102,8 +102,12 @@ def module_dir() -> Path:
 
 def to_json(state: tb.State, path: Path) -> list[dict[str, Any]]:
     """The objects of a YAML file, through kubectl (no YAML parser in the standard library)."""
-    out = json.loads(tb._kubectl(state, "create", "--dry-run=client", "-o", "json", "-f", str(path)))
-    items = out["items"] if out.get("kind") == "List" else [out]
+    text = tb._kubectl(state, "create", "--dry-run=client", "-o", "json", "-f", str(path))
+    decoder, items, pos = json.JSONDecoder(), [], 0
+    while text[pos:].strip():  # one JSON document per YAML document
+        obj, end = decoder.raw_decode(text, pos + len(text[pos:]) - len(text[pos:].lstrip()))
+        items += obj["items"] if obj.get("kind") == "List" else [obj]
+        pos = end
     for item in items:
         item.get("metadata", {}).pop("creationTimestamp", None)
     return list(items)
@@ -146,7 +150,9 @@ def adjust_config(data: dict[str, str]) -> dict[str, str]:
 
     - ``deploy.defaultDeploymentMode``: Standard (upstream's file says Serverless: no Knative here);
     - ``ingress.disableIngressCreation``: true — Slipway owns the HTTPRoute, KServe must create no
-      Ingress or route of its own (``enableGatewayApi`` stays false).
+      Ingress or route of its own (``enableGatewayApi`` stays false);
+    - ``ingress.disableIstioVirtualHost``: true — there is no Istio (else a Warning event on every
+      InferenceService says its VirtualService CRD is missing).
     """
     out = dict(data)
     deploy = json.loads(out.get("deploy") or "{}")
@@ -155,6 +161,7 @@ def adjust_config(data: dict[str, str]) -> dict[str, str]:
     ingress = json.loads(out["ingress"])
     ingress["disableIngressCreation"] = True
     ingress["enableGatewayApi"] = False
+    ingress["disableIstioVirtualHost"] = True
     out["ingress"] = json.dumps(ingress, indent=2)
     return out
 

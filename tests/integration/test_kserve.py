@@ -134,10 +134,9 @@ def test_kserve_reconciles_the_operators_inferenceservice_into_deployment_and_se
     assert labels["ml.slipway.dev/version"] == "3"
     assert labels["ml.slipway.dev/deployment"] == "digits"
     annotations = dep["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["serving.kserve.io/storage-initializer-sourceuri"] == (
+    assert annotations["internal.serving.kserve.io/storage-initializer-sourceuri"] == (
         "s3://mlflow/artifacts/1/abc/artifacts/model"
     )
-    assert annotations["prometheus.io/port"] == "8080"
     (container,) = dep["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["python", "-m", "slipway_serving"]
     assert container["args"][:2] == ["--model-uri", "/mnt/models"]
@@ -146,6 +145,26 @@ def test_kserve_reconciles_the_operators_inferenceservice_into_deployment_and_se
     # autoscalerClass external: KServe leaves scaling to the operator's HPA, which names the same Deployment.
     assert get(kubectl, "hpa", name) is None
     assert build_hpa(md, "3")["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+
+    # The pod KServe's pod mutator admitted: storage initializer injected, scrape annotations kept on 8080.
+    pod = wait_for(lambda: (p := get(kubectl, "pods", "-l", "serving.kserve.io/inferenceservice=digits-v3")) and
+                   p["items"] and p["items"][0], 60, "the predictor pod")  # fmt: skip
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8080"
+    assert pod["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+    (init,) = pod["spec"]["initContainers"]
+    assert (init["name"], init["args"]) == (
+        "storage-initializer",
+        ["s3://mlflow/artifacts/1/abc/artifacts/model", "/mnt/models"],
+    )
+    assert init["image"] == "kserve/storage-initializer:latest"
+    (main,) = pod["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in main["env"]}
+    assert env["STORAGE_URI"] == "/mnt/models"  # rewritten: the model is local by the time the server starts
+    assert env["INFERENCE_SERVICE_NAME"] == "digits-v3"
+    mounts = {m["mountPath"]: m for m in main["volumeMounts"]}
+    assert mounts["/mnt/models"]["name"] == "kserve-provision-location" and mounts["/mnt/models"]["readOnly"]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["kserve-provision-location"] == {"name": "kserve-provision-location", "emptyDir": {}}
 
 
 def test_kserve_conditions_follow_the_predictor_deployment(kubectl, namespace):
@@ -157,7 +176,10 @@ def test_kserve_conditions_follow_the_predictor_deployment(kubectl, namespace):
         return {c["type"]: c["status"] for c in (live.get("status") or {}).get("conditions") or []}
 
     seen = wait_for(lambda: (c := conditions()) and "PredictorReady" in c and c, 60, "KServe's conditions")
-    assert {"IngressReady", "PredictorReady", "Ready"} <= set(seen)
+    assert {"IngressReady", "PredictorReady", "Ready", "Stopped"} <= set(seen)
+    live = get(kubectl, "inferenceservice", "digits-v4")
+    assert live["metadata"]["finalizers"] == ["inferenceservice.finalizers"]
+    assert live["status"]["address"]["url"] == f"http://digits-v4-predictor.{namespace}.svc.cluster.local"
     assert (get(kubectl, "ingress", "digits-v4") or {}).get("kind") is None  # no Ingress: Slipway owns the route
     assert get(kubectl, "httproute", "digits-v4") is None
 

@@ -24,6 +24,7 @@ def test_adjust_config_makes_standard_the_default_and_creates_no_ingress():
     ingress = json.loads(out["ingress"])
     assert ingress["disableIngressCreation"] is True
     assert ingress["enableGatewayApi"] is False
+    assert ingress["disableIstioVirtualHost"] is True
     assert ingress["ingressDomain"] == "example.com"
     assert out["storageInitializer"] == upstream["storageInitializer"]  # left as upstream ships it
     assert json.loads(upstream["deploy"]) == {"defaultDeploymentMode": "Serverless"}  # input untouched
