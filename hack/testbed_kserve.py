@@ -100,9 +100,9 @@ def module_dir() -> Path:
 # --------------------------------------------------------------------------- manifests
 
 
-def to_json(state: tb.State, path: Path) -> list[dict[str, Any]]:
-    """The objects of a YAML file, through kubectl (no YAML parser in the standard library)."""
-    text = tb._kubectl(state, "create", "--dry-run=client", "-o", "json", "-f", str(path))
+def to_json(state: tb.State, *paths: Path) -> list[dict[str, Any]]:
+    """The objects of YAML files, through one kubectl call (no YAML parser in the standard library)."""
+    text = tb._kubectl(state, "create", "--dry-run=client", "-o", "json", *(f"-f={p}" for p in paths))
     decoder, items, pos = json.JSONDecoder(), [], 0
     while text[pos:].strip():  # one JSON document per YAML document
         obj, end = decoder.raw_decode(text, pos + len(text[pos:]) - len(text[pos:].lstrip()))
@@ -199,7 +199,7 @@ def serving_runtimes(state: tb.State) -> list[dict[str, Any]]:
     folder = module_dir() / "config/runtimes"
     images = kustomize_images(folder / "kustomization.yaml")
     names = re.findall(r"^- (kserve-\S+\.yaml)\s*$", (folder / "kustomization.yaml").read_text(), re.M)
-    return [_with_images(o, images) for name in names for o in to_json(state, folder / name)]
+    return [_with_images(o, images) for o in to_json(state, *(folder / name for name in names))]
 
 
 def webhook_configurations(state: tb.State, port: int, ca: bytes) -> list[dict[str, Any]]:
