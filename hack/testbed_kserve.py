@@ -103,7 +103,8 @@ def module_dir() -> Path:
 def to_json(state: tb.State, *paths: Path) -> list[dict[str, Any]]:
     """The objects of YAML files, through one kubectl call (no YAML parser in the standard library)."""
     text = tb._kubectl(state, "create", "--dry-run=client", "-o", "json", *(f"-f={p}" for p in paths))
-    decoder, items, pos = json.JSONDecoder(), [], 0
+    decoder, pos = json.JSONDecoder(), 0
+    items: list[dict[str, Any]] = []
     while text[pos:].strip():  # one JSON document per YAML document
         obj, end = decoder.raw_decode(text, pos + len(text[pos:]) - len(text[pos:].lstrip()))
         items += obj["items"] if obj.get("kind") == "List" else [obj]
@@ -221,6 +222,11 @@ def _apply(state: tb.State, objects: list[dict[str, Any]]) -> None:
     )
 
 
+def _applied(state: tb.State, objects: list[dict[str, Any]]) -> bool:
+    _apply(state, objects)
+    return True
+
+
 # --------------------------------------------------------------------------- pki
 
 
@@ -287,7 +293,8 @@ def start_kserve(state: tb.State, manager: str) -> None:
     ca = (tbdir / "pki" / "ca.crt").read_bytes()
     _apply(state, webhook_configurations(state, webhook, ca))
     # Created through the ClusterServingRuntime validator: proves the API server reaches the webhooks.
-    tb._wait(state, "kserve-manager", lambda: _apply(state, serving_runtimes(state)) is None, 60, "its webhooks")
+    runtimes = serving_runtimes(state)
+    tb._wait(state, "kserve-manager", lambda: _applied(state, runtimes), 60, "its webhooks")
     state.save()
     tb.log(f"  KServe {tb.KSERVE_VERSION} controller-manager up in {time.monotonic() - started:.1f}s")
 
