@@ -51,12 +51,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "hack"))
 
 import loadgen  # noqa: E402
+import testbed_kserve  # noqa: E402
 
 import testbed as tb  # noqa: E402
 from slipway.monitoring.rules import rule_groups  # noqa: E402
 
 MODEL = "digits-cnn"
 DEPLOYMENT = "digits"
+MODELS_SERVICE_ACCOUNT = "models"
 ALIAS = "champion"
 ALERT = "SlipwayModelDrift"
 ALERT_FOR = "5s"  # the shipped rules hold 30s before firing; the demo does not want to wait that long
@@ -160,6 +162,8 @@ def model_deployment() -> dict[str, Any]:
             "serving": {
                 "runtime": "slipway",
                 "protocol": "v2",
+                # KServe's storage initializer takes the S3 credentials from this ServiceAccount's Secret
+                "serviceAccountName": MODELS_SERVICE_ACCOUNT,
                 # a smaller drift window than the runtime's default (1000) reacts sooner at the demo's rate
                 "env": [{"name": "SLIPWAY_DRIFT_WINDOW", "value": "400"}],
             },
@@ -697,6 +701,16 @@ def main(argv: list[str] | None = None) -> int:
         tb.set_alert_webhooks(state, [f"http://127.0.0.1:{port}/webhooks/alertmanager"], token)
         tl.say(f"Alertmanager → http://127.0.0.1:{port}/webhooks/alertmanager with a bearer token")
         kubectl(state, "create", "namespace", args.namespace, check=False)
+        credentials = testbed_kserve.s3_credentials(state, MODELS_SERVICE_ACCOUNT)
+        kubectl(
+            state,
+            "apply",
+            "-n",
+            args.namespace,
+            "-f",
+            "-",
+            input=json.dumps({"kind": "List", "apiVersion": "v1", "items": credentials}),
+        )
         operator = start_operator(state, args.namespace, port, token)
         tl.say(
             f"operator running (pid {operator.pid}), watching namespace {args.namespace}; "

@@ -328,6 +328,32 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def s3_credentials(state: tb.State, service_account: str = "models") -> list[dict[str, Any]]:
+    """A Secret and ServiceAccount as KServe takes S3 credentials (its ``s3-*`` annotations) for the storage
+    initializer; name the ServiceAccount in a ModelDeployment's ``spec.serving.serviceAccountName``."""
+    env = s3_env(state)
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": f"{service_account}-s3",
+            "annotations": {
+                "serving.kserve.io/s3-endpoint": env["MLFLOW_S3_ENDPOINT_URL"].removeprefix("http://"),
+                "serving.kserve.io/s3-usehttps": "0",
+                "serving.kserve.io/s3-region": env["AWS_DEFAULT_REGION"],
+            },
+        },
+        "stringData": {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
+    }
+    account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": service_account},
+        "secrets": [{"name": f"{service_account}-s3"}],
+    }
+    return [secret, account]
+
+
 def s3_env(state: tb.State) -> dict[str, str]:
     """What an S3 client (MLflow, boto3) needs to reach the test bed's versitygw."""
     return {

@@ -184,32 +184,10 @@ def test_kserve_conditions_follow_the_predictor_deployment(kubectl, namespace):
     assert get(kubectl, "httproute", "digits-v4") is None
 
 
-def _s3_credentials(kubectl, testbed, namespace: str) -> str:
-    """The Secret and ServiceAccount KServe takes S3 credentials from (its s3-* annotations); returns the SA."""
-    env = tbk.s3_env(testbed.state)
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": "models-s3",
-            "annotations": {
-                "serving.kserve.io/s3-endpoint": env["MLFLOW_S3_ENDPOINT_URL"].removeprefix("http://"),
-                "serving.kserve.io/s3-usehttps": "0",
-                "serving.kserve.io/s3-region": env["AWS_DEFAULT_REGION"],
-            },
-        },
-        "stringData": {
-            "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
-            "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
-        },
-    }
-    sa = {
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": {"name": "models"},
-        "secrets": [{"name": "models-s3"}],
-    }
-    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [secret, sa]}))
+def _s3_credentials(kubectl, testbed) -> str:
+    """The test bed's Secret and ServiceAccount KServe takes S3 credentials from; returns the ServiceAccount."""
+    objects = tbk.s3_credentials(testbed.state, "models")
+    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
     return "models"
 
 
@@ -260,7 +238,7 @@ def test_the_injected_storage_initializer_downloads_the_registered_model_from_s3
         registry.close()
     assert record.storage_uri is not None and record.storage_uri.startswith("s3://mlflow/artifacts/"), record
 
-    sa = _s3_credentials(kubectl, testbed, namespace)
+    sa = _s3_credentials(kubectl, testbed)
     md = model_deployment(namespace, serviceAccountName=sa)
     isvc = without_owner(build_inference_service(md, str(version), record.storage_uri))
     assert isvc["spec"]["predictor"]["serviceAccountName"] == sa
