@@ -835,7 +835,8 @@ def up(with_extras: tuple[str, ...] = ()) -> State:
     existing = State.load(tb)
     wanted = {
         "kube-apiserver",
-        *(("mlflow",) if "mlflow" in with_extras else ()),
+        "kserve-manager",
+        *(("mlflow", "s3") if "mlflow" in with_extras else ()),
         *(("prometheus", "alertmanager") if "prometheus" in with_extras else ()),
     }
     if existing and is_up(existing) and wanted <= set(existing.pids):
