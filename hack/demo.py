@@ -56,12 +56,14 @@ sys.path.insert(0, str(REPO / "hack"))
 
 import loadgen  # noqa: E402
 import testbed_gateway  # noqa: E402
+import testbed_kserve  # noqa: E402
 
 import testbed as tb  # noqa: E402
 from slipway.monitoring.rules import rule_groups  # noqa: E402
 
 MODEL = "digits-cnn"
 DEPLOYMENT = "digits"
+MODELS_SERVICE_ACCOUNT = "models"
 ALIAS = "champion"
 ALERT = "SlipwayModelDrift"
 ALERT_FOR = "5s"  # the shipped rules hold 30s before firing; the demo does not want to wait that long
@@ -169,6 +171,8 @@ def model_deployment(namespace: str) -> dict[str, Any]:
             "serving": {
                 "runtime": "slipway",
                 "protocol": "v2",
+                # KServe's storage initializer takes the S3 credentials from this ServiceAccount's Secret
+                "serviceAccountName": MODELS_SERVICE_ACCOUNT,
                 # a smaller drift window than the runtime's default (1000) reacts sooner at the demo's rate
                 "env": [{"name": "SLIPWAY_DRIFT_WINDOW", "value": "400"}],
             },
@@ -425,7 +429,7 @@ def start_operator(state: tb.State, namespace: str, port: int, token: str) -> su
     env.update(
         KUBECONFIG=state.kubeconfig,
         SLIPWAY_MLFLOW_URI=state.urls["mlflow"],
-        SLIPWAY_MLFLOW_ARTIFACTS_DESTINATION=str(Path(state.dir) / "mlflow" / "artifacts"),
+        SLIPWAY_MLFLOW_ARTIFACTS_DESTINATION=state.urls["mlflow-artifacts"],
         SLIPWAY_MLFLOW_POLL_SECONDS="2",
         SLIPWAY_PROMETHEUS_URL=state.urls["prometheus"],
         SLIPWAY_ALERTMANAGER_TOKEN=token,
@@ -698,11 +702,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tl.say(
             f"bringing up the test bed in {tb.testbed_dir()}: etcd, kube-apiserver, controller-manager, scheduler, "
-            "kwok, local kubelet, local KServe, MLflow, Prometheus, Alertmanager"
+            "kwok, local kubelet, KServe's controller-manager, versitygw (S3), MLflow, Prometheus, Alertmanager"
         )
         reused = tb.is_up(tb.State.load(tb.testbed_dir()))
         state = tb.up(("mlflow", "prometheus"))
-        missing = {"local-kubelet", "local-kserve"} - set(state.pids)
+        missing = {"local-kubelet", "kserve-manager", "s3"} - set(state.pids)
         if missing:
             raise DemoFailed(f"this test bed has no {', '.join(sorted(missing))}: `hack/testbed down` it first")
         tl.mark("testbed")
@@ -719,6 +723,16 @@ def main(argv: list[str] | None = None) -> int:
         tb.set_alert_webhooks(state, [f"http://127.0.0.1:{port}/webhooks/alertmanager"], token)
         tl.say(f"Alertmanager → http://127.0.0.1:{port}/webhooks/alertmanager with a bearer token")
         kubectl(state, "create", "namespace", args.namespace, check=False)
+        credentials = testbed_kserve.s3_credentials(state, MODELS_SERVICE_ACCOUNT)
+        kubectl(
+            state,
+            "apply",
+            "-n",
+            args.namespace,
+            "-f",
+            "-",
+            input=json.dumps({"kind": "List", "apiVersion": "v1", "items": credentials}),
+        )
         operator = start_operator(state, args.namespace, port, token)
         tl.say(
             f"operator running (pid {operator.pid}), watching namespace {args.namespace}; "

@@ -66,6 +66,11 @@ KSERVE_CRDS = (
     "config/crd/full/serving.kserve.io_servingruntimes.yaml",
     "config/crd/full/serving.kserve.io_clusterservingruntimes.yaml",
 )
+KSERVE_MANAGER_CRDS = (  # watched by KServe's controller-manager, which exits without them
+    "config/crd/full/serving.kserve.io_inferencegraphs.yaml",
+    "config/crd/full/serving.kserve.io_trainedmodels.yaml",
+    "config/crd/full/clusterstoragecontainer/serving.kserve.io_clusterstoragecontainers.yaml",
+)
 GATEWAY_CRDS = ("gatewayclasses", "gateways", "httproutes", "referencegrants", "grpcroutes", "backendtlspolicies")
 EXTRAS = ("mlflow", "prometheus")
 
@@ -181,6 +186,8 @@ class Binaries:
     kwok: str
     helm: str
     traefik: str
+    kserve_manager: str
+    versitygw: str
 
 
 def build() -> Binaries:
@@ -197,6 +204,9 @@ def build() -> Binaries:
 
     traefik = testbed_gateway.build_traefik()
     testbed_gateway.build_prometheus()
+    import testbed_kserve  # KServe's controller-manager and versitygw, built from their Go modules
+
+    kserve_manager, versitygw = testbed_kserve.build_manager(), testbed_kserve.build_versitygw()
     return Binaries(
         kube_apiserver=str(kube / "kube-apiserver"),
         kube_controller_manager=str(kube / "kube-controller-manager"),
@@ -206,6 +216,8 @@ def build() -> Binaries:
         kwok=str(kwok / "kwok"),
         helm=str(helm / "helm"),
         traefik=str(traefik),
+        kserve_manager=str(kserve_manager),
+        versitygw=str(versitygw),
     )
 
 
@@ -228,7 +240,7 @@ def upstream_crd_files() -> list[Path]:
     """The real KServe and Gateway API CRD files, read out of their Go modules."""
     kserve = go_module_dir("github.com/kserve/kserve", KSERVE_VERSION)
     gateway = go_module_dir("sigs.k8s.io/gateway-api", GATEWAY_API_VERSION)
-    files = [kserve / rel for rel in KSERVE_CRDS]
+    files = [kserve / rel for rel in (*KSERVE_CRDS, *KSERVE_MANAGER_CRDS)]
     files += [gateway / "config/crd/standard" / f"gateway.networking.k8s.io_{n}.yaml" for n in GATEWAY_CRDS]
     return files
 
@@ -552,11 +564,9 @@ def start_control_plane(state: State, bins: Binaries) -> None:
         "local-kubelet",
         [sys.executable, str(HACK / "local_kubelet.py"), f"--kubeconfig={kubeconfig}", f"--dir={tb / 'pods'}"],
     )
-    _spawn(  # plays KServe's controller: serves Slipway-runtime InferenceServices locally, see its docstring
-        state,
-        "local-kserve",
-        [sys.executable, str(HACK / "local_kserve.py"), f"--kubeconfig={kubeconfig}", f"--dir={tb}"],
-    )
+    import testbed_kserve  # KServe's own controller-manager, its config and webhooks: see its docstring
+
+    testbed_kserve.start_kserve(state, bins.kserve_manager)
 
 
 def start_kwok(state: State, bins: Binaries) -> None:
@@ -658,11 +668,15 @@ def _venv_bin(name: str) -> str:
     return found
 
 
-def start_mlflow(state: State) -> None:
-    """`mlflow server` with a SQLite backend and a local artifact folder."""
+def start_mlflow(state: State, versitygw: str) -> None:
+    """`mlflow server` with a SQLite backend, its artifacts in an S3 bucket of versitygw (started first)."""
+    import testbed_kserve
+
+    testbed_kserve.start_s3(state, versitygw)
     tb = Path(state.dir) / "mlflow"
     shutil.rmtree(tb, ignore_errors=True)
-    (tb / "artifacts").mkdir(parents=True)
+    tb.mkdir(parents=True)
+    artifacts = state.urls["mlflow-artifacts"] = f"s3://{testbed_kserve.S3_BUCKET}/artifacts"
     port = free_port()
     state.ports["mlflow"] = port
     url = f"http://127.0.0.1:{port}"
@@ -674,6 +688,7 @@ def start_mlflow(state: State) -> None:
         MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS="true",
         MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
         MLFLOW_WEBHOOK_CACHE_TTL="1",
+        **testbed_kserve.s3_env(state),
     )
     _spawn(
         state,
@@ -684,7 +699,7 @@ def start_mlflow(state: State) -> None:
             "--backend-store-uri",
             f"sqlite:///{tb / 'mlflow.db'}",
             "--artifacts-destination",
-            str(tb / "artifacts"),
+            artifacts,
             "--host",
             "127.0.0.1",
             "--port",
@@ -833,7 +848,8 @@ def up(with_extras: tuple[str, ...] = ()) -> State:
     existing = State.load(tb)
     wanted = {
         "kube-apiserver",
-        *(("mlflow",) if "mlflow" in with_extras else ()),
+        "kserve-manager",
+        *(("mlflow", "s3") if "mlflow" in with_extras else ()),
         *(("prometheus", "alertmanager") if "prometheus" in with_extras else ()),
     }
     if existing and is_up(existing) and wanted <= set(existing.pids):
@@ -851,7 +867,7 @@ def up(with_extras: tuple[str, ...] = ()) -> State:
             "kubernetes": KUBERNETES_VERSION,
             "etcd": ETCD_VERSION,
             "kwok": KWOK_VERSION,
-            "kserve-crds": KSERVE_VERSION,
+            "kserve": KSERVE_VERSION,
             "gateway-api-crds": GATEWAY_API_VERSION,
         },
     )
@@ -862,7 +878,7 @@ def up(with_extras: tuple[str, ...] = ()) -> State:
 
         testbed_gateway.start_gateway(state, Path(bins.traefik))
         if "mlflow" in with_extras:
-            start_mlflow(state)
+            start_mlflow(state, bins.versitygw)
         if "prometheus" in with_extras:
             start_prometheus(state)
     except BaseException:
@@ -1000,4 +1016,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.modules.setdefault("testbed", sys.modules[__name__])  # one module for testbed_kserve's `import testbed`
     sys.exit(main())

@@ -72,7 +72,9 @@ class Testbed:
 @pytest.fixture(scope="session")
 def testbed() -> Iterator[Testbed]:
     existing = tb.State.load(tb.testbed_dir())
-    reuse = tb.is_up(existing) and existing is not None and {"mlflow", "prometheus"} <= set(existing.pids)
+    reuse = (
+        tb.is_up(existing) and existing is not None and {"mlflow", "prometheus", "kserve-manager"} <= set(existing.pids)
+    )
     state = existing if reuse and existing else tb.up(("mlflow", "prometheus"))
     yield Testbed(
         state=state,

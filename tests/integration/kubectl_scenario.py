@@ -85,14 +85,17 @@ def move_alias(kubectl, old: str, new: str, *, model: str = MODEL) -> None:
 
 
 def predictor(kubectl, version: str, replicas: int = 1, name: str = MODEL) -> None:
-    """The predictor Deployment KServe's controller would create (it is not running here); kwok runs its pods."""
-    kubectl(
-        "create",
-        "deployment",
-        f"{name}-v{version}-predictor",
-        "--image=registry.invalid/serving:1",
-        f"--replicas={replicas}",
-    )
+    """A predictor Deployment with ``replicas`` pods (kwok runs them): KServe's own once its controller has created it
+    from the InferenceService (scaled here), else one made here ahead of it (KServe then reports the selector clash
+    in a Warning event; the operator reads only the Deployment's available replicas)."""
+    deployment = f"{name}-v{version}-predictor"
+    if kubectl("get", "deployment", deployment, "-o", "name", check=False).returncode == 0:
+        kubectl("scale", "deployment", deployment, f"--replicas={replicas}")
+        return
+    made = kubectl("create", "deployment", deployment, "--image=registry.invalid/serving:1", f"--replicas={replicas}",
+                   check=False)  # fmt: skip
+    if made.returncode != 0:  # KServe created it meanwhile
+        kubectl("scale", "deployment", deployment, f"--replicas={replicas}")
 
 
 def deployment(kubectl, strategy: dict[str, Any], **spec: Any) -> None:

@@ -17,7 +17,6 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -52,7 +51,7 @@ def start_operator(
             mlflow_uri=mlflow_uri or testbed.mlflow_uri,
             poll_seconds=poll_seconds,
             webhook_secret=webhook_secret,
-            artifacts_destination=str(Path(testbed.dir) / "mlflow" / "artifacts"),
+            artifacts_destination=testbed.state.urls["mlflow-artifacts"],
         )
         started.append(op)
         op.start().wait_healthy()

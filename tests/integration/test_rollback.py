@@ -179,7 +179,7 @@ class Cluster(ModelDeploymentReader):
             "metadata": {"name": MD},
             "spec": {
                 "model": {"name": model, "track": {"alias": "champion"}},
-                # a named runtime: the test bed's stand-in KServe (hack/local_kserve.py) leaves these alone
+                # a named runtime (MLServer): the operator builds it the same way; the test drives its readiness
                 "serving": {"runtime": "kserve-mlserver", "modelFormat": "mlflow"},
                 "autoscaling": {"minReplicas": 1, "maxReplicas": 2},
                 "strategy": strategy,

@@ -107,3 +107,9 @@ def test_every_child_is_owned_and_labelled():
         owner = child["metadata"]["ownerReferences"][0]
         assert owner["uid"] == obj.metadata.uid and owner["controller"] is True
         assert child["metadata"]["labels"]["ml.slipway.dev/deployment"] == "digits"
+
+
+def test_inference_service_names_the_service_account_kserve_takes_storage_credentials_from():
+    isvc = build_inference_service(md(serving={"serviceAccountName": "models"}), "7", "s3://mlflow/artifacts/7")
+    assert isvc["spec"]["predictor"]["serviceAccountName"] == "models"
+    assert "serviceAccountName" not in build_inference_service(md(), "7", "s3://m/7")["spec"]["predictor"]

@@ -118,6 +118,16 @@ class Serving(ApiModel):
         None, description="Resources of each predictor pod, e.g. cpu, memory, nvidia.com/gpu."
     )
     env: list[EnvVar] | None = Field(None, max_length=64, description="Extra environment variables for the predictor.")
+    service_account_name: str | None = Field(
+        None,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+        description=(
+            "ServiceAccount of the predictor pods. KServe's storage initializer takes the model storage "
+            "credentials from the Secrets it names (S3: a Secret annotated serving.kserve.io/s3-endpoint, "
+            "holding AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)."
+        ),
+    )
     batching: Batching | None = Field(
         None,
         description=(

@@ -23,12 +23,18 @@ def ready_path(model_name: str) -> str:
 
 
 def scrape_annotations() -> dict[str, str]:
-    """Prometheus scrape annotations for the predictor pods (KServe copies them to the pods)."""
+    """Prometheus scrape annotations for the predictor pods (KServe copies them to the pods).
+
+    ``serving.kserve.io/enable-prometheus-scraping`` is "false" on purpose: when it is "true" (or
+    unset while the cluster's ``metricsAggregator.enablePrometheusScraping`` is), KServe's pod
+    mutator rewrites ``prometheus.io/port`` to 9091 — queue-proxy's port, where nothing of a
+    Standard-mode predictor listens — and the model server's own metrics on 8080 go unscraped.
+    """
     return {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(HTTP_PORT),
         "prometheus.io/path": "/metrics",
-        "serving.kserve.io/enable-prometheus-scraping": "true",
+        "serving.kserve.io/enable-prometheus-scraping": "false",
     }
 
 
@@ -120,4 +126,6 @@ def build_inference_service(
     spec["minReplicas"] = low
     spec["maxReplicas"] = high
     spec["labels"] = {"ml.slipway.dev/version": version}
+    if md.spec.serving.service_account_name:
+        spec["serviceAccountName"] = md.spec.serving.service_account_name
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta, "spec": {"predictor": spec}}

@@ -111,7 +111,14 @@ def unhonourable(md: ModelDeployment) -> str | None:
 
 
 def observe_children(kube: Kube, md: ModelDeployment) -> tuple[frozenset[str], frozenset[str]]:
-    """Versions with an InferenceService, and those whose predictor is ready (at minReplicas, or KServe Ready)."""
+    """Versions with an InferenceService, and those whose predictor is ready.
+
+    Router gateway-api (KServe Standard mode): ready when the predictor Deployment has
+    ``minReplicas`` available pods. KServe's own ``Ready`` is not enough there: with
+    ``autoscalerClass: external`` KServe never sets the Deployment's replicas (it starts at 1, our
+    HPA raises it), and ``Ready`` follows the Deployment's ``Available`` condition, True with one
+    pod of three. Router kserve-knative: KServe's ``Ready``.
+    """
     ns, name = md.metadata.namespace, md.metadata.name or ""
     live, ready = set(), set()
     for isvc in kube.list(*ISVC, ns, f"{LABEL_DEPLOYMENT}={name}"):
@@ -119,16 +126,16 @@ def observe_children(kube: Kube, md: ModelDeployment) -> tuple[frozenset[str], f
         if not version:
             continue
         live.add(version)
-        conditions = (isvc.get("status") or {}).get("conditions") or []
-        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
-            ready.add(version)
-            continue
         if md.spec.router == "gateway-api":
             dep = kube.get("apps/v1", "Deployment", predictor_name(name, version), ns)
             available = int(((dep or {}).get("status") or {}).get("availableReplicas") or 0)
             # Within a budget a version may be held to fewer replicas than minReplicas: one serves.
             if available >= (1 if replica_budget(md.spec) is not None else md.spec.autoscaling.min_replicas):
                 ready.add(version)
+            continue
+        conditions = (isvc.get("status") or {}).get("conditions") or []
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+            ready.add(version)
     return frozenset(live), frozenset(ready)
 
 
