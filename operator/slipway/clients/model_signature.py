@@ -7,7 +7,6 @@ import tempfile
 import threading
 from pathlib import Path
 
-import requests
 import yaml
 
 log = logging.getLogger(__name__)
@@ -42,8 +41,8 @@ class SignatureReader:
         except (RestException, FileNotFoundError) as exc:
             log.info("no MLmodel at %s: no signature (%s)", storage_uri, exc)
             answer = False
-        except (MlflowException, OSError, ImportError, yaml.YAMLError, requests.RequestException) as exc:
-            if "404" in str(exc) or "No such file" in str(exc):
+        except Exception as exc:
+            if isinstance(exc, (MlflowException, OSError)) and ("404" in str(exc) or "No such file" in str(exc)):
                 answer = False
             else:
                 log.info("could not read the MLmodel at %s (will retry): %s", storage_uri, exc)
