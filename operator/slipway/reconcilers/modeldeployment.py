@@ -37,6 +37,7 @@ from slipway.rollout.state import ACTIONS, Action, Decision, Observations, Rollo
 
 from . import budget, requirements, rollout_metrics
 from .ab_comparison import compare
+from .gateway_support import mirror_refusal
 from .rollout_status import state_from_status, state_to_status
 from .status import Event, Outcome, set_condition, status_changed
 
@@ -240,7 +241,7 @@ def reconcile(kube: Kube, prom: Prometheus, body: dict[str, Any], now: datetime 
         md = ModelDeployment.model_validate(body)
     except ValidationError as exc:
         return _invalid(old, body, f"spec does not validate: {exc.errors()[0].get('msg')}")
-    why = unhonourable(md)
+    why = unhonourable(md) or mirror_refusal(kube, md)
     if why is not None:
         return _invalid(old, body, why)
     resolved = resolve(kube, md)
