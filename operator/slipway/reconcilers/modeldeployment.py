@@ -27,7 +27,7 @@ from slipway.builders.names import (
     predictor_name,
     sanitise_model_name,
 )
-from slipway.clients.kube import KUBE_ERRORS, Kube, error_message, off_loop
+from slipway.clients.kube import KUBE_ERRORS, Kube, NotOwned, error_message, off_loop
 from slipway.clients.prometheus import NoData, Prometheus, PrometheusError
 from slipway.rollout import abtest, machine
 from slipway.rollout.analysis import AnalysisConfig, Measurement, judge, render_query
@@ -149,30 +149,43 @@ def apply_children(
     """New backends first, then the route (one write carries the weights), then remove the live versions not kept.
 
     Children already applied as they are and unchanged since are not applied again (``Kube.ensure``).
+    Before any apply, each child about to be applied is looked up: one of that name that this
+    deployment does not own stops the pass with :class:`NotOwned` before anything is written.
 
     ``live`` is the versions with an InferenceService as this pass observed them (no second list).
     """
-    ns, name = md.metadata.namespace, md.metadata.name or ""
+    ns, name, uid = md.metadata.namespace, md.metadata.name or "", md.metadata.uid
+    manifests = children_to_apply(md, decision, uris)
+    kube.check_owned(manifests, uid)
+    for manifest in manifests:
+        kube.ensure(manifest)
+    if md.spec.router == "kserve-knative":
+        return
+    for version in sorted(live - decision.keep):
+        kube.delete_owned(*HPA, isvc_name(name, version), ns, uid)
+        kube.delete_owned(*ISVC, isvc_name(name, version), ns, uid)
+
+
+def children_to_apply(md: ModelDeployment, decision: Decision, uris: dict[str, str]) -> list[dict[str, Any]]:
+    """The manifests a decision asks for, in apply order: backends (InferenceService, HPA), then the route."""
     state = decision.state
     if md.spec.router == "kserve-knative":
         version = state.canary_version if state.phase in ("Progressing", "Paused") else state.stable_version
         if version and version in uris:
             percent = state.canary_weight if version == state.canary_version else None
-            kube.ensure(build_knative_inference_service(md, version, uris[version], percent))
-        return
+            return [build_knative_inference_service(md, version, uris[version], percent)]
+        return []
+    out: list[dict[str, Any]] = []
     for version in sorted(decision.keep, key=int):
         if version in uris:
-            kube.ensure(build_inference_service(md, version, uris[version]))
-            kube.ensure(build_hpa(md, version))
+            out += [build_inference_service(md, version, uris[version]), build_hpa(md, version)]
     weights = dict(decision.weights)
     if weights:
         mirror = (state.canary_version, state.mirror_percent) if state.canary_version and state.mirror_percent else None
         ab = md.spec.strategy.ab_test
         matches = abtest.route_matches(state, ab) if ab is not None else None
-        kube.ensure(build_http_route(md, weights, mirror, matches))
-    for version in sorted(live - decision.keep):
-        kube.delete(*HPA, isvc_name(name, version), ns)
-        kube.delete(*ISVC, isvc_name(name, version), ns)
+        out.append(build_http_route(md, weights, mirror, matches))
+    return out
 
 
 def _action(md: ModelDeployment) -> tuple[Action | None, str | None]:
@@ -267,11 +280,10 @@ def failed(old: dict[str, Any], body: dict[str, Any], exc: BaseException) -> Out
     why = error_message(exc)
     if len(why) > MESSAGE_LIMIT:
         why = why[: MESSAGE_LIMIT - 1] + "…"
-    conditions = set_condition(
-        old.get("conditions"), "ReconcileError", True, "ReconcileFailed", why, generation=generation
-    )
+    reason = "ChildNotOwned" if isinstance(exc, NotOwned) else "ReconcileFailed"
+    conditions = set_condition(old.get("conditions"), "ReconcileError", True, reason, why, generation=generation)
     status = {"conditions": conditions}
-    events = [Event("ReconcileFailed", why, "Warning")] if status_changed(old, status) else []
+    events = [Event(reason, why, "Warning")] if status_changed(old, status) else []
     return Outcome(status, events, None)
 
 

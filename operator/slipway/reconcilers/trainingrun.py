@@ -8,7 +8,8 @@ progress lives in ``status`` and a pass can be repeated after a crash at any poi
    created on a later pass, once the run id is in status; event ``RunCreated``;
 2. no Job: apply the headless Service (several workers) and the Job, built with that run id;
    event ``JobCreated``. A Job of the same name that belongs to another object (an earlier
-   TrainingRun of that name being garbage-collected) is waited for, never adopted;
+   TrainingRun of that name being garbage-collected) is waited for, never adopted; so is a
+   Service of the Job's name that is not this run's (``ChildNotOwned``, nothing applied);
 3. the Job runs: phase ``Running`` with its start time;
 4. the Job failed (or is bound to: ``FailureTarget``): phase ``Failed`` with the Job's reason
    and message, plus the failed container's exit code; the MLflow run, if nobody ended it, is
@@ -49,7 +50,7 @@ from slipway.builders.job import (
     job_name,
 )
 from slipway.builders.names import sanitise_model_name
-from slipway.clients.kube import KUBE_ERRORS, Kube, error_message, off_loop
+from slipway.clients.kube import KUBE_ERRORS, Kube, NotOwned, error_message, off_loop
 from slipway.clients.mlflow_runs import MlflowError, MlflowRuns, MlflowUnavailable, RunOutcome
 from slipway.reconcilers.gates import evaluate_gates, headline
 from slipway.reconcilers.status import Event, Outcome, get_condition, now_iso, set_condition
@@ -264,7 +265,13 @@ class TrainingRunReconciler:
 
     async def _create_job(self, tr: TrainingRun, p: Pass, run_id: str) -> None:
         target = RunTarget(self.tracking_uri, run_id, experiment_name(tr))
-        for manifest in build_children(tr, target, default_image=self.default_image):
+        manifests = build_children(tr, target, default_image=self.default_image)
+        try:
+            await off_loop(self.kube.check_owned, manifests, tr.metadata.uid)
+        except NotOwned as exc:
+            p.waiting("ChildNotOwned", str(exc))
+            return
+        for manifest in manifests:
             await off_loop(self.kube.apply, manifest)
         name = job_name(tr)
         p.status["jobName"] = name
