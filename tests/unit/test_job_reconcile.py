@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from slipway.clients.kube import NotOwned, owned_by
 from slipway.clients.mlflow_runs import MlflowUnavailable, Registered, RunOutcome, RunRef
 from slipway.reconcilers.trainingrun import TrainingRunReconciler, exit_code_note, observe_job
 
@@ -76,6 +77,12 @@ class FakeKube:
     def list(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
         return []
 
+    def check_owned(self, manifests: list[dict[str, Any]], uid: str | None) -> None:
+        for m in manifests:
+            live = self.objects.get((m["kind"], m["metadata"]["name"]))
+            if live is not None and not owned_by(live, uid):
+                raise NotOwned(m["kind"], m["metadata"].get("namespace"), m["metadata"]["name"])
+
 
 class FakeRuns:
     def __init__(self, metrics: dict[str, float] | None = None) -> None:
@@ -140,6 +147,19 @@ def test_the_run_is_recorded_before_the_job_is_created():
     assert second.status["jobName"] == "digits" and [e.reason for e in second.events] == ["JobCreated"]
     env = {e["name"]: e.get("value") for e in kube.applied[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MLFLOW_RUN_ID"] == "r1"
+
+
+def test_a_service_of_the_jobs_name_made_by_someone_else_is_not_adopted():
+    """Several workers need a headless Service named like the Job: someone else's is named, nothing applied."""
+    kube, runs = FakeKube(), FakeRuns()
+    kube.objects[("Service", "digits")] = {"kind": "Service", "metadata": {"name": "digits"}}
+    b = body({"mlflowRunId": "r1", "phase": "Pending"})
+    b["spec"]["workers"] = 2
+    out = run_pass(reconciler(runs, kube), b)
+    assert kube.applied == [], "nothing applied while a child is someone else's"
+    ready = next(c for c in out.status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "ChildNotOwned" and "Service digits" in ready["message"]
+    assert "jobName" not in out.status
 
 
 def test_success_registers_sets_alias_and_stage():
