@@ -6,6 +6,8 @@ import os
 
 from pydantic import BaseModel, Field
 
+from slipway.tenancy import Tenancy
+
 
 class Settings(BaseModel):
     """Where the operator finds MLflow and Prometheus, and how it listens and polls."""
@@ -66,6 +68,14 @@ class Settings(BaseModel):
         8080, ge=0, le=65535, description="Port of the webhook and metrics server (SLIPWAY_HTTP_PORT)."
     )
 
+    tenancy: Tenancy = Field(
+        default_factory=Tenancy,
+        description=(
+            "Which namespaces may use which MLflow models and experiments, as JSON rules of globs "
+            "(SLIPWAY_TENANCY; empty: open). See docs/security.md."
+        ),
+    )
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         """Read the settings from environment variables; unset ones keep their defaults."""
@@ -85,4 +95,6 @@ class Settings(BaseModel):
             "http_host": e.get("SLIPWAY_HTTP_HOST", ""),
             "http_port": e.get("SLIPWAY_HTTP_PORT", ""),
         }
-        return cls.model_validate({k: v for k, v in raw.items() if v != ""})
+        values: dict[str, object] = {k: v for k, v in raw.items() if v != ""}
+        values["tenancy"] = Tenancy.parse(e.get("SLIPWAY_TENANCY", ""))
+        return cls.model_validate(values)

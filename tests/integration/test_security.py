@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,9 +25,12 @@ from kubectl_scenario import (
     route_weights,
     stop_after_deleting_deployments,
 )
+from operator_fixture import StartOperator, start_operator
 from operator_process import OperatorProcess, wait_until
 
 pytestmark = pytest.mark.integration
+
+__all__ = ["StartOperator", "start_operator"]  # the fixture, imported for pytest
 
 
 @pytest.fixture
@@ -114,3 +118,70 @@ def test_an_inferenceservice_of_another_owner_is_left_alone_and_named(kubectl, o
     assert isvc is not None, "someone else's InferenceService was deleted with the deployment"
     assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://other/team"
     assert not isvc["metadata"].get("ownerReferences")
+
+
+def tenancy_env(namespace: str) -> dict[str, str]:
+    """A policy letting the test's namespace use models ``team-a.*`` and experiments ``team-a/*`` only."""
+    rules = [
+        {"namespaces": [namespace], "models": ["team-a.*"], "experiments": ["team-a/*"]},
+        {"namespaces": ["someone-else"], "models": ["*"], "experiments": ["*"]},
+    ]
+    return {"SLIPWAY_TENANCY": json.dumps(rules)}
+
+
+def test_a_modeldeployment_outside_the_tenancy_policy_is_forbidden_and_touches_nothing(
+    start_operator, namespace, kubectl
+):
+    """The policy allows ``team-a.*``: a deployment of ``digits`` is InvalidSpec/Forbidden, no child, no mirror."""
+    op = start_operator(namespace, env=tenancy_env(namespace))
+    model_version(kubectl, "1", ["champion"])
+    predictor(kubectl, "1")
+    deployment(kubectl, {"canary": {"steps": [{"setWeight": 50}]}})
+    invalid = wait_until(
+        lambda: (c := condition(md_status(kubectl), "InvalidSpec")) and c["status"] == "True" and c,
+        what="InvalidSpec True",
+    )
+    assert invalid["reason"] == "Forbidden", invalid
+    assert "spec.model.name" in invalid["message"] and "'digits'" in invalid["message"], invalid["message"]
+    time.sleep(2)
+    assert isvc_versions(kubectl) == set() and get(kubectl, "httproute", MODEL) is None
+    assert get(kubectl, "hpa", f"{MODEL}-v1") is None
+    kubectl("delete", "modeldeployments", "--all", "--timeout=30s")
+    op.stop()
+
+
+def test_a_trainingrun_outside_the_tenancy_policy_is_forbidden_before_mlflow_is_touched(
+    start_operator, namespace, kubectl, mlflow_uri
+):
+    """Registering into another team's model, or logging to its experiment: Failed/Forbidden, no run, no Job."""
+    from mlflow import MlflowClient
+
+    op = start_operator(namespace, env=tenancy_env(namespace))
+    client = MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri)
+    tag = uuid.uuid4().hex[:8]
+    runs = {
+        "steal-model": {"experiment": f"team-a/{tag}", "register": {"model": f"team-b.digits-{tag}", "alias": "x"}},
+        "steal-experiment": {"experiment": f"team-b/{tag}"},
+    }
+    for name, spec in runs.items():
+        body = {
+            "apiVersion": "ml.slipway.dev/v1alpha1",
+            "kind": "TrainingRun",
+            "metadata": {"name": name},
+            "spec": {"framework": "pytorch", "entrypoint": "digits_cnn", **spec},
+        }
+        kubectl("apply", "-f", "-", input=json.dumps(body))
+    for name, field in (("steal-model", "spec.register.model"), ("steal-experiment", "spec.experiment")):
+        status = wait_until(
+            lambda n=name: (s := (get(kubectl, "trainingrun", n) or {}).get("status") or {}).get("phase") and s,
+            what=f"{name} decided",
+        )
+        assert status["phase"] == "Failed", status
+        invalid = condition(status, "InvalidSpec")
+        assert invalid is not None and invalid["reason"] == "Forbidden" and field in invalid["message"], status
+        assert not status.get("mlflowRunId"), "an MLflow run was created"
+        assert get(kubectl, "job", name) is None
+    assert client.get_experiment_by_name(f"team-b/{tag}") is None
+    assert client.get_experiment_by_name(f"team-a/{tag}") is None, "nothing touched, not even the allowed experiment"
+    kubectl("delete", "trainingruns", "--all", "--timeout=60s")
+    op.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from slipway.clients.kube import NotOwned, owned_by
 from slipway.clients.mlflow_runs import MlflowUnavailable, Registered, RunOutcome, RunRef
 from slipway.reconcilers.trainingrun import TrainingRunReconciler, exit_code_note, observe_job
+from slipway.tenancy import Tenancy
 
 UID = "5a1c2d3e-0000-4000-8000-000000000007"
 
@@ -222,3 +224,15 @@ def test_terminal_runs_are_left_alone():
     status = {"phase": "Succeeded", "mlflowRunId": "r1"}
     out = run_pass(reconciler(FakeRuns()), body(status))
     assert out.status == status and out.events == []
+
+
+def test_a_run_outside_the_tenancy_policy_is_forbidden_before_mlflow_is_touched():
+    policy = Tenancy.parse(json.dumps([{"namespaces": ["ml"], "models": ["ml.*"], "experiments": ["ml"]}]))
+    kube, runs = FakeKube(), FakeRuns()
+    rec = TrainingRunReconciler(kube, runs, "http://mlflow:5000", tenancy=policy)  # type: ignore[arg-type]
+    out = run_pass(rec, body(model="other-team.digits"))
+    assert out.status["phase"] == "Failed" and runs.runs == 0 and kube.applied == []
+    invalid = next(c for c in out.status["conditions"] if c["type"] == "InvalidSpec")
+    assert invalid["reason"] == "Forbidden" and "spec.register.model" in invalid["message"]
+    assert [e.reason for e in out.events] == ["Forbidden"]
+    assert run_pass(rec, body(model="ml.digits")).status["mlflowRunId"] == "r1"

@@ -141,7 +141,9 @@ class Kube:
             if live is not None and not owned_by(live, owner_uid):
                 raise NotOwned(manifest["kind"], meta.get("namespace"), meta["name"])
 
-    def delete_owned(self, api_version: str, kind: str, name: str, namespace: str | None, owner_uid: str | None) -> bool:
+    def delete_owned(
+        self, api_version: str, kind: str, name: str, namespace: str | None, owner_uid: str | None
+    ) -> bool:
         """Delete one object only if it is owned by ``owner_uid``; False if it was gone or is someone else's."""
         live = self.get(api_version, kind, name, namespace)
         if live is None or not owned_by(live, owner_uid):

@@ -33,6 +33,7 @@ from slipway.rollout import abtest, machine
 from slipway.rollout.analysis import AnalysisConfig, Measurement, judge, render_query
 from slipway.rollout.phases import conditions_for
 from slipway.rollout.state import ACTIONS, Action, Decision, Observations, RolloutState
+from slipway.tenancy import Tenancy
 
 from . import rollout_metrics
 from .ab_comparison import compare
@@ -220,7 +221,9 @@ def status_of(
     return status
 
 
-def reconcile(kube: Kube, prom: Prometheus, body: dict[str, Any], now: datetime | None = None) -> Outcome:
+def reconcile(
+    kube: Kube, prom: Prometheus, body: dict[str, Any], now: datetime | None = None, tenancy: Tenancy | None = None
+) -> Outcome:
     """One pass: observe, decide, apply children, and return the status to write and the events to post."""
     now = now or datetime.now(UTC)
     old: dict[str, Any] = dict(body.get("status") or {})
@@ -231,6 +234,10 @@ def reconcile(kube: Kube, prom: Prometheus, body: dict[str, Any], now: datetime 
     why = unhonourable(md)
     if why is not None:
         return _invalid(old, body, why)
+    if tenancy is not None:
+        forbidden = tenancy.forbids_model(md.metadata.namespace or "", md.spec.model.name, "spec.model.name")
+        if forbidden is not None:
+            return _invalid(old, body, forbidden, reason="Forbidden")
     resolved = resolve(kube, md)
     live, ready = observe_children(kube, md)
     action, bad_action = _action(md)
@@ -287,11 +294,11 @@ def failed(old: dict[str, Any], body: dict[str, Any], exc: BaseException) -> Out
     return Outcome(status, events, None)
 
 
-def _invalid(old: dict[str, Any], body: dict[str, Any], why: str) -> Outcome:
+def _invalid(old: dict[str, Any], body: dict[str, Any], why: str, *, reason: str = "InvalidSpec") -> Outcome:
     generation = (body.get("metadata") or {}).get("generation")
-    conditions = set_condition(old.get("conditions"), "InvalidSpec", True, "InvalidSpec", why, generation=generation)
+    conditions = set_condition(old.get("conditions"), "InvalidSpec", True, reason, why, generation=generation)
     status = {"conditions": conditions, "observedGeneration": generation, "message": why}
-    events = [] if status_changed(old, status) is False else [Event("InvalidSpec", why, "Warning")]
+    events = [] if status_changed(old, status) is False else [Event(reason, why, "Warning")]
     return Outcome(status, events, None)
 
 
@@ -310,9 +317,10 @@ class Driver:
     writes status once (only if it changed), then clears a handled action annotation.
     """
 
-    def __init__(self, kube: Kube, prometheus_url: str) -> None:
+    def __init__(self, kube: Kube, prometheus_url: str, tenancy: Tenancy | None = None) -> None:
         self.kube = kube
         self.prom = Prometheus(prometheus_url)
+        self.tenancy = tenancy or Tenancy()
         self.after_rollback: AfterRollback | None = None
         self._urgent = ThreadPoolExecutor(max_workers=2, thread_name_prefix="urgent")
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -405,7 +413,7 @@ class Driver:
             return body, outcome
 
     async def _pass(self, namespace: str, name: str, body: dict[str, Any]) -> Outcome:
-        outcome = await off_loop(reconcile, self.kube, self.prom, body)
+        outcome = await off_loop(reconcile, self.kube, self.prom, body, tenancy=self.tenancy)
         written = await self._write_status(namespace, name, body, outcome)
         if written and self.after_rollback is not None and entered_rollback(body.get("status"), outcome.status):
             self.spawn(self.after_rollback(body, outcome.status), f"after rollback {namespace}/{name}")
