@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ from . import rollout_metrics
 from .ab_comparison import compare
 from .rollout_status import state_from_status, state_to_status
 from .status import Event, Outcome, set_condition, status_changed
+from .writeback import PENDING, WriteBack, with_pending
 
 log = logging.getLogger(__name__)
 GROUP_VERSION = "ml.slipway.dev/v1alpha1"
@@ -50,8 +52,6 @@ RETRY_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 """After a failed pass, the wait before the next (then the next delay, up to the last); reset by a pass that works."""
 MESSAGE_LIMIT = 1024
 T = TypeVar("T")
-AfterRollback = Callable[[dict[str, Any], dict[str, Any]], Coroutine[Any, Any, None]]
-"""Called (in the background) with the object and the status just written when a pass started a rollback."""
 
 
 @dataclass(frozen=True)
@@ -274,7 +274,10 @@ def reconcile(
     if waiting is not None:
         requeue = min(requeue if requeue is not None else waiting, max(waiting, 0.5))
     stable_ready = decision.state.stable_version in ready
-    return Outcome(status_of(md, old, decision.state, resolved.version, stable_ready=stable_ready), events, requeue)
+    status = status_of(md, old, decision.state, resolved.version, stable_ready=stable_ready)
+    if entered_rollback(old, status):
+        with_pending(body.get("spec") or {}, old, status, now)
+    return Outcome(status, events, requeue)
 
 
 def failed(old: dict[str, Any], body: dict[str, Any], exc: BaseException) -> Outcome:
@@ -321,7 +324,8 @@ class Driver:
         self.kube = kube
         self.prom = Prometheus(prometheus_url)
         self.tenancy = tenancy or Tenancy()
-        self.after_rollback: AfterRollback | None = None
+        self.write_back: WriteBack | None = None
+        self._draining: set[tuple[str, str]] = set()
         self._urgent = ThreadPoolExecutor(max_workers=2, thread_name_prefix="urgent")
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._due: dict[tuple[str, str], float] = {}
@@ -414,13 +418,47 @@ class Driver:
 
     async def _pass(self, namespace: str, name: str, body: dict[str, Any]) -> Outcome:
         outcome = await off_loop(reconcile, self.kube, self.prom, body, tenancy=self.tenancy)
-        written = await self._write_status(namespace, name, body, outcome)
-        if written and self.after_rollback is not None and entered_rollback(body.get("status"), outcome.status):
-            self.spawn(self.after_rollback(body, outcome.status), f"after rollback {namespace}/{name}")
+        await self._write_status(namespace, name, body, outcome)
+        pending = outcome.status.get(PENDING, (body.get("status") or {}).get(PENDING))
+        if pending:
+            self.drain_write_backs(namespace, name)
         if ACTION_ANNOTATION in ((body["metadata"].get("annotations")) or {}):
             patch = {"metadata": {"annotations": {ACTION_ANNOTATION: None}}}
             await off_loop(self.kube.merge_patch, GROUP_VERSION, "ModelDeployment", name, namespace, patch)
         return outcome
+
+    def drain_write_backs(self, namespace: str, name: str) -> None:
+        """Work off the object's pending MLflow write-backs in the background (one drain per object at a time)."""
+        key = (namespace, name)
+        if self.write_back is None or key in self._draining:
+            return
+        self._draining.add(key)
+        self.spawn(self._drain(namespace, name), f"write-backs {namespace}/{name}")
+
+    async def _drain(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        assert self.write_back is not None
+        try:
+            wait = await self.write_back.drain(functools.partial(self._locked_status_update, namespace, name))
+        except Exception as exc:  # the next pass starts another drain
+            log.warning("write-backs of %s/%s: %s", namespace, name, error_message(exc), exc_info=True)
+            wait = RESYNC_SECONDS
+        finally:
+            self._draining.discard(key)
+        if wait is not None and key in self._due:  # the next pass (which drains again) no later than the retry
+            self._due[key] = min(self._due[key], time.monotonic() + max(wait, 0.5))
+
+    async def _locked_status_update(
+        self, namespace: str, name: str, update: Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
+    ) -> None:
+        """Under the object's lock: read it, and merge-patch its status with what ``update`` returns (if anything)."""
+        async with self.lock(namespace, name):
+            body = await off_loop(self.kube.get, GROUP_VERSION, "ModelDeployment", name, namespace)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            patch = await update(body)
+            if patch is not None:
+                await off_loop(self.kube.patch_status, GROUP_VERSION, "ModelDeployment", name, namespace, patch)
 
     async def _failed(self, namespace: str, name: str, body: dict[str, Any] | None, exc: Exception) -> Outcome | None:
         """Back off, and record the error on the object when it can be written (the API server may be the trouble)."""
