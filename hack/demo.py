@@ -59,6 +59,8 @@ MODEL = "digits-cnn"
 DEPLOYMENT = "digits"
 ALIAS = "champion"
 ALERT = "SlipwayModelDrift"
+FEEDBACK_TOKEN = secrets.token_hex(16)
+"""The bearer token loadgen.py sends its ground-truth feedback with (the predictors get it in their env)."""
 ALERT_FOR = "5s"  # the shipped rules hold 30s before firing; the demo does not want to wait that long
 DRIFT_THRESHOLD = 0.25
 POLL = 0.3
@@ -161,7 +163,11 @@ def model_deployment() -> dict[str, Any]:
                 "runtime": "slipway",
                 "protocol": "v2",
                 # a smaller drift window than the runtime's default (1000) reacts sooner at the demo's rate
-                "env": [{"name": "SLIPWAY_DRIFT_WINDOW", "value": "400"}],
+                "env": [
+                    {"name": "SLIPWAY_DRIFT_WINDOW", "value": "400"},
+                    # the labeller's bearer token; outside the demo, name a Secret: serving.feedbackTokenSecret
+                    {"name": "SLIPWAY_FEEDBACK_TOKEN", "value": FEEDBACK_TOKEN},
+                ],
             },
             "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
             "strategy": {
@@ -529,7 +535,11 @@ def run_story(story: Story) -> bool:
     )
     tl.mark("served-v1")
     story.load = loadgen.LoadGenerator(
-        loadgen.RouteReader(story.state.kubeconfig, ns, DEPLOYMENT).read, rate=8, batch=16, duration=600
+        loadgen.RouteReader(story.state.kubeconfig, ns, DEPLOYMENT).read,
+        rate=8,
+        batch=16,
+        duration=600,
+        feedback_token=FEEDBACK_TOKEN,
     ).start()
     tl.say("load generator: 8 requests/s x 16 held-out digits, split by the HTTPRoute's weights (loopback)")
     v2 = trained(story, second[0])

@@ -16,8 +16,9 @@ Exact or RegularExpression, on e.g. ``x-variant`` or ``Cookie``) takes the reque
 them, like a gateway's precedence does; ``segments`` make a share of the simulated clients carry
 a header or cookie (``--header x-variant=b --share 0.3``). In ``held-out`` mode the generator
 knows the true labels, so after each answer it reports them to the version that answered
-(``POST /v2/models/{m}/feedback`` with the response's ``x-request-id``): the serving runtime
-counts live accuracy per version from that ground truth.
+(``POST /v2/models/{m}/feedback`` with the response's ``x-request-id`` and the deployment's
+feedback token, ``feedback_token`` / ``--feedback-token``): the serving runtime counts live
+accuracy per version from that ground truth.
 
 The route and the URLs are re-read every half second, so a weight change or a rollback is
 followed within about that, like a gateway would; a request refused by a backend that just went
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import sys
@@ -280,6 +282,7 @@ class LoadGenerator:
         refresh_seconds: float = 0.5,
         segments: tuple[tuple[float, dict[str, str]], ...] = (),
         feedback: bool = True,
+        feedback_token: str = "",
     ) -> None:
         if not 0 < rate <= MAX_RATE or not 0 < duration <= MAX_DURATION or not 0 < batch <= MAX_BATCH:
             raise ValueError(f"rate (0, {MAX_RATE}], duration (0, {MAX_DURATION}] s and batch (0, {MAX_BATCH}]")
@@ -291,6 +294,7 @@ class LoadGenerator:
             raise ValueError("segment shares must be non-negative and add up to at most 1")
         self.segments = segments
         self.feedback = feedback
+        self.feedback_token = feedback_token
         self.rng = random.Random(seed)
         self.np_rng = np.random.default_rng(seed)
         self.x, self.y = held_out_digits()
@@ -335,6 +339,7 @@ class LoadGenerator:
             answer = http.post(
                 f"{backend.url}/v2/models/{backend.model}/feedback",
                 json={"id": request_id, "labels": labels.tolist()},
+                headers={"Authorization": f"Bearer {self.feedback_token}"},
             )
         except httpx.HTTPError:
             return False
@@ -472,6 +477,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cookie", action="append", default=[], help="NAME=VALUE a share of clients carry")
     parser.add_argument("--share", type=float, default=0.2, help="share of clients with those headers/cookies")
     parser.add_argument("--no-feedback", action="store_true", help="do not report true labels")
+    parser.add_argument(
+        "--feedback-token",
+        default=os.environ.get("SLIPWAY_FEEDBACK_TOKEN", ""),
+        help="bearer token of the deployment's feedback (default $SLIPWAY_FEEDBACK_TOKEN)",
+    )
     args = parser.parse_args(argv)
     carried = dict(h.split("=", 1) for h in args.header)
     if args.cookie:
@@ -488,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             segments=segments,
             feedback=not args.no_feedback,
+            feedback_token=args.feedback_token,
         )
     except ValueError as exc:
         parser.error(str(exc))

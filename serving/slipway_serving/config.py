@@ -38,6 +38,8 @@ class ServingConfig:
     max_classes: int = 100
     warmup_runs: int = 3
     access_log: bool = False
+    feedback_token: str = field(default="", repr=False)
+    """Bearer token ``POST .../feedback`` must carry; empty: feedback is refused (403)."""
 
     def __post_init__(self) -> None:
         if self.flavor not in FLAVORS:

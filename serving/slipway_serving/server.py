@@ -51,7 +51,7 @@ def install(app: FastAPI, model: SlipwayModel) -> None:
     install_exception_handlers(app)
     log_ = feedback.PredictionLog(feedback.DEFAULT_CAPACITY)
     model.metrics.on_classes = feedback.install(
-        app, model.name, feedback.Feedback(model.name, model.config.version, log_)
+        app, model.name, feedback.Feedback(model.name, model.config.version, log_), model.config.feedback_token
     )
 
 

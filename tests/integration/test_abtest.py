@@ -43,6 +43,8 @@ from operator_process import OperatorProcess  # noqa: E402
 pytestmark = pytest.mark.integration
 __all__ = ["start_operator"]  # a fixture, imported for pytest
 
+FEEDBACK_TOKEN = "ab-feedback-" + uuid.uuid4().hex
+
 SEL = 'namespace="{{namespace}}",modeldeployment="{{name}}",version="{{version}}"'
 ACCURACY = (
     f"sum(increase(slipway_feedback_correct_total{{{SEL}}}[{{{{window}}}}]))"
@@ -131,6 +133,9 @@ def deploy(kubectl: Any, name: str, model: str, strategy: dict[str, Any]) -> Non
         "spec": {
             "model": {"name": model, "track": {"alias": "champion"}},
             "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
+            # the labeller's token (the test bed's stand-in runs only literal env; users name a Secret:
+            # serving.feedbackTokenSecret)
+            "serving": {"env": [{"name": "SLIPWAY_FEEDBACK_TOKEN", "value": FEEDBACK_TOKEN}]},
             "strategy": strategy,
             "gateway": {"parentRefs": [{"name": "ml-gateway"}]},
         },
@@ -152,6 +157,7 @@ def stable_serving(kubectl: Any, name: str) -> None:
 @contextlib.contextmanager
 def load(testbed: Any, namespace: str, route: str, **kw: Any) -> Iterator[loadgen.LoadGenerator]:
     reader = loadgen.RouteReader(str(testbed.kubeconfig), namespace, route)
+    kw.setdefault("feedback_token", FEEDBACK_TOKEN)
     gen = loadgen.LoadGenerator(reader.read, rate=10, batch=16, duration=600, **kw).start()
     try:
         yield gen

@@ -123,6 +123,15 @@ class Serving(ApiModel):
             "model thread batches only the requests that queued while it was busy (up to 32, never waiting)."
         ),
     )
+    feedback_token_secret: str | None = Field(
+        None,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+        description=(
+            "Secret in this namespace whose key `token` is the bearer token ground-truth feedback must carry "
+            "(runtime slipway: POST /v2/models/NAME/feedback). Unset: feedback is off (403)."
+        ),
+    )
 
 
 def _resource_target_ok(m: ScalingMetric) -> bool:

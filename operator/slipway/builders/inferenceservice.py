@@ -13,6 +13,7 @@ KIND = "InferenceService"
 SLIPWAY_RUNTIME = "slipway"
 DEFAULT_IMAGE = "ghcr.io/slipway-ml/slipway-serving:0.1.0"
 HTTP_PORT = 8080
+FEEDBACK_TOKEN_ENV = "SLIPWAY_FEEDBACK_TOKEN"
 MODEL_DIR = "/mnt/models"
 """Where KServe's storage initializer puts ``STORAGE_URI`` for a custom container."""
 
@@ -45,6 +46,14 @@ def _env(serving: Serving) -> list[dict[str, str]]:
     return [{"name": e.name, "value": e.value} for e in serving.env or []]
 
 
+def _feedback_env(serving: Serving) -> list[dict[str, Any]]:
+    """The feedback token, from the Secret the spec names (key ``token``); none: the runtime refuses feedback."""
+    if serving.feedback_token_secret is None:
+        return []
+    ref = {"name": serving.feedback_token_secret, "key": "token"}
+    return [{"name": FEEDBACK_TOKEN_ENV, "valueFrom": {"secretKeyRef": ref}}]
+
+
 def _resources(serving: Serving) -> dict[str, Any] | None:
     return serving.resources.to_dict() if serving.resources is not None else None
 
@@ -63,7 +72,7 @@ def slipway_container(md: ModelDeployment, version: str, storage_uri: str) -> di
         "image": serving.image or DEFAULT_IMAGE,
         "command": ["python", "-m", "slipway_serving"],
         "args": args,
-        "env": [{"name": "STORAGE_URI", "value": storage_uri}, *_env(serving)],
+        "env": [{"name": "STORAGE_URI", "value": storage_uri}, *_env(serving), *_feedback_env(serving)],
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "readinessProbe": _probe(name),
     }
