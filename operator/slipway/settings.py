@@ -6,6 +6,7 @@ import os
 
 from pydantic import BaseModel, Field
 
+from slipway.storage_uris import DEFAULT_PREFIXES, parse_prefixes
 from slipway.tenancy import Tenancy
 
 
@@ -68,6 +69,13 @@ class Settings(BaseModel):
         8080, ge=0, le=65535, description="Port of the webhook and metrics server (SLIPWAY_HTTP_PORT)."
     )
 
+    storage_uri_prefixes: tuple[str, ...] = Field(
+        DEFAULT_PREFIXES,
+        description=(
+            "Storage URIs predictors may load from, by prefix; '..' is always refused "
+            "(SLIPWAY_STORAGE_URI_PREFIXES, comma-separated; default: the schemes KServe serves)."
+        ),
+    )
     tenancy: Tenancy = Field(
         default_factory=Tenancy,
         description=(
@@ -97,4 +105,5 @@ class Settings(BaseModel):
         }
         values: dict[str, object] = {k: v for k, v in raw.items() if v != ""}
         values["tenancy"] = Tenancy.parse(e.get("SLIPWAY_TENANCY", ""))
+        values["storage_uri_prefixes"] = parse_prefixes(e.get("SLIPWAY_STORAGE_URI_PREFIXES", ""))
         return cls.model_validate(values)

@@ -99,6 +99,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--access-log", action="store_true", help="log one line per request")
     p.add_argument(
+        "--pickle",
+        choices=("allow", "refuse"),
+        default=env("SLIPWAY_PICKLE", "allow"),
+        help="refuse: do not load models that are unpickled or run code they ship (scikit-learn, pickled "
+        "PyTorch, custom pyfunc); pt2, TorchScript, Keras and SavedModel still load",
+    )
+    p.add_argument(
         "--feedback-token-file",
         type=Path,
         default=env("SLIPWAY_FEEDBACK_TOKEN_FILE"),
@@ -142,6 +149,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> ServingConfig:
             max_classes=args.max_classes,
             access_log=args.access_log,
             feedback_token=feedback_token(args.feedback_token_file),
+            allow_pickle=args.pickle == "allow",
         )
     except (ValueError, OSError) as exc:
         p.error(str(exc))

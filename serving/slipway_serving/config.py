@@ -38,6 +38,9 @@ class ServingConfig:
     max_classes: int = 100
     warmup_runs: int = 3
     access_log: bool = False
+    allow_pickle: bool = True
+    """Load artifacts that are unpickled or run code they ship (a ModelDeployment passes ``--pickle refuse``
+    unless its spec allows it)."""
     feedback_token: str = field(default="", repr=False)
     """Bearer token ``POST .../feedback`` must carry; empty: feedback is refused (403)."""
 

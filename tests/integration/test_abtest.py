@@ -135,7 +135,10 @@ def deploy(kubectl: Any, name: str, model: str, strategy: dict[str, Any]) -> Non
             "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
             # the labeller's token (the test bed's stand-in runs only literal env; users name a Secret:
             # serving.feedbackTokenSecret)
-            "serving": {"env": [{"name": "SLIPWAY_FEEDBACK_TOKEN", "value": FEEDBACK_TOKEN}]},
+            "serving": {
+                "env": [{"name": "SLIPWAY_FEEDBACK_TOKEN", "value": FEEDBACK_TOKEN}],
+                "allowPickle": True,  # the test's models are scikit-learn pipelines (pickled)
+            },
             "strategy": strategy,
             "gateway": {"parentRefs": [{"name": "ml-gateway"}]},
         },

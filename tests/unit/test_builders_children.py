@@ -107,6 +107,23 @@ def test_the_route_forwards_inference_readiness_and_metadata_only(runtime: str):
         assert not forwards(route, path), path
 
 
+@pytest.mark.parametrize("serving", [{"runtime": "slipway"}, {"runtime": "kserve-mlserver", "modelFormat": "mlflow"}])
+def test_predictor_pods_get_the_restricted_profile_and_no_token(serving: dict[str, Any]):
+    predictor = build_inference_service(md(serving=serving), "7", "s3://models/digits/7")["spec"]["predictor"]
+    assert predictor["automountServiceAccountToken"] is False
+    assert predictor["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    container = predictor["containers"][0] if "containers" in predictor else predictor["model"]
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def test_pickle_is_refused_unless_the_deployment_opts_in():
+    args = build_inference_service(md(), "7", "s3://m/7")["spec"]["predictor"]["containers"][0]["args"]
+    assert args[args.index("--pickle") + 1] == "refuse"
+    opted = md(serving={"allowPickle": True})
+    args = build_inference_service(opted, "7", "s3://m/7")["spec"]["predictor"]["containers"][0]["args"]
+    assert args[args.index("--pickle") + 1] == "allow"
+
+
 def test_knative_canary():
     obj = md(router="kserve-knative", gateway=None)
     check_golden("isvc-knative", build_knative_inference_service(obj, "8", "s3://models/digits/8", 25))

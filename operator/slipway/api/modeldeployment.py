@@ -123,6 +123,14 @@ class Serving(ApiModel):
             "model thread batches only the requests that queued while it was busy (up to 32, never waiting)."
         ),
     )
+    allow_pickle: bool = Field(
+        False,
+        description=(
+            "Runtime slipway: load models whose files are unpickled (scikit-learn, pickled PyTorch, custom "
+            "pyfunc code), which runs whatever code the artifact holds. Off: only formats that need no pickle "
+            "(PyTorch pt2 / TorchScript, Keras, TensorFlow SavedModel) load."
+        ),
+    )
     feedback_token_secret: str | None = Field(
         None,
         pattern=DNS_SUBDOMAIN_PATTERN,

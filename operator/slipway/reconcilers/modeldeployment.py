@@ -34,6 +34,7 @@ from slipway.rollout import abtest, machine
 from slipway.rollout.analysis import AnalysisConfig, Measurement, judge, render_query
 from slipway.rollout.phases import conditions_for
 from slipway.rollout.state import ACTIONS, Action, Decision, Observations, RolloutState
+from slipway.storage_uris import DEFAULT_PREFIXES, refusal
 from slipway.tenancy import Tenancy
 
 from . import rollout_metrics
@@ -63,18 +64,26 @@ class Resolved:
     storage_uris: dict[str, str]
 
 
-def resolve(kube: Kube, md: ModelDeployment) -> Resolved:
-    """Find the tracked version among the ModelVersion objects (alias, highest in stage, or pinned)."""
+def resolve(kube: Kube, md: ModelDeployment, prefixes: tuple[str, ...] | None = None) -> Resolved:
+    """Find the tracked version among the ModelVersion objects (alias, highest in stage, or pinned).
+
+    With ``prefixes``, a storage URI outside them (or with a ``..``) is no URI: never applied.
+    """
     model = sanitise_model_name(md.spec.model.name)
     mvs = kube.list(GROUP_VERSION, "ModelVersion", md.metadata.namespace, f"{LABEL_MODEL}={model}")
     uris: dict[str, str] = {}
+    refused: dict[str, str] = {}
     by_version: dict[str, dict[str, Any]] = {}
     for mv in mvs:
         version = str((mv.get("spec") or {}).get("version") or mv["metadata"]["labels"].get(LABEL_VERSION, ""))
         status = mv.get("status") or {}
         by_version[version] = status
         if status.get("storageUri"):
-            uris[version] = status["storageUri"]
+            why = refusal(status["storageUri"], prefixes) if prefixes is not None else None
+            if why is None:
+                uris[version] = status["storageUri"]
+            else:
+                refused[version] = why
     track = md.spec.model.track
     if track.alias is not None:
         hits = [v for v, s in by_version.items() if track.alias in (s.get("aliases") or [])]
@@ -87,6 +96,8 @@ def resolve(kube: Kube, md: ModelDeployment) -> Resolved:
         want, what = (pinned if pinned in by_version else None), f"version {pinned}"
     if want is None:
         return Resolved(None, f"no ModelVersion of model {md.spec.model.name} has {what}", uris)
+    if want in refused:
+        return Resolved(None, f"ModelVersion {md.spec.model.name} v{want} ({what}): {refused[want]}", uris)
     if want not in uris:
         return Resolved(None, f"ModelVersion {md.spec.model.name} v{want} ({what}) has no storageUri yet", uris)
     return Resolved(want, "", uris)
@@ -222,7 +233,12 @@ def status_of(
 
 
 def reconcile(
-    kube: Kube, prom: Prometheus, body: dict[str, Any], now: datetime | None = None, tenancy: Tenancy | None = None
+    kube: Kube,
+    prom: Prometheus,
+    body: dict[str, Any],
+    now: datetime | None = None,
+    tenancy: Tenancy | None = None,
+    storage_prefixes: tuple[str, ...] | None = None,
 ) -> Outcome:
     """One pass: observe, decide, apply children, and return the status to write and the events to post."""
     now = now or datetime.now(UTC)
@@ -238,7 +254,7 @@ def reconcile(
         forbidden = tenancy.forbids_model(md.metadata.namespace or "", md.spec.model.name, "spec.model.name")
         if forbidden is not None:
             return _invalid(old, body, forbidden, reason="Forbidden")
-    resolved = resolve(kube, md)
+    resolved = resolve(kube, md, storage_prefixes)
     live, ready = observe_children(kube, md)
     action, bad_action = _action(md)
     state = state_from_status(old)
@@ -320,10 +336,17 @@ class Driver:
     writes status once (only if it changed), then clears a handled action annotation.
     """
 
-    def __init__(self, kube: Kube, prometheus_url: str, tenancy: Tenancy | None = None) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        prometheus_url: str,
+        tenancy: Tenancy | None = None,
+        storage_prefixes: tuple[str, ...] = DEFAULT_PREFIXES,
+    ) -> None:
         self.kube = kube
         self.prom = Prometheus(prometheus_url)
         self.tenancy = tenancy or Tenancy()
+        self.storage_prefixes = storage_prefixes
         self.write_back: WriteBack | None = None
         self._draining: set[tuple[str, str]] = set()
         self._urgent = ThreadPoolExecutor(max_workers=2, thread_name_prefix="urgent")
@@ -417,7 +440,9 @@ class Driver:
             return body, outcome
 
     async def _pass(self, namespace: str, name: str, body: dict[str, Any]) -> Outcome:
-        outcome = await off_loop(reconcile, self.kube, self.prom, body, tenancy=self.tenancy)
+        outcome = await off_loop(
+            reconcile, self.kube, self.prom, body, tenancy=self.tenancy, storage_prefixes=self.storage_prefixes
+        )
         await self._write_status(namespace, name, body, outcome)
         pending = outcome.status.get(PENDING, (body.get("status") or {}).get(PENDING))
         if pending:
