@@ -99,6 +99,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--access-log", action="store_true", help="log one line per request")
     p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=_env_int("SLIPWAY_MAX_IN_FLIGHT", 64),
+        help="inference requests held at once (running or queued); more are answered 503 (0: no cap)",
+    )
+    p.add_argument(
         "--pickle",
         choices=("allow", "refuse"),
         default=env("SLIPWAY_PICKLE", "allow"),
@@ -150,6 +156,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> ServingConfig:
             access_log=args.access_log,
             feedback_token=feedback_token(args.feedback_token_file),
             allow_pickle=args.pickle == "allow",
+            max_in_flight=args.max_in_flight,
         )
     except (ValueError, OSError) as exc:
         p.error(str(exc))

@@ -47,6 +47,7 @@ def install(app: FastAPI, model: SlipwayModel) -> None:
         max_body_bytes=model.config.limits.max_body_bytes,
         on_request=model.metrics.request_done,
         in_flight=model.in_flight,
+        max_in_flight=model.config.max_in_flight,
     )
     install_exception_handlers(app)
     log_ = feedback.PredictionLog(feedback.DEFAULT_CAPACITY)

@@ -526,3 +526,18 @@ async def test_a_pass_that_rolls_back_for_another_reason_writes_back_too():
     written = [c[1] for c in kube.calls if c[0] == "patch_status"]
     assert sum(bool(w.get("pendingWriteBacks")) for w in written) == 1, "recorded once per rollback"
     assert [e["reason"] for e in kube.events].count("RegistryUpdated") == 1
+
+
+async def test_a_deleted_deployment_leaves_no_lock_and_no_metric_series():
+    from slipway.reconcilers import rollout_metrics
+
+    def series() -> list[tuple[str, ...]]:
+        metrics = (rollout_metrics.ROLLOUT_PHASE, rollout_metrics.CANARY_WEIGHT)
+        return [v for m in metrics for v in m._metrics if v[:2] == (NS, MD)]
+
+    kube = FakeKube(md_body(canary()))
+    driver = Driver(kube, "")  # type: ignore[arg-type]
+    await driver.drive(NS, MD)
+    assert series() and (NS, MD) in driver._locks
+    driver.forget(NS, MD)  # the watch saw it DELETED
+    assert series() == [] and (NS, MD) not in driver._locks

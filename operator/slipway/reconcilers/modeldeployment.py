@@ -407,10 +407,18 @@ class Driver:
         return time.monotonic() >= self._due.get((namespace, name), 0.0)
 
     def forget(self, namespace: str, name: str) -> None:
-        """The object is gone: stop tracking it (its children's deletion by the garbage collector is no news)."""
-        self._due.pop((namespace, name), None)
-        self._failures.pop((namespace, name), None)
-        self._watched.discard((namespace, name))
+        """The object is gone: stop tracking it (its children's deletion by the garbage collector is no news).
+
+        Its lock goes too (unless work holds it: the next forget takes it), and its metric series.
+        """
+        key = (namespace, name)
+        self._due.pop(key, None)
+        self._failures.pop(key, None)
+        self._watched.discard(key)
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            del self._locks[key]
+        rollout_metrics.forget(namespace, name)
 
     def expedite(self, namespace: str, name: str) -> None:
         """Make the object due now: the next tick runs a pass (bursts of news coalesce into one pass)."""
