@@ -208,9 +208,14 @@ def test_ab_test_compares_both_versions_and_promotes_the_declared_winner(
             route = wait_for("the A/B route with header matches", split_route, timeout=240)
             weights = {r["name"]: r["weight"] for r in route["spec"]["rules"][0]["backendRefs"]}
             assert weights == {f"{md}-v1-predictor": 70, f"{md}-v2-predictor": 30}
-            headers = [m["headers"][0] for m in route["spec"]["rules"][1]["matches"]]
+            matches = route["spec"]["rules"][1]["matches"]
+            headers = [m["headers"][0] for m in matches[:: len(matches) // 2]]  # each match on each exposed path
             assert headers[0] == {"type": "Exact", "name": "x-variant", "value": "b"}
             assert headers[1]["name"] == "Cookie" and headers[1]["type"] == "RegularExpression"
+            assert {m["path"]["value"] for m in matches} == {
+                m["path"]["value"] for m in route["spec"]["rules"][0]["matches"]
+            }
+            assert not any("feedback" in m["path"]["value"] for m in matches), "feedback is not routed"
             assert [r["name"] for r in route["spec"]["rules"][1]["backendRefs"]] == [f"{md}-v2-predictor"]
 
             final = wait_for(
