@@ -66,6 +66,8 @@ DEPLOYMENT = "digits"
 MODELS_SERVICE_ACCOUNT = "models"
 ALIAS = "champion"
 ALERT = "SlipwayModelDrift"
+FEEDBACK_TOKEN = secrets.token_hex(16)
+"""The bearer token loadgen.py sends its ground-truth feedback with (the predictors get it in their env)."""
 ALERT_FOR = "5s"  # the shipped rules hold 30s before firing; the demo does not want to wait that long
 DRIFT_THRESHOLD = 0.25
 POLL = 0.3
@@ -174,7 +176,11 @@ def model_deployment(namespace: str) -> dict[str, Any]:
                 # KServe's storage initializer takes the S3 credentials from this ServiceAccount's Secret
                 "serviceAccountName": MODELS_SERVICE_ACCOUNT,
                 # a smaller drift window than the runtime's default (1000) reacts sooner at the demo's rate
-                "env": [{"name": "SLIPWAY_DRIFT_WINDOW", "value": "400"}],
+                "env": [
+                    {"name": "SLIPWAY_DRIFT_WINDOW", "value": "400"},
+                    # the labeller's bearer token; outside the demo, name a Secret: serving.feedbackTokenSecret
+                    {"name": "SLIPWAY_FEEDBACK_TOKEN", "value": FEEDBACK_TOKEN},
+                ],
             },
             "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
             "strategy": {
@@ -542,7 +548,8 @@ def run_story(story: Story) -> bool:
     )
     tl.mark("served-v1")
     gateway = loadgen.Gateway(story.state.urls["gateway"], DEPLOYMENT, testbed_gateway.route_host(ns, DEPLOYMENT))
-    story.load = loadgen.LoadGenerator(gateway, rate=8, batch=16, duration=600).start()
+    labeller = loadgen.Labeller(FEEDBACK_TOKEN, loadgen.PredictorEndpoints(story.state.kubeconfig, ns, DEPLOYMENT))
+    story.load = loadgen.LoadGenerator(gateway, rate=8, batch=16, duration=600, labeller=labeller).start()
     tl.say(f"load generator: 8 requests/s x 16 held-out digits to the Gateway ({gateway.url}, Host {gateway.host})")
     v2 = trained(story, second[0])
     obs.canary = v2

@@ -15,10 +15,12 @@ scraped by Prometheus), which is what the demo's summary shows next to these cou
 
 ``segments`` make a share of the simulated clients carry a header or cookie (``--header
 x-variant=b --share 0.3``), which the route's A/B rule matches. In ``held-out`` mode the
-generator knows the true labels and reports them (``POST /v2/models/{m}/feedback`` with the
-answer's ``x-request-id``) through the gateway, with the same headers: a client in an A/B
-segment reaches the version that answered it; under a weighted split the report reaches the
-answering version only as often as its weight (the others count it as unmatched).
+generator knows the true labels and, given a :class:`Labeller`, reports them as a labelling
+service inside the cluster would: ``POST /v2/models/{m}/feedback`` with the answer's
+``x-request-id`` and the deployment's bearer token, straight to the answering version's predictor
+pods (from the endpoints of its Service), because the route forwards inference paths only. The
+id is known only to the pod that issued it, so the report goes to each ready pod of that version
+until one takes it.
 
 It sends at most ``rate`` requests per second (never bursting to catch up) and stops after
 ``duration`` seconds, or earlier when told to.
@@ -32,10 +34,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -72,6 +76,46 @@ class Gateway:
 
     def headers(self) -> dict[str, str]:
         return {"Host": self.host} if self.host else {}
+
+
+@dataclass(frozen=True)
+class Labeller:
+    """Who reports ground truth: the deployment's feedback token and where each version's predictor pods are."""
+
+    token: str
+    endpoints: Callable[[str], list[str]]
+    """version → base URLs of its ready predictor pods."""
+
+
+class PredictorEndpoints:
+    """The ready pods of a version's predictor Service, from its EndpointSlices (as kube-proxy would route)."""
+
+    def __init__(self, kubeconfig: str, namespace: str, deployment: str, ttl: float = 2.0) -> None:
+        from kubernetes import client, config
+
+        self.api = client.DiscoveryV1Api(config.new_client_from_config(config_file=kubeconfig))
+        self.namespace, self.deployment, self.ttl = namespace, deployment, ttl
+        self.cache: dict[str, tuple[float, list[str]]] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, version: str) -> list[str]:
+        with self.lock:
+            at, urls = self.cache.get(version, (0.0, []))
+            if time.monotonic() - at < self.ttl:
+                return urls
+        service = f"{self.deployment}-v{version}-predictor"
+        slices = self.api.list_namespaced_endpoint_slice(
+            self.namespace, label_selector=f"kubernetes.io/service-name={service}", _request_timeout=5
+        ).items
+        urls = []
+        for sl in slices:
+            port = next((p.port for p in sl.ports or [] if p.port), None)
+            for ep in sl.endpoints or []:
+                if port and ep.conditions is not None and ep.conditions.ready:
+                    urls += [f"http://{address}:{port}" for address in ep.addresses]
+        with self.lock:
+            self.cache[version] = (time.monotonic(), urls)
+        return urls
 
 
 def held_out_digits() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
@@ -144,7 +188,7 @@ class LoadGenerator:
         mode: Mode = "held-out",
         seed: int = 0,
         segments: tuple[tuple[float, dict[str, str]], ...] = (),
-        feedback: bool = True,
+        labeller: Labeller | None = None,
     ) -> None:
         if not 0 < rate <= MAX_RATE or not 0 < duration <= MAX_DURATION or not 0 < batch <= MAX_BATCH:
             raise ValueError(f"rate (0, {MAX_RATE}], duration (0, {MAX_DURATION}] s and batch (0, {MAX_BATCH}]")
@@ -155,7 +199,7 @@ class LoadGenerator:
         if sum(share for share, _ in segments) > 1 or any(share < 0 for share, _ in segments):
             raise ValueError("segment shares must be non-negative and add up to at most 1")
         self.segments = segments
-        self.feedback = feedback
+        self.labeller = labeller
         self.rng = random.Random(seed)
         self.np_rng = np.random.default_rng(seed)
         self.x, self.y = held_out_digits()
@@ -190,22 +234,23 @@ class LoadGenerator:
             draw -= share
         return {}
 
-    def _feedback(
-        self, http: httpx.Client, resp: httpx.Response, labels: npt.NDArray[Any], headers: dict[str, str]
-    ) -> bool:
-        """Report the true labels of an answered request, through the gateway, as the same client."""
+    def _feedback(self, http: httpx.Client, resp: httpx.Response, version: str, labels: npt.NDArray[Any]) -> bool:
+        """Report the true labels of an answered request to the pod of ``version`` that answered it."""
         request_id = resp.headers.get("x-request-id")
-        if not request_id:
+        if not request_id or self.labeller is None:
             return False
-        try:
-            answer = http.post(
-                f"{self.gateway.url}/v2/models/{self.gateway.model}/feedback",
-                json={"id": request_id, "labels": labels.tolist()},
-                headers=headers,
-            )
-        except httpx.HTTPError:
-            return False
-        return answer.status_code == 200
+        for base in self.labeller.endpoints(version):
+            try:
+                answer = http.post(
+                    f"{base}/v2/models/{self.gateway.model}/feedback",
+                    json={"id": request_id, "labels": labels.tolist()},
+                    headers={"Authorization": f"Bearer {self.labeller.token}"},
+                )
+            except httpx.HTTPError:
+                continue
+            if answer.status_code == 200:
+                return True
+        return False
 
     def _send(self, http: httpx.Client, mode: Mode, at: float, client: dict[str, str] | None = None) -> None:
         client = client or {}
@@ -236,7 +281,7 @@ class LoadGenerator:
                 self.stats.unanswered[code] = self.stats.unanswered.get(code, 0) + 1
                 self.stats.no_backend += resp.status_code in (404, 502, 503)
             return
-        fed_back = self._feedback(http, resp, labels, headers) if self.feedback and mode == "held-out" else None
+        fed_back = self._feedback(http, resp, version, labels) if self.labeller and mode == "held-out" else None
         with self.lock:
             st = self.stats.version(version)
             st.requests += 1
@@ -304,7 +349,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--header", action="append", default=[], help="NAME=VALUE a share of clients carry")
     parser.add_argument("--cookie", action="append", default=[], help="NAME=VALUE a share of clients carry")
     parser.add_argument("--share", type=float, default=0.2, help="share of clients with those headers/cookies")
+    parser.add_argument("--kubeconfig", default=None, help="to find the predictor pods feedback goes to")
+    parser.add_argument("--namespace", default="default", help="the ModelDeployment's namespace")
     parser.add_argument("--no-feedback", action="store_true", help="do not report true labels")
+    parser.add_argument(
+        "--feedback-token",
+        default=os.environ.get("SLIPWAY_FEEDBACK_TOKEN", ""),
+        help="bearer token of the deployment's feedback (default $SLIPWAY_FEEDBACK_TOKEN)",
+    )
     args = parser.parse_args(argv)
     carried = dict(h.split("=", 1) for h in args.header)
     if args.cookie:
@@ -319,7 +371,9 @@ def main(argv: list[str] | None = None) -> int:
             mode=args.mode,
             seed=args.seed,
             segments=segments,
-            feedback=not args.no_feedback,
+            labeller=None
+            if args.no_feedback or not args.kubeconfig
+            else Labeller(args.feedback_token, PredictorEndpoints(args.kubeconfig, args.namespace, args.model)),
         )
     except ValueError as exc:
         parser.error(str(exc))

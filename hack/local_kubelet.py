@@ -168,8 +168,47 @@ def field_value(pod: Pod, path: str, pod_ip: str = POD_IP) -> str:
     return str(known[path] or "")
 
 
-def container_env(pod: Pod, container: Mapping[str, Any], pod_ip: str = POD_IP) -> dict[str, str]:
-    """The container's env as the kubelet builds it (literal values with expansion, fieldRefs)."""
+KeyRef = tuple[str, str, str]
+"""(``secretKeyRef`` or ``configMapKeyRef``, object name, key): one env value read from the API."""
+
+
+def key_refs(container: Mapping[str, Any]) -> list[tuple[KeyRef, bool]]:
+    """The Secret and ConfigMap keys a container's env names, each with whether it is optional."""
+    out = []
+    for var in container.get("env") or []:
+        for kind in ("secretKeyRef", "configMapKeyRef"):
+            ref = (var.get("valueFrom") or {}).get(kind)
+            if ref is not None:
+                out.append(((kind, str(ref["name"]), str(ref["key"])), bool(ref.get("optional"))))
+    return out
+
+
+def read_key_refs(api: client.CoreV1Api, pod: Pod, container: Mapping[str, Any]) -> dict[KeyRef, str]:
+    """Read the keys the env names, as a kubelet does before it starts the container (a missing one stops it)."""
+    ns = str(pod["metadata"]["namespace"])
+    out: dict[KeyRef, str] = {}
+    for (kind, name, key), optional in key_refs(container):
+        try:
+            if kind == "secretKeyRef":
+                data = api.read_namespaced_secret(name, ns).data or {}
+                value = base64.b64decode(data[key]).decode() if key in data else None
+            else:
+                value = (api.read_namespaced_config_map(name, ns).data or {}).get(key)
+        except ApiException as exc:
+            value = None
+            if not optional:
+                raise ValueError(f"env from {kind} {name}: {exc.reason}") from exc
+        if value is None and not optional:
+            raise ValueError(f"env from {kind} {name}: no key {key}")
+        if value is not None:
+            out[(kind, name, key)] = value
+    return out
+
+
+def container_env(
+    pod: Pod, container: Mapping[str, Any], pod_ip: str = POD_IP, refs: Mapping[KeyRef, str] | None = None
+) -> dict[str, str]:
+    """The container's env as a kubelet builds it: literals with expansion, fieldRefs, Secret/ConfigMap keys."""
     out: dict[str, str] = {}
     for var in container.get("env") or []:
         name = str(var["name"])
@@ -178,8 +217,15 @@ def container_env(pod: Pod, container: Mapping[str, Any], pod_ip: str = POD_IP) 
             out[name] = expand(str(var.get("value") or ""), out)
         elif "fieldRef" in source:
             out[name] = field_value(pod, str(source["fieldRef"]["fieldPath"]), pod_ip)
+        elif "secretKeyRef" in source or "configMapKeyRef" in source:
+            kind = "secretKeyRef" if "secretKeyRef" in source else "configMapKeyRef"
+            key: KeyRef = (kind, str(source[kind]["name"]), str(source[kind]["key"]))
+            if key in (refs or {}):
+                out[name] = (refs or {})[key]
+            elif not source[kind].get("optional"):
+                raise ValueError(f"env {name}: {kind} {key[1]}/{key[2]} was not read")
         else:
-            raise ValueError(f"env {name}: only fieldRef is supported by the local kubelet, not {sorted(source)}")
+            raise ValueError(f"env {name}: {sorted(source)} is not supported by the local kubelet")
     return out
 
 
@@ -305,13 +351,14 @@ def spawn(
     pod_ip: str,
     volumes: Mapping[str, Path],
     shared_ip: bool,
+    refs: Mapping[KeyRef, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start one container as a process group, with the kubelet's environment and the pod's mounts."""
     ns, name = _ns_name(pod)
     workdir = directory / f"{ns}_{name}"
     workdir.mkdir(parents=True, exist_ok=True)
     peers = peer_pattern(pod)
-    env = container_env(pod, container, pod_ip)
+    env = container_env(pod, container, pod_ip, refs)
     if peers is not None:
         env = {k: peers.sub(POD_IP, v) for k, v in env.items()}
     argv = command_line(container, env)
@@ -487,8 +534,9 @@ class ServicePod:
 
     def _start(self, c: ContainerState) -> bool:
         try:
-            proc = spawn(self.pod, c.spec, self.kubelet.dir, self.ip, self.volumes, shared_ip=False)
-        except (ValueError, OSError) as exc:
+            refs = read_key_refs(self.kubelet.api, self.pod, c.spec)
+            proc = spawn(self.pod, c.spec, self.kubelet.dir, self.ip, self.volumes, shared_ip=False, refs=refs)
+        except (ValueError, OSError, ApiException) as exc:
             log.error("pod %s/%s container %s cannot run here: %s", self.namespace, self.name, c.spec["name"], exc)
             c.waiting = "CreateContainerError"
             return False
@@ -742,7 +790,8 @@ class LocalKubelet:
         try:
             volumes = prepare_volumes(self.api, pod, self.dir / f"{ns}_{name}" / "volumes")
             for c in pod["spec"]["containers"]:
-                proc = spawn(pod, c, self.dir, POD_IP, volumes, shared_ip=True)
+                refs = read_key_refs(self.api, pod, c)
+                proc = spawn(pod, c, self.dir, POD_IP, volumes, shared_ip=True, refs=refs)
                 run.containers.append(Running(str(c["name"]), proc, started))
         except (ValueError, OSError) as exc:
             log.error("pod %s/%s cannot run here: %s", ns, name, exc)

@@ -6,6 +6,9 @@ import os
 
 from pydantic import BaseModel, Field, model_validator
 
+from slipway.storage_uris import DEFAULT_PREFIXES, parse_prefixes
+from slipway.tenancy import Tenancy
+
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
@@ -114,6 +117,21 @@ class Settings(BaseModel):
         except OSError:
             return "default"
 
+    storage_uri_prefixes: tuple[str, ...] = Field(
+        DEFAULT_PREFIXES,
+        description=(
+            "Storage URIs predictors may load from, by prefix; '..' is always refused "
+            "(SLIPWAY_STORAGE_URI_PREFIXES, comma-separated; default: the schemes KServe serves)."
+        ),
+    )
+    tenancy: Tenancy = Field(
+        default_factory=Tenancy,
+        description=(
+            "Which namespaces may use which MLflow models and experiments, as JSON rules of globs "
+            "(SLIPWAY_TENANCY; empty: open). See docs/security.md."
+        ),
+    )
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         """Read the settings from environment variables; unset ones keep their defaults."""
@@ -140,4 +158,7 @@ class Settings(BaseModel):
             "pod_name": e.get("SLIPWAY_POD_NAME", ""),
             "pod_namespace": e.get("SLIPWAY_POD_NAMESPACE", ""),
         }
-        return cls.model_validate({k: v for k, v in raw.items() if v != ""})
+        values: dict[str, object] = {k: v for k, v in raw.items() if v != ""}
+        values["tenancy"] = Tenancy.parse(e.get("SLIPWAY_TENANCY", ""))
+        values["storage_uri_prefixes"] = parse_prefixes(e.get("SLIPWAY_STORAGE_URI_PREFIXES", ""))
+        return cls.model_validate(values)

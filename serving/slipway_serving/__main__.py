@@ -98,7 +98,33 @@ def parser() -> argparse.ArgumentParser:
         help="distinct class label values; the rest count as 'other'",
     )
     p.add_argument("--access-log", action="store_true", help="log one line per request")
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=_env_int("SLIPWAY_MAX_IN_FLIGHT", 64),
+        help="inference requests held at once (running or queued); more are answered 503 (0: no cap)",
+    )
+    p.add_argument(
+        "--pickle",
+        choices=("allow", "refuse"),
+        default=env("SLIPWAY_PICKLE", "allow"),
+        help="refuse: do not load models that are unpickled or run code they ship (scikit-learn, pickled "
+        "PyTorch, custom pyfunc); pt2, TorchScript, Keras and SavedModel still load",
+    )
+    p.add_argument(
+        "--feedback-token-file",
+        type=Path,
+        default=env("SLIPWAY_FEEDBACK_TOKEN_FILE"),
+        help="file holding the bearer token feedback must carry (else SLIPWAY_FEEDBACK_TOKEN; neither: no feedback)",
+    )
     return p
+
+
+def feedback_token(path: Path | None) -> str:
+    """The feedback token: the file's content (stripped) if given, else SLIPWAY_FEEDBACK_TOKEN, else ""."""
+    if path is not None:
+        return Path(path).read_text().strip()
+    return os.environ.get("SLIPWAY_FEEDBACK_TOKEN", "").strip()
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> ServingConfig:
@@ -128,8 +154,11 @@ def config_from_args(argv: Sequence[str] | None = None) -> ServingConfig:
             max_drift_features=args.max_drift_features,
             max_classes=args.max_classes,
             access_log=args.access_log,
+            feedback_token=feedback_token(args.feedback_token_file),
+            allow_pickle=args.pickle == "allow",
+            max_in_flight=args.max_in_flight,
         )
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         p.error(str(exc))
 
 

@@ -38,6 +38,13 @@ class ServingConfig:
     max_classes: int = 100
     warmup_runs: int = 3
     access_log: bool = False
+    max_in_flight: int = 64
+    """Inference requests held at once (running or queued); more are answered 503 (0: no cap)."""
+    allow_pickle: bool = True
+    """Load artifacts that are unpickled or run code they ship (a ModelDeployment passes ``--pickle refuse``
+    unless its spec allows it)."""
+    feedback_token: str = field(default="", repr=False)
+    """Bearer token ``POST .../feedback`` must carry; empty: feedback is refused (403)."""
 
     def __post_init__(self) -> None:
         if self.flavor not in FLAVORS:

@@ -1,9 +1,12 @@
 """Ground-truth feedback: predictions remembered by request id (bounded LRU), true labels reported later, counted.
 
-Every inference request gets an id: the client's ``x-request-id`` header, or one the server
-makes up; either way the response carries it back in ``x-request-id``. The predicted classes
-of the last ``capacity`` requests are remembered under that id. A client that learns the true
-labels later posts them::
+Every inference request gets an id the server makes up (122 random bits; an ``x-request-id``
+the client sent is replaced, so nobody can pick, guess or reuse the id a prediction is filed
+under), and the response carries it back in ``x-request-id``. The predicted classes of the last
+``capacity`` requests are remembered under that id. A labeller that learns the true labels
+later posts them, with the deployment's feedback token (``Authorization: Bearer <token>``; the
+token comes from a Secret, see docs/security.md; without a token configured, feedback is off
+and answered 403, a wrong or missing token 401)::
 
     POST /v2/models/{name}/feedback   {"id": "<x-request-id>", "labels": [3, 7, ...]}
 
@@ -16,6 +19,7 @@ unknown (never seen, evicted, or already answered) is answered 404 and counted i
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -42,8 +46,8 @@ current_request_id: ContextVar[str | None] = ContextVar("slipway_request_id", de
 
 
 class RequestIdMiddleware:
-    """Gives each inference request an id (the client's ``x-request-id`` or a new one), echoes it
-    in the response, and makes it the current request id while the request is handled."""
+    """Gives each inference request a new id of the server's own (any ``x-request-id`` the client sent
+    is replaced), returns it in the response, and makes it the current request id while the request is handled."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -52,10 +56,8 @@ class RequestIdMiddleware:
         if scope["type"] != "http" or not is_inference_path(scope["path"]):
             await self.app(scope, receive, send)
             return
-        raw = next((v for k, v in scope["headers"] if k == HEADER), None)
-        if raw is None or not 0 < len(raw) <= MAX_ID_LENGTH:
-            raw = uuid.uuid4().hex.encode()
-            scope = {**scope, "headers": [*(h for h in scope["headers"] if h[0] != HEADER), (HEADER, raw)]}
+        raw = uuid.uuid4().hex.encode()
+        scope = {**scope, "headers": [*(h for h in scope["headers"] if h[0] != HEADER), (HEADER, raw)]}
         request_id = raw.decode("latin-1")
 
         async def send_with_id(message: Message) -> None:
@@ -156,12 +158,22 @@ class Feedback:
         return {"id": request_id, "compared": len(labels), "correct": correct}
 
 
-def install(app: FastAPI, model_name: str, feedback: Feedback) -> Callable[[np.ndarray], None]:
+def authorise(token: str, authorization: str | None) -> None:
+    """FeedbackError unless ``authorization`` is ``Bearer <token>`` (403 when no token is configured)."""
+    if not token:
+        raise FeedbackError("feedback is off: this server has no feedback token (SLIPWAY_FEEDBACK_TOKEN)", 403)
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise FeedbackError("feedback needs Authorization: Bearer <the deployment's feedback token>", 401)
+
+
+def install(app: FastAPI, model_name: str, feedback: Feedback, token: str = "") -> Callable[[np.ndarray], None]:
     """Add the request-id middleware and the feedback route; returns the hook that remembers predictions."""
     app.add_middleware(RequestIdMiddleware)
 
     async def post_feedback(name: str, request: Request) -> JSONResponse:
         try:
+            authorise(token, request.headers.get("authorization"))
             if name != model_name:
                 raise FeedbackError(f"model {name} is not served here", 404)
             try:

@@ -24,6 +24,51 @@ log = logging.getLogger(__name__)
 #: URI schemes only an MLflow tracking server can resolve.
 MLFLOW_SCHEMES = frozenset({"runs", "models", "mlflow-artifacts"})
 
+#: Files that are unpickled on load (running whatever code they hold).
+PICKLE_SUFFIXES = frozenset({".pkl", ".pickle", ".cloudpickle", ".joblib", ".pth", ".sav", ".dill"})
+
+
+class PickleRefused(ModelLoadError):
+    """The artifact would be unpickled (or runs code it ships) and the server was not told to allow that."""
+
+
+def pickle_use(path: Path) -> str | None:
+    """Why loading the MLflow model at ``path`` would unpickle data or run code it ships (None: it would not).
+
+    Pickle files anywhere in the model, PyTorch's pickle serialization, and pyfunc models with a
+    loader module of their own or a ``code`` folder.
+    """
+    root = path if path.is_dir() else path.parent
+    for file in sorted(root.rglob("*")):
+        if file.is_file() and file.suffix.lower() in PICKLE_SUFFIXES:
+            return f"{file.relative_to(root)} is a pickle"
+    if not (root / "MLmodel").is_file():
+        return None
+    from mlflow.models import Model as MlflowModel
+
+    meta = MlflowModel.load(str(root / "MLmodel"))
+    torch_conf = meta.flavors.get("pytorch") or {}
+    if torch_conf and not (root / str(torch_conf.get("model_data") or "data") / "model.pt2").is_file():
+        return "the PyTorch model is pickled (log it with serialization_format='pt2')"
+    if torch_conf.get("code"):
+        return "the PyTorch model ships code of its own"
+    pyfunc = meta.flavors.get("python_function") or {}
+    loader = str(pyfunc.get("loader_module") or "")
+    if pyfunc and not meta.flavors.keys() & {"pytorch", "keras", "tensorflow"}:
+        if not loader.startswith("mlflow.") or pyfunc.get("code") or (root / "code").is_dir():
+            return f"the pyfunc model runs code of its own (loader {loader or 'python_model'})"
+        if loader in ("mlflow.sklearn", "mlflow.pyfunc.model", "mlflow.xgboost", "mlflow.lightgbm"):
+            return f"the pyfunc model ({loader}) is pickled"
+    return None
+
+
+def refuse_dot_dot(uri: str) -> None:
+    """ModelLoadError for a URI or path with a ``..`` segment (it could climb out of where models live)."""
+    path = unquote(urlparse(uri).path) if "://" in uri else uri
+    if ".." in Path(path).parts or ".." in path.replace("\\", "/").split("/"):
+        raise ModelLoadError(f"{uri}: '..' in a model path is refused")
+
+
 #: Where a baseline may sit, relative to the model directory (first match wins): inside the
 #: model (an extra file of the logged model), or next to it in the run's artifacts.
 BASELINE_CANDIDATES = (
@@ -55,6 +100,7 @@ def resolve_uri(uri: str, download_dir: Path | None = None) -> Path:
     ``runs:/``, ``models:/`` and ``mlflow-artifacts:`` need ``MLFLOW_TRACKING_URI``; other
     remote schemes (``s3://``, ``gs://``, ...) work when MLflow has the matching client.
     """
+    refuse_dot_dot(uri)
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file") or len(parsed.scheme) == 1:  # 1: a Windows drive
         path = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri)
@@ -81,9 +127,18 @@ def load(
     flavor: str = "auto",
     download_dir: Path | None = None,
     baseline_uri: str | None = None,
+    allow_pickle: bool = True,
 ) -> LoadedModel:
-    """Resolve, detect the flavor, load, and read signature, input example and baseline."""
+    """Resolve, detect the flavor, load, and read signature, input example and baseline.
+
+    ``allow_pickle=False``: :class:`PickleRefused` for an artifact that would be unpickled (or run
+    code it ships), before anything of it is loaded.
+    """
     path = _model_root(resolve_uri(uri, download_dir))
+    if not allow_pickle:
+        why = pickle_use(path)
+        if why is not None:
+            raise PickleRefused(f"{uri}: {why}; this server refuses pickled models (--pickle allow to load it)")
     load_from = _load_mlflow if (path / "MLmodel").is_file() else _load_plain
     try:
         loaded = load_from(path, flavor)

@@ -59,6 +59,9 @@ class ServingMiddleware:
     """Counts every inference request by final status code and times it; caps body sizes.
 
     Pure ASGI (no ``BaseHTTPMiddleware``) to keep the per-request cost to a few function calls.
+    Beyond ``max_in_flight`` inference requests held at once (running, or queued for the model
+    thread: the queue is bounded by this), a request is answered 503 with ``Retry-After`` before
+    its body is read (0: no cap).
     A body whose Content-Length exceeds ``max_body_bytes`` is answered 413 before it is read;
     a chunked body is counted as it streams and cut off the same way. Requests that end in an
     unhandled exception are counted as 500 here, then re-raised for Starlette to answer.
@@ -71,17 +74,24 @@ class ServingMiddleware:
         max_body_bytes: int,
         on_request: Callable[[int, float, str | None], None],
         in_flight: InFlight | None = None,
+        max_in_flight: int = 0,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.on_request = on_request
         self.in_flight = in_flight or InFlight()
+        self.max_in_flight = max_in_flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         observed = is_inference_path(scope["path"])
+        if observed and 0 < self.max_in_flight <= self.in_flight.count:
+            started = time.perf_counter()
+            await _overloaded(send, self.max_in_flight)
+            self.on_request(503, time.perf_counter() - started, "overloaded")
+            return
         if observed:
             self.in_flight.count += 1
             scope = json_by_default(scope)
@@ -149,6 +159,14 @@ class ServingMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+async def _overloaded(send: Send, limit: int) -> None:
+    """503 with Retry-After: the server already holds ``limit`` inference requests (running or queued)."""
+    body = orjson.dumps(error_body(f"overloaded: {limit} inference requests in flight; retry shortly"))
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 503, "headers": [*headers, (b"retry-after", b"1")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -60,6 +60,7 @@ class SlipwayModel(Model):  # type: ignore[misc]  # kserve ships no type informa
             flavor=self.config.flavor,
             download_dir=self.config.download_dir,
             baseline_uri=self.config.baseline_uri,
+            allow_pickle=self.config.allow_pickle,
         )
         self._predict_fn = loaded.predict
         self.flavor = loaded.flavor

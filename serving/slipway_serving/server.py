@@ -47,11 +47,12 @@ def install(app: FastAPI, model: SlipwayModel) -> None:
         max_body_bytes=model.config.limits.max_body_bytes,
         on_request=model.metrics.request_done,
         in_flight=model.in_flight,
+        max_in_flight=model.config.max_in_flight,
     )
     install_exception_handlers(app)
     log_ = feedback.PredictionLog(feedback.DEFAULT_CAPACITY)
     model.metrics.on_classes = feedback.install(
-        app, model.name, feedback.Feedback(model.name, model.config.version, log_)
+        app, model.name, feedback.Feedback(model.name, model.config.version, log_), model.config.feedback_token
     )
 
 

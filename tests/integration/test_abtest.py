@@ -38,11 +38,16 @@ sys.path.insert(0, str(REPO / "hack"))
 import kube_objects  # noqa: E402
 import loadgen  # noqa: E402
 import testbed_gateway  # noqa: E402
+import testbed_kserve  # noqa: E402
 from operator_fixture import StartOperator, start_operator  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402
 
 pytestmark = pytest.mark.integration
 __all__ = ["start_operator"]  # a fixture, imported for pytest
+
+FEEDBACK_TOKEN = "ab-feedback-" + uuid.uuid4().hex
+FEEDBACK_SECRET = "ab-feedback"
+MODELS_ACCOUNT = "models"
 
 SEL = 'namespace="{{namespace}}",modeldeployment="{{name}}",version="{{version}}"'
 ACCURACY = (
@@ -124,7 +129,8 @@ def status(kubectl: Any, name: str) -> dict[str, Any]:
     return (get(kubectl, "modeldeployment", name) or {}).get("status") or {}
 
 
-def deploy(kubectl: Any, namespace: str, name: str, model: str, strategy: dict[str, Any]) -> None:
+def deploy(kubectl: Any, testbed: Any, namespace: str, name: str, model: str, strategy: dict[str, Any]) -> None:
+    """The ModelDeployment, its feedback token's Secret and the ServiceAccount KServe takes S3 credentials from."""
     body = {
         "apiVersion": "ml.slipway.dev/v1alpha1",
         "kind": "ModelDeployment",
@@ -132,10 +138,18 @@ def deploy(kubectl: Any, namespace: str, name: str, model: str, strategy: dict[s
         "spec": {
             "model": {"name": model, "track": {"alias": "champion"}},
             "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
+            "serving": {
+                "feedbackTokenSecret": FEEDBACK_SECRET,  # the labeller's bearer token
+                "allowPickle": True,  # the test's models are scikit-learn pipelines (pickled)
+                "serviceAccountName": MODELS_ACCOUNT,  # KServe's storage initializer reads S3 with its Secret
+            },
             "strategy": strategy,
             "gateway": testbed_gateway.route_gateway(namespace, name),  # the test bed's Traefik
         },
     }
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": FEEDBACK_SECRET}}
+    objects = [{**secret, "stringData": {"token": FEEDBACK_TOKEN}}, *testbed_kserve.s3_credentials(testbed.state)]
+    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
     kubectl("apply", "-f", "-", input=json.dumps(body))
 
 
@@ -153,6 +167,8 @@ def stable_serving(kubectl: Any, name: str) -> None:
 @contextlib.contextmanager
 def load(testbed: Any, namespace: str, route: str, **kw: Any) -> Iterator[loadgen.LoadGenerator]:
     gateway = loadgen.Gateway(testbed.state.urls["gateway"], route, testbed_gateway.route_host(namespace, route))
+    labeller = loadgen.Labeller(FEEDBACK_TOKEN, loadgen.PredictorEndpoints(str(testbed.kubeconfig), namespace, route))
+    kw.setdefault("labeller", labeller)
     gen = loadgen.LoadGenerator(gateway, rate=10, batch=16, duration=600, **kw).start()
     try:
         yield gen
@@ -185,7 +201,7 @@ def test_ab_test_compares_both_versions_and_promotes_the_declared_winner(
             },
         }
     }
-    deploy(kubectl, namespace, md, registry.name, strategy)
+    deploy(kubectl, testbed, namespace, md, registry.name, strategy)
     try:
         stable_serving(kubectl, md)
         segments = ((0.2, {"x-variant": "b"}), (0.1, {"Cookie": "session=42; variant=b"}))
@@ -200,9 +216,14 @@ def test_ab_test_compares_both_versions_and_promotes_the_declared_winner(
             route = wait_for("the A/B route with header matches", split_route, timeout=240)
             weights = {r["name"]: r["weight"] for r in route["spec"]["rules"][0]["backendRefs"]}
             assert weights == {f"{md}-v1-predictor": 70, f"{md}-v2-predictor": 30}
-            headers = [m["headers"][0] for m in route["spec"]["rules"][1]["matches"]]
+            matches = route["spec"]["rules"][1]["matches"]
+            headers = [m["headers"][0] for m in matches[:: len(matches) // 2]]  # each match on each exposed path
             assert headers[0] == {"type": "Exact", "name": "x-variant", "value": "b"}
             assert headers[1]["name"] == "Cookie" and headers[1]["type"] == "RegularExpression"
+            assert {m["path"]["value"] for m in matches} == {
+                m["path"]["value"] for m in route["spec"]["rules"][0]["matches"]
+            }
+            assert not any("feedback" in m["path"]["value"] for m in matches), "feedback is not routed"
             assert [r["name"] for r in route["spec"]["rules"][1]["backendRefs"]] == [f"{md}-v2-predictor"]
 
             final = wait_for(
@@ -242,7 +263,7 @@ def test_a_shadow_on_a_gateway_that_cannot_mirror_is_refused_and_stable_keeps_se
 ):
     """Traefik does not implement RequestMirror (it answers 500 to a rule carrying one): the shadow is refused."""
     md = "shadowdigits"
-    deploy(kubectl, namespace, md, registry.name, {"canary": {"steps": [{"setWeight": 100}]}})
+    deploy(kubectl, testbed, namespace, md, registry.name, {"canary": {"steps": [{"setWeight": 100}]}})
     try:
         stable_serving(kubectl, md)
         with load(testbed, namespace, md) as gen:

@@ -41,15 +41,29 @@ def service_account_kubeconfig(testbed, kubectl, namespace: str, sa: str, path: 
     return path
 
 
+@pytest.mark.parametrize("scope", ["cluster", "watched-namespace"])
 def test_operator_with_only_the_charts_permissions_completes_a_rollout(
-    testbed, kubectl, namespace, slipway_crds, tmp_path
+    testbed, kubectl, namespace, slipway_crds, tmp_path, scope
 ):
+    """Watch-all: a ClusterRole. With watchNamespaces: Roles there only, nothing namespaced anywhere else."""
     release = f"r{namespace[-8:]}"
-    helm(testbed, "install", release, str(CHART), "-n", namespace, "--skip-crds")
+    values = ["--set", f"watchNamespaces={{{namespace}}}"] if scope == "watched-namespace" else []
+    helm(testbed, "install", release, str(CHART), "-n", namespace, "--skip-crds", *values)
     sa = f"{release}-slipway"
     try:
         who = f"--as=system:serviceaccount:{namespace}:{sa}"
         assert kubectl("auth", "can-i", "get", "secrets", who, check=False).stdout.strip() == "no"
+
+        def can(verb: str, what: str, where: str) -> bool:
+            out = kubectl("auth", "can-i", verb, what, who, "-n", where, check=False).stdout.strip()
+            return out == "yes"
+
+        assert can("create", "inferenceservices.serving.kserve.io", namespace)
+        assert can("patch", "modeldeployments.ml.slipway.dev/status", namespace)
+        elsewhere = [("create", "inferenceservices.serving.kserve.io"), ("list", "modeldeployments.ml.slipway.dev"),
+                     ("create", "jobs.batch"), ("delete", "httproutes.gateway.networking.k8s.io")]  # fmt: skip
+        granted = [(verb, what) for verb, what in elsewhere if can(verb, what, "default")]
+        assert granted == ([] if scope == "watched-namespace" else elsewhere), granted
         kubeconfig = service_account_kubeconfig(testbed, kubectl, namespace, sa, tmp_path / "sa.kubeconfig")
         lease = {"SLIPWAY_LEADER_ELECTION_LEASE": sa, "SLIPWAY_LEADER_ELECTION_NAMESPACE": namespace}  # the chart's
         proc = OperatorProcess(kubeconfig, namespace, tmp_path, testbed.prometheus_url, env=lease).start()

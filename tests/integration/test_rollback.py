@@ -389,3 +389,63 @@ def test_without_the_webhook_the_prometheus_poller_rolls_back_within_one_interva
     metrics = op.metrics()
     assert metrics['slipway_alerts_total{result="rolled_back",source="prometheus"}'] == 1
     assert metrics["slipway_alert_poll_up"] == 1
+
+
+def test_mlflow_down_across_a_rollback_and_a_sigkill_the_alias_still_ends_on_stable(
+    testbed, namespace, cluster, registry, drift, start_operator
+):
+    """The write-back the rollback owes is in status: it outlives an MLflow outage and the operator's SIGKILL."""
+    from operator_fixture import TcpProxy
+
+    proxy = TcpProxy.to_url(testbed.mlflow_uri)
+    proxy.start()
+    env = {"SLIPWAY_ALERTMANAGER_TOKEN": TOKEN}
+    op = start_operator(namespace, poll_seconds=1.0, mlflow_uri=proxy.url, env=env)
+    testbed.set_alert_webhooks([f"{op.url}/webhooks/alertmanager"], token=TOKEN)
+    try:
+        strategy = {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}}
+        first_version_then_canary(cluster, registry, strategy, "revertAlias")
+        wait_for("canary at 50", lambda: cluster.weights() == {"1": 50, "2": 50}, 60, 0.2)
+        wait_for("paused", lambda: cluster.status().get("phase") == "Paused", 30, 0.2)
+
+        proxy.stop()  # MLflow is down for the operator from here on
+        drift.score.labels("2").set(0.9)
+        wait_for("all traffic back on v1", lambda: cluster.weights() == {"1": 100}, 60, 0.05)
+        wait_for("RolledBack", lambda: cluster.status().get("phase") == "RolledBack", 30, 0.2)
+
+        def pending() -> list[dict[str, Any]]:
+            return list(cluster.status().get("pendingWriteBacks") or [])
+
+        entry = wait_for(
+            "a failed write-back attempt recorded", lambda: (p := pending()) and p[0].get("attempts"), 60, 0.2
+        )
+        (entry,) = pending()
+        print(f"\npending write-back: {entry}")
+        assert (entry["model"], entry["version"], entry["restoredVersion"], entry["alias"]) == (
+            registry.name,
+            "2",
+            "1",
+            "champion",
+        )
+        assert entry["lastError"] and entry["reason"].startswith("AlertFiring: SlipwayModelDrift")
+        assert registry.alias_target() == "2", "MLflow is down: nothing written yet"
+
+        op.kill()  # no goodbye: only what status holds survives
+        op.start().wait_healthy()
+        time.sleep(3)
+        assert pending() and registry.alias_target() == "2", "still down: still pending"
+
+        proxy.start()  # MLflow is back
+        wait_for("alias back on v1", lambda: registry.alias_target() == "1", 90, 0.5)
+        wait_for("nothing pending", lambda: not pending(), 30, 0.5)
+        assert registry.tags("2")[TAG].startswith("AlertFiring: SlipwayModelDrift")
+        reasons = {e["reason"] for e in cluster.events()}
+        assert {"RegistryWriteBackPending", "RegistryUpdated"} <= reasons, reasons
+        assert cluster.status()["phase"] == "RolledBack" and cluster.weights() == {"1": 100}
+    finally:
+        testbed.set_alert_webhooks([])
+        if proxy._server is None:
+            proxy.start()
+        print(json.dumps(cluster.status(), indent=1))
+        cluster.delete()
+        proxy.stop()

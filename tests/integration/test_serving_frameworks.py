@@ -7,6 +7,8 @@ signature turned into the input spec validation uses. TensorFlow is skipped when
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +111,42 @@ def test_readiness_needs_a_successful_test_prediction(tmp_path: Path, digits):
     with pytest.raises(ModelLoadError, match="test prediction"):
         model.load()
     assert not model.ready
+
+
+def test_pickled_models_are_refused_unless_allowed_and_pt2_needs_no_pickle(tmp_path: Path, digits):
+    """What a ModelDeployment's predictor (``--pickle refuse``) will and will not load."""
+    import mlflow.pytorch
+    import mlflow.sklearn
+    import torch
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = digits
+    sk = LogisticRegression(max_iter=200).fit(x[:200], y[:200])
+    mlflow.sklearn.save_model(sk, str(tmp_path / "sk"), signature=infer_signature(x[:2], sk.predict(x[:2])))
+    with pytest.raises(loader.PickleRefused, match="pickle"):
+        loader.load(str(tmp_path / "sk"), allow_pickle=False)
+    assert loader.load(str(tmp_path / "sk"), allow_pickle=True).flavor == "pyfunc"
+
+    net = torch.nn.Sequential(torch.nn.Linear(64, 10)).eval()
+    signature = infer_signature(x[:2], np.zeros((2, 10), dtype=np.float32))
+    mlflow.pytorch.save_model(net, str(tmp_path / "pickled"), signature=signature, serialization_format="pickle")
+    with pytest.raises(loader.PickleRefused, match=r"PyTorch model is pickled|model\.pth is a pickle"):
+        loader.load(str(tmp_path / "pickled"), allow_pickle=False)
+    # pt2 (torch.export, what our training logs) in a process of its own: torch.export after TensorFlow
+    # was loaded in this process aborts it
+    script = (
+        "import sys, numpy as np, torch, mlflow.pytorch\n"
+        "from mlflow.models import infer_signature\n"
+        "from slipway_serving import loader\n"
+        "x = np.random.default_rng(0).random((4, 64), dtype=np.float32)\n"
+        "net = torch.nn.Sequential(torch.nn.Linear(64, 10)).eval()\n"
+        "sig = infer_signature(x[:2], np.zeros((2, 10), dtype=np.float32))\n"
+        "mlflow.pytorch.save_model(net, sys.argv[1], signature=sig, input_example=x[:2], serialization_format='pt2')\n"
+        "m = loader.load(sys.argv[1], allow_pickle=False)\n"
+        "print(m.flavor, m.predict(x[:3]).shape[0])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "pt2")], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split()[-2:] == ["pytorch", "3"], out.stderr[-2000:]
+    with pytest.raises(ModelLoadError, match=r"'\.\.'"):
+        loader.load(str(tmp_path / "sk" / ".." / "sk"), allow_pickle=True)

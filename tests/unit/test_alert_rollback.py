@@ -24,7 +24,7 @@ from slipway.reconcilers.alert_poller import AlertPoller
 from slipway.reconcilers.alert_rollback import react
 from slipway.reconcilers.modeldeployment import Driver, entered_rollback
 from slipway.reconcilers.rollout_status import state_to_status
-from slipway.reconcilers.writeback import TAG, RolledBack, WriteBack, rolled_back
+from slipway.reconcilers.writeback import TAG, RolledBack, WriteBack, rolled_back, with_pending
 from slipway.rollout.alerts import Alert, matches, promoted_within_window, watched_versions
 from slipway.rollout.machine import next
 from slipway.rollout.state import Blocked, Finished, Observations, RolloutState
@@ -235,6 +235,12 @@ class FakeKube:
         self.calls.append(("delete", kind))
         return self.objects.pop((kind, name), None) is not None
 
+    def check_owned(self, manifests: list[dict[str, Any]], uid: str | None) -> None:
+        return None  # every object here is the deployment's own
+
+    def delete_owned(self, api_version: str, kind: str, name: str, namespace: str | None, uid: str | None) -> bool:
+        return self.delete(api_version, kind, name, namespace)
+
     def merge_patch(self, *args: Any) -> dict[str, Any]:
         self.calls.append(("merge_patch", None))
         return self.md
@@ -344,7 +350,8 @@ async def test_intake_rolls_back_once_then_finishes_and_writes_back():
     driver = Driver(kube, "")  # type: ignore[arg-type]
     intake = AlertIntake()
     resynced: list[str] = []
-    intake.bind(driver, WriteBack(kube, registry, resynced.append, retry_seconds=0))  # type: ignore[arg-type]
+    driver.write_back = WriteBack(kube, registry, resynced.append)  # type: ignore[arg-type]
+    intake.bind(driver, driver.write_back)
     driver.watch(NS, MD)  # kopf handed it over
     assert await intake.handle(replace(alert(), received=None)) == "rolled_back"
     assert await intake.handle(alert()) == "ignored", "a repeated delivery changes nothing"
@@ -352,6 +359,7 @@ async def test_intake_rolls_back_once_then_finishes_and_writes_back():
     assert kube.md["status"]["phase"] == "RolledBack", "the follow-up pass finished the rollback"
     assert registry.tags[("digits", "2")][TAG].startswith("AlertFiring: SlipwayModelDrift")
     assert registry.aliases["champion"] == "1" and resynced == ["digits"]
+    assert "pendingWriteBacks" not in kube.md["status"], "done, so no longer pending"
     reasons = [e["reason"] for e in kube.events]
     assert reasons[:1] == ["AlertFiring"] and "RolledBack" in reasons and "RegistryUpdated" in reasons
     assert "ms after the alert arrived" in kube.events[0]["message"]
@@ -375,6 +383,34 @@ async def test_intake_acts_only_on_deployments_kopf_handed_over():
     assert await intake.handle(alert()) == "not_found"
 
 
+def rolled_back_body(mode: str) -> dict[str, Any]:
+    """A deployment whose status just entered the rollback of v2 (back to v1), with the write-back it owes."""
+    body = md_body(canary(), registry=mode)
+    status = {"history": [{"version": "2", "previousVersion": "1", "outcome": "RolledBack", "reason": "AlertFiring"}]}
+    with_pending(body["spec"], {}, status, T0, "AlertFiring: SlipwayModelDrift")
+    body["status"] = {**body["status"], **status}
+    return body
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def drainer(kube: FakeKube, registry: FakeRegistry, clock: Clock) -> tuple[WriteBack, Any]:
+    wb = WriteBack(kube, registry, clock=clock)  # type: ignore[arg-type]
+
+    async def locked(update: Any) -> None:
+        body = kube.get("", "ModelDeployment", MD, NS)
+        if body is not None and (patch := await update(body)) is not None:
+            kube.patch_status("", "ModelDeployment", MD, NS, patch)
+
+    return wb, locked
+
+
 @pytest.mark.parametrize(
     ("mode", "aliases", "tagged", "alias_after"),
     [
@@ -385,18 +421,37 @@ async def test_intake_acts_only_on_deployments_kopf_handed_over():
     ],
 )
 async def test_write_back_modes(mode, aliases, tagged, alias_after):
-    body = md_body(canary(), registry=mode)
-    kube, registry = FakeKube(body), FakeRegistry(aliases, unavailable=1)
-    events = await WriteBack(kube, registry, retry_seconds=0).write(body, RolledBack("2", "1", "AlertFiring"), "AF")  # type: ignore[arg-type]
+    body = rolled_back_body(mode)
+    assert ("pendingWriteBacks" in body["status"]) == (mode != "none")
+    kube, registry, clock = FakeKube(body), FakeRegistry(aliases), Clock()
+    wb, locked = drainer(kube, registry, clock)
+    assert await wb.drain(locked) is None
     assert (("digits", "2") in registry.tags) == tagged and registry.aliases["champion"] == alias_after
-    assert [e.reason for e in events] == (["RegistryUpdated"] if tagged else [])
+    assert [e["reason"] for e in kube.events] == (["RegistryUpdated"] if tagged else [])
+    assert "pendingWriteBacks" not in kube.md["status"]
+    if tagged:
+        assert registry.tags[("digits", "2")][TAG] == f"AlertFiring: SlipwayModelDrift in {NS}/{MD}"
 
 
-async def test_write_back_gives_up_with_a_warning_when_mlflow_stays_down():
-    body = md_body(canary(), registry="tag")
-    kube, registry = FakeKube(body), FakeRegistry({}, unavailable=5)
-    events = await WriteBack(kube, registry, attempts=2, retry_seconds=0).write(body, RolledBack("2", "1", "X"), "X")  # type: ignore[arg-type]
-    assert [(e.reason, e.type) for e in events] == [("RegistryWriteBackFailed", "Warning")]
+async def test_a_write_back_mlflow_refuses_while_down_stays_in_status_with_back_off_until_done():
+    """MLflow down: the entry stays in status (what a restarted operator reads), retried 2, 4, 8 … s apart."""
+    kube, registry, clock = FakeKube(rolled_back_body("revertAlias")), FakeRegistry({"champion": "2"}, 3), Clock()
+    wb, locked = drainer(kube, registry, clock)
+    waits = []
+    for _ in range(3):
+        wait = await wb.drain(locked)
+        assert wait is not None
+        waits.append(round(wait))
+        (entry,) = kube.md["status"]["pendingWriteBacks"]
+        assert entry["lastError"] == "MLflow down" and registry.aliases["champion"] == "2"
+        clock.now += timedelta(seconds=wait / 2)
+        assert await wb.drain(locked) is not None and registry.unavailable == 3 - len(waits), "not before it is due"
+        clock.now += timedelta(seconds=wait)
+    assert waits == [2, 4, 8] and entry["attempts"] == 3
+    assert [e["reason"] for e in kube.events] == ["RegistryWriteBackPending"], "one warning, not one per attempt"
+    assert await wb.drain(locked) is None
+    assert registry.aliases["champion"] == "1" and "pendingWriteBacks" not in kube.md["status"]
+    assert [e["reason"] for e in kube.events][-1] == "RegistryUpdated"
 
 
 # --- the poller and the webhook ----------------------------------------------------------------------
@@ -457,16 +512,32 @@ async def test_a_pass_that_rolls_back_for_another_reason_writes_back_too():
     body = md_body(canary())
     body["metadata"]["annotations"] = {"ml.slipway.dev/action": "abort"}
     kube = FakeKube(body)
+    registry = FakeRegistry({"champion": "2"})
     driver = Driver(kube, "")  # type: ignore[arg-type]
-    calls: list[dict[str, Any]] = []
-
-    async def after(b: dict[str, Any], status: dict[str, Any]) -> None:
-        calls.append(status)
-
-    driver.after_rollback = after
+    driver.write_back = WriteBack(kube, registry)  # type: ignore[arg-type]
     await driver.drive(NS, MD)
     await settle(driver)
-    assert [c["phase"] for c in calls] == ["RollingBack"] and rolled_back(calls[0]) == RolledBack("2", "1", "Aborted")
+    written = [c[1] for c in kube.calls if c[0] == "patch_status"]
+    assert written[0]["phase"] == "RollingBack" and written[0]["pendingWriteBacks"][0]["version"] == "2"
+    assert rolled_back(written[0]) == RolledBack("2", "1", "Aborted")
+    assert registry.tags[("digits", "2")][TAG].startswith("Aborted") and registry.aliases["champion"] == "1"
     await driver.drive(NS, MD)
     await settle(driver)
-    assert len(calls) == 1, "once per rollback, not per pass"
+    written = [c[1] for c in kube.calls if c[0] == "patch_status"]
+    assert sum(bool(w.get("pendingWriteBacks")) for w in written) == 1, "recorded once per rollback"
+    assert [e["reason"] for e in kube.events].count("RegistryUpdated") == 1
+
+
+async def test_a_deleted_deployment_leaves_no_lock_and_no_metric_series():
+    from slipway.reconcilers import rollout_metrics
+
+    def series() -> list[tuple[str, ...]]:
+        metrics = (rollout_metrics.ROLLOUT_PHASE, rollout_metrics.CANARY_WEIGHT)
+        return [v for m in metrics for v in m._metrics if v[:2] == (NS, MD)]
+
+    kube = FakeKube(md_body(canary()))
+    driver = Driver(kube, "")  # type: ignore[arg-type]
+    await driver.drive(NS, MD)
+    assert series() and (NS, MD) in driver._locks
+    driver.forget(NS, MD)  # the watch saw it DELETED
+    assert series() == [] and (NS, MD) not in driver._locks

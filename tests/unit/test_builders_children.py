@@ -54,7 +54,8 @@ def check_golden(name: str, manifest: dict[str, Any]) -> None:
 
 
 def test_inference_service_slipway_runtime():
-    obj = md(serving={"runtime": "slipway", "batching": {"maxBatchSize": 16, "maxLatencyMs": 4}})
+    serving = {"runtime": "slipway", "batching": {"maxBatchSize": 16, "maxLatencyMs": 4}}
+    obj = md(serving={**serving, "feedbackTokenSecret": "digits-feedback"})
     check_golden("isvc-slipway", build_inference_service(obj, "7", "s3://models/digits/7"))
 
 
@@ -73,6 +74,54 @@ def test_http_route_weights():
 
 def test_http_route_mirror():
     check_golden("httproute-mirror", build_http_route(md(), {"7": 100, "8": 0}, mirror=("8", 20)))
+
+
+def forwards(route: dict[str, Any], path: str) -> bool:
+    """Whether any rule of the route matches ``path`` (Gateway API: no matches is PathPrefix /)."""
+    for rule in route["spec"]["rules"]:
+        for match in rule.get("matches") or [{"path": {"type": "PathPrefix", "value": "/"}}]:
+            p = match.get("path") or {"type": "PathPrefix", "value": "/"}
+            prefix = p["value"].rstrip("/")
+            if path == p["value"] or (p["type"] == "PathPrefix" and (path == prefix or path.startswith(prefix + "/"))):
+                return True
+    return False
+
+
+@pytest.mark.parametrize("runtime", ["slipway", "kserve-mlserver"])
+def test_the_route_forwards_inference_readiness_and_metadata_only(runtime: str):
+    """Not the feedback endpoint (only the labeller, in-cluster, with the token), not /metrics."""
+    ab = {"abTest": {"duration": "1h", "match": [{"header": {"name": "x-variant", "value": "b"}}]}}
+    obj = md(serving={"runtime": runtime}, strategy=ab)
+    test = obj.spec.strategy.ab_test
+    assert test is not None and test.match is not None
+    route = build_http_route(obj, {"7": 90, "8": 10}, None, ("8", test.match))
+    assert forwards({"spec": {"rules": route["spec"]["rules"][1:]}}, "/v2/health/ready"), "the A/B rule too"
+    model = "digits" if runtime == "slipway" else "digits-v7"
+    for path in (f"/v2/models/{model}/infer", f"/v2/models/{model}/ready", f"/v2/models/{model}", "/v2/health/ready"):
+        assert forwards(route, path), path
+    if runtime == "slipway":
+        assert forwards(route, "/v1/models/digits:predict")
+        assert not forwards(route, "/v2/models/digits/feedback")
+        assert not forwards(route, "/v2/models/other/infer")
+    for path in ("/metrics", "/", "/docs", "/v2/repository/index"):
+        assert not forwards(route, path), path
+
+
+@pytest.mark.parametrize("serving", [{"runtime": "slipway"}, {"runtime": "kserve-mlserver", "modelFormat": "mlflow"}])
+def test_predictor_pods_get_the_restricted_profile_and_no_token(serving: dict[str, Any]):
+    predictor = build_inference_service(md(serving=serving), "7", "s3://models/digits/7")["spec"]["predictor"]
+    assert predictor["automountServiceAccountToken"] is False
+    assert predictor["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    container = predictor["containers"][0] if "containers" in predictor else predictor["model"]
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def test_pickle_is_refused_unless_the_deployment_opts_in():
+    args = build_inference_service(md(), "7", "s3://m/7")["spec"]["predictor"]["containers"][0]["args"]
+    assert args[args.index("--pickle") + 1] == "refuse"
+    opted = md(serving={"allowPickle": True})
+    args = build_inference_service(opted, "7", "s3://m/7")["spec"]["predictor"]["containers"][0]["args"]
+    assert args[args.index("--pickle") + 1] == "allow"
 
 
 def test_knative_canary():

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
 
+from slipway.clients.kube import NotOwned, owned_by
 from slipway.clients.mlflow_runs import MlflowUnavailable, Registered, RunOutcome, RunRef
 from slipway.reconcilers.trainingrun import TrainingRunReconciler, exit_code_note, observe_job
+from slipway.tenancy import Tenancy
 
 UID = "5a1c2d3e-0000-4000-8000-000000000007"
 
@@ -76,6 +79,12 @@ class FakeKube:
     def list(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
         return []
 
+    def check_owned(self, manifests: list[dict[str, Any]], uid: str | None) -> None:
+        for m in manifests:
+            live = self.objects.get((m["kind"], m["metadata"]["name"]))
+            if live is not None and not owned_by(live, uid):
+                raise NotOwned(m["kind"], m["metadata"].get("namespace"), m["metadata"]["name"])
+
 
 class FakeRuns:
     def __init__(self, metrics: dict[str, float] | None = None) -> None:
@@ -142,6 +151,19 @@ def test_the_run_is_recorded_before_the_job_is_created():
     assert env["MLFLOW_RUN_ID"] == "r1"
 
 
+def test_a_service_of_the_jobs_name_made_by_someone_else_is_not_adopted():
+    """Several workers need a headless Service named like the Job: someone else's is named, nothing applied."""
+    kube, runs = FakeKube(), FakeRuns()
+    kube.objects[("Service", "digits")] = {"kind": "Service", "metadata": {"name": "digits"}}
+    b = body({"mlflowRunId": "r1", "phase": "Pending"})
+    b["spec"]["workers"] = 2
+    out = run_pass(reconciler(runs, kube), b)
+    assert kube.applied == [], "nothing applied while a child is someone else's"
+    ready = next(c for c in out.status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "ChildNotOwned" and "Service digits" in ready["message"]
+    assert "jobName" not in out.status
+
+
 def test_success_registers_sets_alias_and_stage():
     runs = FakeRuns()
     b = body(
@@ -202,3 +224,15 @@ def test_terminal_runs_are_left_alone():
     status = {"phase": "Succeeded", "mlflowRunId": "r1"}
     out = run_pass(reconciler(FakeRuns()), body(status))
     assert out.status == status and out.events == []
+
+
+def test_a_run_outside_the_tenancy_policy_is_forbidden_before_mlflow_is_touched():
+    policy = Tenancy.parse(json.dumps([{"namespaces": ["ml"], "models": ["ml.*"], "experiments": ["ml"]}]))
+    kube, runs = FakeKube(), FakeRuns()
+    rec = TrainingRunReconciler(kube, runs, "http://mlflow:5000", tenancy=policy)  # type: ignore[arg-type]
+    out = run_pass(rec, body(model="other-team.digits"))
+    assert out.status["phase"] == "Failed" and runs.runs == 0 and kube.applied == []
+    invalid = next(c for c in out.status["conditions"] if c["type"] == "InvalidSpec")
+    assert invalid["reason"] == "Forbidden" and "spec.register.model" in invalid["message"]
+    assert [e.reason for e in out.events] == ["Forbidden"]
+    assert run_pass(rec, body(model="ml.digits")).status["mlflowRunId"] == "r1"

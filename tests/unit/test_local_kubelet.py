@@ -88,3 +88,25 @@ def test_named_probe_port_resolves_to_the_container_port() -> None:
     assert prober.port("http") == 8080 and prober.port(9000) == 9000
     with pytest.raises(ValueError):
         prober.port("grpc")
+
+
+def test_env_from_secret_and_config_map_keys_is_what_was_read_and_a_missing_key_stops_the_container() -> None:
+    """KServe injects the storage initializer's S3 credentials as secretKeyRef env."""
+    container = {
+        "env": [
+            {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "s3", "key": "id"}}},
+            {"name": "ENDPOINT", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "url"}}},
+            {"name": "OPTIONAL", "valueFrom": {"secretKeyRef": {"name": "s3", "key": "nope", "optional": True}}},
+            {"name": "URL", "value": "$(ENDPOINT)/bucket"},
+        ]
+    }
+    assert [k for k, _ in kl.key_refs(container)] == [
+        ("secretKeyRef", "s3", "id"),
+        ("configMapKeyRef", "cfg", "url"),
+        ("secretKeyRef", "s3", "nope"),
+    ]
+    refs = {("secretKeyRef", "s3", "id"): "AKIA", ("configMapKeyRef", "cfg", "url"): "http://s3"}
+    env = kl.container_env(pod(), container, refs=refs)
+    assert env == {"AWS_ACCESS_KEY_ID": "AKIA", "ENDPOINT": "http://s3", "URL": "http://s3/bucket"}
+    with pytest.raises(ValueError, match="secretKeyRef s3/id"):
+        kl.container_env(pod(), container, refs={("configMapKeyRef", "cfg", "url"): "http://s3"})

@@ -299,7 +299,7 @@ def test_http_route_ab_golden():
     route = build_http_route(obj, {"1": 80, "2": 20}, None, ("2", test.match))
     golden("httproute-abtest", route)
     assert route["spec"]["rules"][0]["backendRefs"][1]["weight"] == 20
-    cookie = route["spec"]["rules"][1]["matches"][1]["headers"][0]
+    cookie = route["spec"]["rules"][1]["matches"][7]["headers"][0]  # after the header match on each of 7 paths
     assert cookie == {"type": "RegularExpression", "name": "Cookie", "value": cookie_pattern("variant", "b.1")}
 
 

@@ -40,3 +40,17 @@ def test_parse():
             parse(bad)
     with pytest.raises(ValueError):
         PredictionLog(0)
+
+
+def test_feedback_needs_the_token_and_is_off_without_one():
+    from slipway_serving.feedback import authorise
+
+    authorise("s3cret", "Bearer s3cret")
+    authorise("s3cret", "bearer  s3cret")
+    for given in (None, "", "Bearer", "Bearer wrong", "Basic s3cret", "s3cret"):
+        with pytest.raises(FeedbackError) as err:
+            authorise("s3cret", given)
+        assert err.value.status == 401
+    with pytest.raises(FeedbackError) as err:
+        authorise("", "Bearer ")
+    assert err.value.status == 403, "no token configured: feedback is off, not open"

@@ -183,3 +183,36 @@ async def test_middleware_counts_codes_and_limits_bodies():
     assert records == [(200, None), (400, "shape"), (413, "too_large"), (413, "too_large"),
                        (500, None)]  # fmt: skip
     assert in_flight() == 0
+
+
+async def test_beyond_the_in_flight_cap_requests_are_answered_503_before_their_body_is_read():
+    """Two held at once (running or queued): the third gets 503 + Retry-After, counted; then room again."""
+    records: list[tuple[int, str | None]] = []
+    release = asyncio.Event()
+    read: list[bytes] = []
+    app = FastAPI()
+
+    @app.post("/v2/models/m/infer")
+    async def infer(request: Request) -> dict[str, int]:
+        read.append(await request.body())
+        await release.wait()
+        return {"ok": 1}
+
+    app.add_middleware(
+        ServingMiddleware,
+        max_body_bytes=1000,
+        on_request=lambda code, seconds, kind: records.append((code, kind)),
+        max_in_flight=2,
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        held = [asyncio.create_task(client.post("/v2/models/m/infer", content=b"held")) for _ in range(2)]
+        while len(read) < 2:
+            await asyncio.sleep(0.01)
+        over = await client.post("/v2/models/m/infer", content=b"over")
+        assert over.status_code == 503 and over.headers["retry-after"] == "1" and "overloaded" in over.json()["error"]
+        assert read == [b"held", b"held"], "the refused body was never read"
+        release.set()
+        assert [(await t).status_code for t in held] == [200, 200]
+        assert (await client.post("/v2/models/m/infer", content=b"again")).status_code == 200
+    assert (503, "overloaded") in records

@@ -423,6 +423,12 @@ class FakeKube:
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
         return self.objects.pop((kind, namespace or "", name), None) is not None
 
+    def check_owned(self, manifests: list[dict[str, Any]], uid: str | None) -> None:
+        return None  # only the pass writes here: every object is the deployment's own
+
+    def delete_owned(self, api_version: str, kind: str, name: str, namespace: str | None, uid: str | None) -> bool:
+        return self.delete(api_version, kind, name, namespace)
+
 
 class FakePrometheus:
     """Answers each query from a script: a number, no data, unreachable or a refused query."""

@@ -135,6 +135,23 @@ class Serving(ApiModel):
             "model thread batches only the requests that queued while it was busy (up to 32, never waiting)."
         ),
     )
+    allow_pickle: bool = Field(
+        False,
+        description=(
+            "Runtime slipway: load models whose files are unpickled (scikit-learn, pickled PyTorch, custom "
+            "pyfunc code), which runs whatever code the artifact holds. Off: only formats that need no pickle "
+            "(PyTorch pt2 / TorchScript, Keras, TensorFlow SavedModel) load."
+        ),
+    )
+    feedback_token_secret: str | None = Field(
+        None,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+        description=(
+            "Secret in this namespace whose key `token` is the bearer token ground-truth feedback must carry "
+            "(runtime slipway: POST /v2/models/NAME/feedback). Unset: feedback is off (403)."
+        ),
+    )
 
 
 def _resource_target_ok(m: ScalingMetric) -> bool:
@@ -804,6 +821,20 @@ class FiredAlert(ApiModel):
     starts_at: datetime | None = Field(None, description="When the alert started firing.")
 
 
+class PendingWriteBack(ApiModel):
+    """A rollback not yet written back to the MLflow registry (retried, with back-off, until done)."""
+
+    model: str = Field(description="Registered model to write to.")
+    version: str = Field(description="Version rolled back (tagged slipway.rolled-back).")
+    restored_version: str | None = Field(None, description="Version serving again (the alias goes back to it).")
+    alias: str | None = Field(None, description="Alias to move back (registry: revertAlias).")
+    mode: Literal["tag", "revertAlias"] = Field(description="spec.rollback.registry when the rollback happened.")
+    reason: str = Field(description="Why the version was rolled back (the tag's value).")
+    attempts: int = Field(0, ge=0, description="Attempts that failed so far.")
+    next_attempt_at: datetime | None = Field(None, description="Not before this time.")
+    last_error: str | None = Field(None, description="What the last attempt met.")
+
+
 class ModelDeploymentStatus(ApiModel):
     """Observed state of the deployment and its rollout, written by the operator."""
 
@@ -829,6 +860,9 @@ class ModelDeploymentStatus(ApiModel):
     )
     history: list[HistoryEntry] | None = Field(None, description="Recent finished rollouts, newest last.")
     last_alert: FiredAlert | None = Field(None, description="The alert behind the last rollback.")
+    pending_write_backs: list[PendingWriteBack] | None = Field(
+        None, description="Rollbacks still to be written back to the MLflow registry, oldest first."
+    )
     url: str | None = Field(None, description="URL the model is served at.")
     observed_generation: int | None = Field(None, description="metadata.generation the status was computed for.")
     message: str | None = Field(None, description="Human-readable summary of the state.")

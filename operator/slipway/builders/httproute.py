@@ -23,6 +23,27 @@ def _backend(md: str, version: str, weight: int | None = None) -> dict[str, Any]
     return ref
 
 
+def exposed_paths(model: str, slipway_runtime: bool = True) -> list[dict[str, str]]:
+    """The only paths the route forwards: inference, readiness and metadata (V2 and V1).
+
+    Not ``/v2/models/NAME/feedback`` (ground truth is for the labeller, in-cluster, with the
+    feedback token) and not ``/metrics`` (Prometheus scrapes the pods directly). The Slipway
+    runtime serves the model under the deployment's name, so its paths are exact; a named
+    KServe runtime names it after each InferenceService, so there the model paths are prefixes.
+    """
+    health = [{"type": "Exact", "value": "/v2/health/ready"}, {"type": "Exact", "value": "/v2/health/live"}]
+    if not slipway_runtime:
+        return [{"type": "PathPrefix", "value": "/v2/models/"}, {"type": "PathPrefix", "value": "/v1/models/"}, *health]
+    exact = [
+        f"/v2/models/{model}/infer",
+        f"/v2/models/{model}/ready",
+        f"/v2/models/{model}",
+        f"/v1/models/{model}:predict",
+        f"/v1/models/{model}",
+    ]
+    return [*({"type": "Exact", "value": path} for path in exact), *health]
+
+
 def cookie_pattern(name: str, value: str) -> str:
     """The regular expression matching a Cookie header that carries ``name=value`` (RE2 syntax).
 
@@ -36,8 +57,8 @@ def cookie_pattern(name: str, value: str) -> str:
     return f"^(?:.*;)?\\s*{re.escape(name)}={re.escape(value)}\\s*(?:;.*)?$"
 
 
-def http_match(match: AbMatch) -> dict[str, Any]:
-    """One HTTPRouteMatch: a header (Exact or RegularExpression), or a cookie as a regex on Cookie."""
+def http_match(match: AbMatch, path: dict[str, str]) -> dict[str, Any]:
+    """One HTTPRouteMatch on ``path``: a header (Exact or RegularExpression), or a cookie as a regex on Cookie."""
     if match.header is not None:
         header = {"type": match.header.type, "name": match.header.name, "value": match.header.value}
     else:
@@ -47,7 +68,7 @@ def http_match(match: AbMatch) -> dict[str, Any]:
             "name": "Cookie",
             "value": cookie_pattern(match.cookie.name, match.cookie.value),
         }
-    return {"path": {"type": "PathPrefix", "value": "/"}, "headers": [header]}
+    return {"path": path, "headers": [header]}
 
 
 def build_http_route(
@@ -59,13 +80,16 @@ def build_http_route(
     """The route: one rule with a weighted backend per version; optionally mirror a percent to a version,
     and (A/B tests) a second rule sending requests with matching headers or cookies to one version.
 
-    Versions with weight 0 stay listed, so a shift is one patch of the route and rolling back is
-    one write of the weights. The weighted rule comes first; a rule with header matches takes
-    precedence over it whatever the order (Gateway API: more header matches win).
+    Every rule matches only :func:`exposed_paths`. Versions with weight 0 stay listed, so a shift
+    is one patch of the route and rolling back is one write of the weights. The weighted rule
+    comes first; a rule with header matches takes precedence over it whatever the order (Gateway
+    API: more header matches win).
     """
     name = md.metadata.name or ""
+    paths = exposed_paths(name, md.spec.serving.runtime == "slipway")
     rule: dict[str, Any] = {
-        "backendRefs": [_backend(name, v, w) for v, w in sorted(weights.items(), key=lambda kv: int(kv[0]))]
+        "matches": [{"path": p} for p in paths],
+        "backendRefs": [_backend(name, v, w) for v, w in sorted(weights.items(), key=lambda kv: int(kv[0]))],
     }
     if mirror is not None and mirror[1] > 0:
         version, percent = mirror
@@ -75,7 +99,8 @@ def build_http_route(
     rules = [rule]
     if matches is not None and matches[1]:
         version, conditions = matches
-        rules.append({"matches": [http_match(m) for m in conditions], "backendRefs": [_backend(name, version, 1)]})
+        matched = [http_match(m, p) for m in conditions for p in paths]
+        rules.append({"matches": matched, "backendRefs": [_backend(name, version, 1)]})
     spec: dict[str, Any] = {"rules": rules}
     gateway = md.spec.gateway
     if gateway is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from slipway.api.modeldeployment import ModelDeployment, Serving
@@ -13,6 +14,11 @@ KIND = "InferenceService"
 SLIPWAY_RUNTIME = "slipway"
 DEFAULT_IMAGE = "ghcr.io/slipway-ml/slipway-serving:0.1.0"
 HTTP_PORT = 8080
+FEEDBACK_TOKEN_ENV = "SLIPWAY_FEEDBACK_TOKEN"
+POD_SECURITY: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+"""The restricted Pod Security Standard, pod level (the predictor needs no service-account token either)."""
+CONTAINER_SECURITY: dict[str, Any] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+"""The restricted Pod Security Standard, container level."""
 MODEL_DIR = "/mnt/models"
 """Where KServe's storage initializer puts ``STORAGE_URI`` for a custom container."""
 
@@ -51,6 +57,14 @@ def _env(serving: Serving) -> list[dict[str, str]]:
     return [{"name": e.name, "value": e.value} for e in serving.env or []]
 
 
+def _feedback_env(serving: Serving) -> list[dict[str, Any]]:
+    """The feedback token, from the Secret the spec names (key ``token``); none: the runtime refuses feedback."""
+    if serving.feedback_token_secret is None:
+        return []
+    ref = {"name": serving.feedback_token_secret, "key": "token"}
+    return [{"name": FEEDBACK_TOKEN_ENV, "valueFrom": {"secretKeyRef": ref}}]
+
+
 def _resources(serving: Serving) -> dict[str, Any] | None:
     return serving.resources.to_dict() if serving.resources is not None else None
 
@@ -61,6 +75,7 @@ def slipway_container(md: ModelDeployment, version: str, storage_uri: str) -> di
     serving = md.spec.serving
     args = ["--model-uri", MODEL_DIR, "--model-name", name, "--model-version", version]
     args += ["--http-port", str(HTTP_PORT)]
+    args += ["--pickle", "allow" if serving.allow_pickle else "refuse"]
     if serving.batching is not None:
         args += ["--max-batch-size", str(serving.batching.max_batch_size)]
         args += ["--max-latency-ms", str(serving.batching.max_latency_ms)]
@@ -69,9 +84,10 @@ def slipway_container(md: ModelDeployment, version: str, storage_uri: str) -> di
         "image": serving.image or DEFAULT_IMAGE,
         "command": ["python", "-m", "slipway_serving"],
         "args": args,
-        "env": [{"name": "STORAGE_URI", "value": storage_uri}, *_env(serving)],
+        "env": [{"name": "STORAGE_URI", "value": storage_uri}, *_env(serving), *_feedback_env(serving)],
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "readinessProbe": _probe(name),
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
     }
     resources = _resources(serving)
     if resources:
@@ -88,6 +104,7 @@ def runtime_model(md: ModelDeployment, storage_uri: str) -> dict[str, Any]:
         "storageUri": storage_uri,
         "protocolVersion": serving.protocol,
         "readinessProbe": _probe(md.metadata.name or ""),
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
     }
     if serving.image:
         model["image"] = serving.image
@@ -101,9 +118,10 @@ def runtime_model(md: ModelDeployment, storage_uri: str) -> dict[str, Any]:
 
 def predictor(md: ModelDeployment, version: str, storage_uri: str) -> dict[str, Any]:
     """The predictor spec: the Slipway container, or a named runtime's model."""
+    pod: dict[str, Any] = {"securityContext": copy.deepcopy(POD_SECURITY), "automountServiceAccountToken": False}
     if md.spec.serving.runtime == SLIPWAY_RUNTIME:
-        return {"containers": [slipway_container(md, version, storage_uri)]}
-    return {"model": runtime_model(md, storage_uri)}
+        return {"containers": [slipway_container(md, version, storage_uri)], **pod}
+    return {"model": runtime_model(md, storage_uri), **pod}
 
 
 def build_inference_service(

@@ -31,7 +31,32 @@ class KindNotServed(RuntimeError):
     """The API server does not serve this apiVersion/kind (a CRD is missing)."""
 
 
-KUBE_ERRORS: tuple[type[Exception], ...] = (DynamicApiError, ApiException, urllib3.exceptions.HTTPError, KindNotServed)
+class NotOwned(RuntimeError):
+    """An object the operator would apply already exists and belongs to someone else: it is never adopted."""
+
+    def __init__(self, kind: str, namespace: str | None, name: str) -> None:
+        where = f" in namespace {namespace}" if namespace else ""
+        super().__init__(
+            f"{kind} {name}{where} already exists and is not owned by this resource: "
+            "the operator does not adopt it; delete or rename it"
+        )
+        self.kind, self.namespace, self.name = kind, namespace, name
+
+
+def owned_by(obj: dict[str, Any], uid: str | None) -> bool:
+    """Whether an object carries an owner reference to ``uid``."""
+    return uid is not None and any(
+        ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or []
+    )
+
+
+KUBE_ERRORS: tuple[type[Exception], ...] = (
+    DynamicApiError,
+    ApiException,
+    urllib3.exceptions.HTTPError,
+    KindNotServed,
+    NotOwned,
+)
 """What a Kubernetes call raises when the API server refuses it or cannot be reached (not a bug of ours)."""
 
 
@@ -100,6 +125,31 @@ class Kube:
             return False
         self.apply(manifest)
         return True
+
+    def check_owned(self, manifests: list[Manifest], owner_uid: str | None) -> None:
+        """Look before applying: raise :class:`NotOwned` for the first manifest whose object exists unowned by us.
+
+        A forced server-side apply would otherwise take over an object of the same name that
+        someone else made (and the garbage collector would delete it with the owner later).
+        Manifests applied by this process and unchanged since are known to be ours: no read.
+        """
+        for manifest in manifests:
+            if self.applied.unchanged(manifest):
+                continue
+            meta = manifest["metadata"]
+            live = self.get(manifest["apiVersion"], manifest["kind"], meta["name"], meta.get("namespace"))
+            if live is not None and not owned_by(live, owner_uid):
+                raise NotOwned(manifest["kind"], meta.get("namespace"), meta["name"])
+
+    def delete_owned(
+        self, api_version: str, kind: str, name: str, namespace: str | None, owner_uid: str | None
+    ) -> bool:
+        """Delete one object only if it is owned by ``owner_uid``; False if it was gone or is someone else's."""
+        live = self.get(api_version, kind, name, namespace)
+        if live is None or not owned_by(live, owner_uid):
+            self.applied.forget((api_version, kind, namespace or "", name))
+            return False
+        return self.delete(api_version, kind, name, namespace)
 
     def create(self, manifest: Manifest) -> Manifest:
         """Create one object (an Event, a TrainingRun from the CLI); the server's copy is returned."""

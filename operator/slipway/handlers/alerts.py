@@ -28,7 +28,7 @@ async def start_alert_intake(memo: Any, logger: logging.Logger | logging.LoggerA
         raise kopf.TemporaryError("waiting for the registry sync", delay=0.1)
     sync = getattr(memo, "registry_sync", None)
     write_back = WriteBack(memo.kube, sync.registry if sync else None, sync.trigger if sync else None)
-    memo.md_driver.after_rollback = write_back.after_rollback
+    memo.md_driver.write_back = write_back  # drains status.pendingWriteBacks after passes
     intake: AlertIntake = memo.alert_intake
     if os.environ.get(ALERT_KUBE_ENV, "loop") == "thread":  # the earlier path, for comparisons (bench)
         intake.bind(memo.md_driver, write_back)

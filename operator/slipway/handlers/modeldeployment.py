@@ -22,7 +22,9 @@ async def start_driver(memo: Any, **_: Any) -> None:
     """One Driver in the operator-wide memo (per-object memos are copies of it), after startup.configure."""
     if "kube" not in memo or "settings" not in memo:
         raise kopf.TemporaryError("waiting for startup.configure", delay=0.1)
-    memo.md_driver = Driver(memo.kube, memo.settings.prometheus_url)
+    memo.md_driver = Driver(
+        memo.kube, memo.settings.prometheus_url, memo.settings.tenancy, memo.settings.storage_uri_prefixes
+    )
 
 
 def _driver(memo: Any) -> Driver:

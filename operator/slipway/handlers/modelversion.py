@@ -12,7 +12,7 @@ import kopf
 from slipway.api import GROUP, VERSION
 from slipway.clients.mlflow import MlflowRegistry
 from slipway.receivers import mlflow_webhook
-from slipway.reconcilers.registry import RegistrySync
+from slipway.reconcilers.registry import RegistrySync, referenced_model
 
 
 @kopf.on.startup()
@@ -49,9 +49,18 @@ async def stop_registry_sync(memo: Any, **_: Any) -> None:
 
 
 def _feed(memo: Any, kind: str, event_type: str | None, body: kopf.Body) -> None:
+    """Feed the sync; a reference the tenancy policy forbids is fed as no reference (nothing is mirrored for it)."""
     sync: RegistrySync | None = getattr(memo, "registry_sync", None)
-    if sync is not None:
-        sync.observe(kind, event_type, copy.deepcopy(dict(body)))
+    if sync is None:
+        return
+    seen = copy.deepcopy(dict(body))
+    model = referenced_model(kind, seen) if kind != "ModelVersion" else (seen.get("spec") or {}).get("model")
+    namespace = (seen.get("metadata") or {}).get("namespace") or ""
+    if model and not memo.settings.tenancy.allows_model(namespace, str(model)):
+        if kind == "ModelVersion":
+            return
+        seen["spec"] = {}
+    sync.observe(kind, event_type, seen)
 
 
 @kopf.on.event(GROUP, VERSION, "modelversions")

@@ -19,7 +19,9 @@ TICK_SECONDS = 2.0
 def _reconciler(memo: Any) -> TrainingRunReconciler:
     if getattr(memo, "tr_reconciler", None) is None:
         uri = memo.settings.mlflow_uri
-        memo.tr_reconciler = TrainingRunReconciler(memo.kube, MlflowRuns(uri) if uri else None, uri)
+        memo.tr_reconciler = TrainingRunReconciler(
+            memo.kube, MlflowRuns(uri) if uri else None, uri, tenancy=memo.settings.tenancy
+        )
     return memo.tr_reconciler  # type: ignore[no-any-return]
 
 

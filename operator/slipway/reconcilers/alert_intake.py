@@ -42,7 +42,7 @@ from .alert_rollback import Reaction, react, react_fast
 from .events import post_events
 from .modeldeployment import GROUP_VERSION, Driver
 from .status import Event
-from .writeback import WriteBack, rolled_back
+from .writeback import WriteBack
 
 log = logging.getLogger(__name__)
 Result = Literal["rolled_back", "ignored", "no_target", "not_watched", "not_found"]
@@ -184,7 +184,7 @@ class AlertIntake:
         rollout_metrics.record(ns, name, strategy, reaction.decision)
 
     async def _follow_up(self, driver: Driver, body: dict[str, Any], reaction: Reaction, alert: Alert) -> None:
-        """Events, the full pass that finishes the rollback, and the registry write-back."""
+        """Events, and the full pass that finishes the rollback (and starts the registry write-back)."""
         assert reaction.outcome is not None
         ns, name = body["metadata"].get("namespace", ""), body["metadata"].get("name", "")
         await post_events(driver.kube, body, reaction.outcome.events)
@@ -194,6 +194,4 @@ class AlertIntake:
                 await post_events(driver.kube, after, outcome.events)
         except Exception as exc:  # the timer's pass will try again
             log.warning("%s/%s: pass after the alert failed: %s", ns, name, exc)
-        what = rolled_back(reaction.outcome.status)
-        if self.write_back is not None and what is not None:
-            await self.write_back.write(body, what, f"AlertFiring: {alert.describe()}")
+        # the registry write-back the rollback owes is in status.pendingWriteBacks: the pass drains it

@@ -38,9 +38,10 @@ from slipway.rollout import machine
 from slipway.rollout.alerts import Alert, matches, watched_versions
 from slipway.rollout.state import Decision, Observations
 
-from .modeldeployment import GROUP_VERSION, resolve, status_of, unhonourable
+from .modeldeployment import GROUP_VERSION, entered_rollback, resolve, status_of, unhonourable
 from .rollout_status import state_from_status
 from .status import Event, Outcome
+from .writeback import with_pending
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,8 @@ def decide(body: dict[str, Any], alert: Alert, now: datetime) -> Plan | Reaction
         return Reaction(False, f"the machine took no rollback in phase {state.phase}", decision=decision)
     status = status_of(md, old, decision.state, old.get("trackedVersion"))
     status["lastAlert"] = last_alert(alert)
+    if entered_rollback(old, status):
+        with_pending(body.get("spec") or {}, old, status, now, f"AlertFiring: {alert.describe()}")
     return Plan(md, decision, status, read)
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -27,19 +28,22 @@ from slipway.builders.names import (
     predictor_name,
     sanitise_model_name,
 )
-from slipway.clients.kube import KUBE_ERRORS, Kube, error_message, off_loop
+from slipway.clients.kube import KUBE_ERRORS, Kube, NotOwned, error_message, off_loop
 from slipway.clients.prometheus import NoData, Prometheus, PrometheusError
 from slipway.rollout import abtest, machine
 from slipway.rollout.analysis import AnalysisConfig, Measurement, judge, render_query
 from slipway.rollout.budget import Split, replica_budget, unsplittable
 from slipway.rollout.phases import conditions_for
 from slipway.rollout.state import ACTIONS, Action, Decision, Observations, RolloutState
+from slipway.storage_uris import DEFAULT_PREFIXES, refusal
+from slipway.tenancy import Tenancy
 
 from . import budget, requirements, rollout_metrics
 from .ab_comparison import compare
 from .gateway_support import mirror_refusal
 from .rollout_status import state_from_status, state_to_status
 from .status import Event, Outcome, set_condition, status_changed
+from .writeback import PENDING, WriteBack, with_pending
 
 log = logging.getLogger(__name__)
 GROUP_VERSION = "ml.slipway.dev/v1alpha1"
@@ -51,8 +55,6 @@ RETRY_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 """After a failed pass, the wait before the next (then the next delay, up to the last); reset by a pass that works."""
 MESSAGE_LIMIT = 1024
 T = TypeVar("T")
-AfterRollback = Callable[[dict[str, Any], dict[str, Any]], Coroutine[Any, Any, None]]
-"""Called (in the background) with the object and the status just written when a pass started a rollback."""
 
 
 @dataclass(frozen=True)
@@ -66,18 +68,26 @@ class Resolved:
     """version → its ModelVersion's status (tags, metrics, registration time) for the requirements."""
 
 
-def resolve(kube: Kube, md: ModelDeployment) -> Resolved:
-    """Find the tracked version among the ModelVersion objects (alias, highest in stage, or pinned)."""
+def resolve(kube: Kube, md: ModelDeployment, prefixes: tuple[str, ...] | None = None) -> Resolved:
+    """Find the tracked version among the ModelVersion objects (alias, highest in stage, or pinned).
+
+    With ``prefixes``, a storage URI outside them (or with a ``..``) is no URI: never applied.
+    """
     model = sanitise_model_name(md.spec.model.name)
     mvs = kube.list(GROUP_VERSION, "ModelVersion", md.metadata.namespace, f"{LABEL_MODEL}={model}")
     uris: dict[str, str] = {}
+    refused: dict[str, str] = {}
     by_version: dict[str, dict[str, Any]] = {}
     for mv in mvs:
         version = str((mv.get("spec") or {}).get("version") or mv["metadata"]["labels"].get(LABEL_VERSION, ""))
         status = mv.get("status") or {}
         by_version[version] = status
         if status.get("storageUri"):
-            uris[version] = status["storageUri"]
+            why = refusal(status["storageUri"], prefixes) if prefixes is not None else None
+            if why is None:
+                uris[version] = status["storageUri"]
+            else:
+                refused[version] = why
     track = md.spec.model.track
     if track.alias is not None:
         hits = [v for v, s in by_version.items() if track.alias in (s.get("aliases") or [])]
@@ -90,6 +100,9 @@ def resolve(kube: Kube, md: ModelDeployment) -> Resolved:
         want, what = (pinned if pinned in by_version else None), f"version {pinned}"
     if want is None:
         return Resolved(None, f"no ModelVersion of model {md.spec.model.name} has {what}", uris, by_version)
+    if want in refused:
+        message = f"ModelVersion {md.spec.model.name} v{want} ({what}): {refused[want]}"
+        return Resolved(None, message, uris, by_version)
     if want not in uris:
         message = f"ModelVersion {md.spec.model.name} v{want} ({what}) has no storageUri yet"
         return Resolved(None, message, uris, by_version)
@@ -169,36 +182,54 @@ def apply_children(
     """New backends first, then the route (one write carries the weights), then remove the live versions not kept.
 
     Children already applied as they are and unchanged since are not applied again (``Kube.ensure``).
+    Before any apply, each child about to be applied is looked up: one of that name that this
+    deployment does not own stops the pass with :class:`NotOwned` before anything is written.
 
     ``live`` is the versions with an InferenceService as this pass observed them (no second list).
+    ``shares``: see :func:`children_to_apply`.
+    """
+    ns, name, uid = md.metadata.namespace, md.metadata.name or "", md.metadata.uid
+    manifests = children_to_apply(md, decision, uris, shares)
+    kube.check_owned(manifests, uid)
+    for manifest in manifests:
+        kube.ensure(manifest)
+    if md.spec.router == "kserve-knative":
+        return
+    for version in sorted(live - decision.keep):
+        kube.delete_owned(*HPA, isvc_name(name, version), ns, uid)
+        kube.delete_owned(*ISVC, isvc_name(name, version), ns, uid)
+
+
+def children_to_apply(
+    md: ModelDeployment, decision: Decision, uris: dict[str, str], shares: Split | None = None
+) -> list[dict[str, Any]]:
+    """The manifests a decision asks for, in apply order: backends (InferenceService, HPA), then the route.
+
     ``shares``, with a canary budget, bounds each version's replicas; a version whose bound is 0
     waits (its children are not created, or left as they are) until the other gives replicas back.
     """
-    ns, name = md.metadata.namespace, md.metadata.name or ""
     state = decision.state
     if md.spec.router == "kserve-knative":
         version = state.canary_version if state.phase in ("Progressing", "Paused") else state.stable_version
         if version and version in uris:
             percent = state.canary_weight if version == state.canary_version else None
-            kube.ensure(build_knative_inference_service(md, version, uris[version], percent))
-        return
+            return [build_knative_inference_service(md, version, uris[version], percent)]
+        return []
+    out: list[dict[str, Any]] = []
     for version in sorted(decision.keep, key=int):
         if version in uris:
             bounds = shares.bounds.get(version) if shares is not None else None
             if bounds is not None and bounds.max < 1:
                 continue
             replicas = (bounds.min, bounds.max) if bounds is not None else None
-            kube.ensure(build_inference_service(md, version, uris[version], replicas))
-            kube.ensure(build_hpa(md, version, replicas))
+            out += [build_inference_service(md, version, uris[version], replicas), build_hpa(md, version, replicas)]
     weights = dict(decision.weights)
     if weights:
         mirror = (state.canary_version, state.mirror_percent) if state.canary_version and state.mirror_percent else None
         ab = md.spec.strategy.ab_test
         matches = abtest.route_matches(state, ab) if ab is not None else None
-        kube.ensure(build_http_route(md, weights, mirror, matches))
-    for version in sorted(live - decision.keep):
-        kube.delete(*HPA, isvc_name(name, version), ns)
-        kube.delete(*ISVC, isvc_name(name, version), ns)
+        out.append(build_http_route(md, weights, mirror, matches))
+    return out
 
 
 def _action(md: ModelDeployment) -> tuple[Action | None, str | None]:
@@ -233,7 +264,14 @@ def status_of(
     return status
 
 
-def reconcile(kube: Kube, prom: Prometheus, body: dict[str, Any], now: datetime | None = None) -> Outcome:
+def reconcile(
+    kube: Kube,
+    prom: Prometheus,
+    body: dict[str, Any],
+    now: datetime | None = None,
+    tenancy: Tenancy | None = None,
+    storage_prefixes: tuple[str, ...] | None = None,
+) -> Outcome:
     """One pass: observe, decide, apply children, and return the status to write and the events to post."""
     now = now or datetime.now(UTC)
     old: dict[str, Any] = dict(body.get("status") or {})
@@ -244,7 +282,11 @@ def reconcile(kube: Kube, prom: Prometheus, body: dict[str, Any], now: datetime 
     why = unhonourable(md) or mirror_refusal(kube, md)
     if why is not None:
         return _invalid(old, body, why)
-    resolved = resolve(kube, md)
+    if tenancy is not None:
+        forbidden = tenancy.forbids_model(md.metadata.namespace or "", md.spec.model.name, "spec.model.name")
+        if forbidden is not None:
+            return _invalid(old, body, forbidden, reason="Forbidden")
+    resolved = resolve(kube, md, storage_prefixes)
     live, ready = observe_children(kube, md)
     action, bad_action = _action(md)
     state = state_from_status(old)
@@ -291,6 +333,8 @@ def reconcile(kube: Kube, prom: Prometheus, body: dict[str, Any], now: datetime 
     stable_ready = decision.state.stable_version in ready
     status = status_of(md, old, decision.state, resolved.version, stable_ready=stable_ready)
     events += requirements.record(old, status, verdict, md.metadata.generation)
+    if entered_rollback(old, status):
+        with_pending(body.get("spec") or {}, old, status, now)
     return Outcome(status, events, requeue)
 
 
@@ -304,19 +348,18 @@ def failed(old: dict[str, Any], body: dict[str, Any], exc: BaseException) -> Out
     why = error_message(exc)
     if len(why) > MESSAGE_LIMIT:
         why = why[: MESSAGE_LIMIT - 1] + "…"
-    conditions = set_condition(
-        old.get("conditions"), "ReconcileError", True, "ReconcileFailed", why, generation=generation
-    )
+    reason = "ChildNotOwned" if isinstance(exc, NotOwned) else "ReconcileFailed"
+    conditions = set_condition(old.get("conditions"), "ReconcileError", True, reason, why, generation=generation)
     status = {"conditions": conditions}
-    events = [Event("ReconcileFailed", why, "Warning")] if status_changed(old, status) else []
+    events = [Event(reason, why, "Warning")] if status_changed(old, status) else []
     return Outcome(status, events, None)
 
 
-def _invalid(old: dict[str, Any], body: dict[str, Any], why: str) -> Outcome:
+def _invalid(old: dict[str, Any], body: dict[str, Any], why: str, *, reason: str = "InvalidSpec") -> Outcome:
     generation = (body.get("metadata") or {}).get("generation")
-    conditions = set_condition(old.get("conditions"), "InvalidSpec", True, "InvalidSpec", why, generation=generation)
+    conditions = set_condition(old.get("conditions"), "InvalidSpec", True, reason, why, generation=generation)
     status = {"conditions": conditions, "observedGeneration": generation, "message": why}
-    events = [] if status_changed(old, status) is False else [Event("InvalidSpec", why, "Warning")]
+    events = [] if status_changed(old, status) is False else [Event(reason, why, "Warning")]
     return Outcome(status, events, None)
 
 
@@ -335,10 +378,19 @@ class Driver:
     writes status once (only if it changed), then clears a handled action annotation.
     """
 
-    def __init__(self, kube: Kube, prometheus_url: str) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        prometheus_url: str,
+        tenancy: Tenancy | None = None,
+        storage_prefixes: tuple[str, ...] = DEFAULT_PREFIXES,
+    ) -> None:
         self.kube = kube
         self.prom = Prometheus(prometheus_url)
-        self.after_rollback: AfterRollback | None = None
+        self.tenancy = tenancy or Tenancy()
+        self.storage_prefixes = storage_prefixes
+        self.write_back: WriteBack | None = None
+        self._draining: set[tuple[str, str]] = set()
         self._urgent = ThreadPoolExecutor(max_workers=2, thread_name_prefix="urgent")
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._due: dict[tuple[str, str], float] = {}
@@ -397,10 +449,18 @@ class Driver:
         return time.monotonic() >= self._due.get((namespace, name), 0.0)
 
     def forget(self, namespace: str, name: str) -> None:
-        """The object is gone: stop tracking it (its children's deletion by the garbage collector is no news)."""
-        self._due.pop((namespace, name), None)
-        self._failures.pop((namespace, name), None)
-        self._watched.discard((namespace, name))
+        """The object is gone: stop tracking it (its children's deletion by the garbage collector is no news).
+
+        Its lock goes too (unless work holds it: the next forget takes it), and its metric series.
+        """
+        key = (namespace, name)
+        self._due.pop(key, None)
+        self._failures.pop(key, None)
+        self._watched.discard(key)
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            del self._locks[key]
+        rollout_metrics.forget(namespace, name)
 
     def expedite(self, namespace: str, name: str) -> None:
         """Make the object due now: the next tick runs a pass (bursts of news coalesce into one pass)."""
@@ -430,14 +490,50 @@ class Driver:
             return body, outcome
 
     async def _pass(self, namespace: str, name: str, body: dict[str, Any]) -> Outcome:
-        outcome = await off_loop(reconcile, self.kube, self.prom, body)
-        written = await self._write_status(namespace, name, body, outcome)
-        if written and self.after_rollback is not None and entered_rollback(body.get("status"), outcome.status):
-            self.spawn(self.after_rollback(body, outcome.status), f"after rollback {namespace}/{name}")
+        outcome = await off_loop(
+            reconcile, self.kube, self.prom, body, tenancy=self.tenancy, storage_prefixes=self.storage_prefixes
+        )
+        await self._write_status(namespace, name, body, outcome)
+        pending = outcome.status.get(PENDING, (body.get("status") or {}).get(PENDING))
+        if pending:
+            self.drain_write_backs(namespace, name)
         if ACTION_ANNOTATION in ((body["metadata"].get("annotations")) or {}):
             patch = {"metadata": {"annotations": {ACTION_ANNOTATION: None}}}
             await off_loop(self.kube.merge_patch, GROUP_VERSION, "ModelDeployment", name, namespace, patch)
         return outcome
+
+    def drain_write_backs(self, namespace: str, name: str) -> None:
+        """Work off the object's pending MLflow write-backs in the background (one drain per object at a time)."""
+        key = (namespace, name)
+        if self.write_back is None or key in self._draining:
+            return
+        self._draining.add(key)
+        self.spawn(self._drain(namespace, name), f"write-backs {namespace}/{name}")
+
+    async def _drain(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        assert self.write_back is not None
+        try:
+            wait = await self.write_back.drain(functools.partial(self._locked_status_update, namespace, name))
+        except Exception as exc:  # the next pass starts another drain
+            log.warning("write-backs of %s/%s: %s", namespace, name, error_message(exc), exc_info=True)
+            wait = RESYNC_SECONDS
+        finally:
+            self._draining.discard(key)
+        if wait is not None and key in self._due:  # the next pass (which drains again) no later than the retry
+            self._due[key] = min(self._due[key], time.monotonic() + max(wait, 0.5))
+
+    async def _locked_status_update(
+        self, namespace: str, name: str, update: Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
+    ) -> None:
+        """Under the object's lock: read it, and merge-patch its status with what ``update`` returns (if anything)."""
+        async with self.lock(namespace, name):
+            body = await off_loop(self.kube.get, GROUP_VERSION, "ModelDeployment", name, namespace)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            patch = await update(body)
+            if patch is not None:
+                await off_loop(self.kube.patch_status, GROUP_VERSION, "ModelDeployment", name, namespace, patch)
 
     async def _failed(self, namespace: str, name: str, body: dict[str, Any] | None, exc: Exception) -> Outcome | None:
         """Back off, and record the error on the object when it can be written (the API server may be the trouble)."""

@@ -32,3 +32,13 @@ def record(namespace: str, name: str, strategy: str, decision: Decision) -> None
         ROLLOUTS.labels(namespace, name, strategy).inc()
     if arrow.target == "RollingBack":
         ROLLBACKS.labels(namespace, name, arrow.reason).inc()
+
+
+def forget(namespace: str, name: str) -> int:
+    """Drop every series of a deleted ModelDeployment (labels namespace, name first); returns how many."""
+    dropped = 0
+    for metric in (ROLLOUT_PHASE, CANARY_WEIGHT, ROLLOUTS, ROLLBACKS):
+        for labels in [v for v in list(metric._metrics) if v[:2] == (namespace, name)]:
+            metric.remove(*labels)
+            dropped += 1
+    return dropped

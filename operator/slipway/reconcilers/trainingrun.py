@@ -8,7 +8,8 @@ progress lives in ``status`` and a pass can be repeated after a crash at any poi
    created on a later pass, once the run id is in status; event ``RunCreated``;
 2. no Job: apply the headless Service (several workers) and the Job, built with that run id;
    event ``JobCreated``. A Job of the same name that belongs to another object (an earlier
-   TrainingRun of that name being garbage-collected) is waited for, never adopted;
+   TrainingRun of that name being garbage-collected) is waited for, never adopted; so is a
+   Service of the Job's name that is not this run's (``ChildNotOwned``, nothing applied);
 3. the Job runs: phase ``Running`` with its start time;
 4. the Job failed (or is bound to: ``FailureTarget``): phase ``Failed`` with the Job's reason
    and message, plus the failed container's exit code; the MLflow run, if nobody ended it, is
@@ -25,7 +26,8 @@ progress lives in ``status`` and a pass can be repeated after a crash at any poi
 MLflow being unreachable keeps the phase and says so in the ``Ready`` condition; the next pass
 tries again. Conditions: ``Ready`` (True once Succeeded), ``Trained`` (the Job's outcome),
 ``Registered`` (only with ``spec.register``) and ``InvalidSpec`` (a spec the models refuse, which
-the CRD schema should already have refused: the run is Failed and nothing is created).
+the CRD schema should already have refused, or reason ``Forbidden``: an experiment or model the
+operator's tenancy policy does not allow this namespace; the run is Failed and nothing is created).
 """
 
 from __future__ import annotations
@@ -49,10 +51,11 @@ from slipway.builders.job import (
     job_name,
 )
 from slipway.builders.names import sanitise_model_name
-from slipway.clients.kube import KUBE_ERRORS, Kube, error_message, off_loop
+from slipway.clients.kube import KUBE_ERRORS, Kube, NotOwned, error_message, off_loop
 from slipway.clients.mlflow_runs import MlflowError, MlflowRuns, MlflowUnavailable, RunOutcome
 from slipway.reconcilers.gates import evaluate_gates, headline
 from slipway.reconcilers.status import Event, Outcome, get_condition, now_iso, set_condition
+from slipway.tenancy import Tenancy
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +167,16 @@ class TrainingRunReconciler:
     """Runs passes for TrainingRuns; holds the clients (Kubernetes, MLflow) and the operator's defaults."""
 
     def __init__(
-        self, kube: Kube, runs: MlflowRuns | None, tracking_uri: str, *, default_image: str = DEFAULT_IMAGE
+        self,
+        kube: Kube,
+        runs: MlflowRuns | None,
+        tracking_uri: str,
+        *,
+        default_image: str = DEFAULT_IMAGE,
+        tenancy: Tenancy | None = None,
     ) -> None:
         self.kube = kube
+        self.tenancy = tenancy or Tenancy()
         self.runs = runs
         self.tracking_uri = tracking_uri
         self.default_image = default_image
@@ -190,6 +200,12 @@ class TrainingRunReconciler:
             p.phase("Failed", "InvalidSpec", message)
             p.event("InvalidSpec", message, warning=True)
             return p.outcome()
+        forbidden = self.forbidden(tr)
+        if forbidden is not None:
+            p.condition("InvalidSpec", True, "Forbidden", forbidden)
+            p.phase("Failed", "Forbidden", forbidden)
+            p.event("Forbidden", forbidden, warning=True)
+            return p.outcome()
         if self.runs is None:
             p.waiting("MlflowNotConfigured", "the operator has no MLflow URI (SLIPWAY_MLFLOW_URI)")
             return p.outcome()
@@ -203,6 +219,14 @@ class TrainingRunReconciler:
         except KUBE_ERRORS as exc:  # a quota or an admission policy refused the Job, or no answer: retried
             p.waiting("ReconcileFailed", f"Kubernetes refused or did not answer, will retry: {error_message(exc)}")
         return p.outcome()
+
+    def forbidden(self, tr: TrainingRun) -> str | None:
+        """Why the tenancy policy refuses this run's experiment or model (None: allowed)."""
+        ns = tr.metadata.namespace or ""
+        why = self.tenancy.forbids_experiment(ns, experiment_name(tr), "spec.experiment")
+        if why is None and tr.spec.registration is not None:
+            why = self.tenancy.forbids_model(ns, tr.spec.registration.model, "spec.register.model")
+        return why
 
     async def _step(self, tr: TrainingRun, p: Pass, jobs: Sequence[Mapping[str, Any]]) -> None:
         run_id = p.status.get("mlflowRunId")
@@ -264,7 +288,13 @@ class TrainingRunReconciler:
 
     async def _create_job(self, tr: TrainingRun, p: Pass, run_id: str) -> None:
         target = RunTarget(self.tracking_uri, run_id, experiment_name(tr))
-        for manifest in build_children(tr, target, default_image=self.default_image):
+        manifests = build_children(tr, target, default_image=self.default_image)
+        try:
+            await off_loop(self.kube.check_owned, manifests, tr.metadata.uid)
+        except NotOwned as exc:
+            p.waiting("ChildNotOwned", str(exc))
+            return
+        for manifest in manifests:
             await off_loop(self.kube.apply, manifest)
         name = job_name(tr)
         p.status["jobName"] = name
