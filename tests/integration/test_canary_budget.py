@@ -5,13 +5,12 @@ A ModelDeployment serves 4 one-GPU replicas (``minReplicas = maxReplicas = 4``, 
 top of stable could not schedule. The versions are registered in the test bed's MLflow and
 followed through the alias ``champion``.
 
-What the test plays: KServe's controller for the named runtime ``kserve-mlserver`` (the test bed's
-stand-in leaves named runtimes alone) — for each InferenceService the operator writes, a predictor
-Deployment owned by it, started at the InferenceService's ``minReplicas``, whose pods ask for one
-GPU. Everything else is real: the operator writes the InferenceServices' and HPAs' bounds, the
+Everything is real: the operator writes the InferenceServices' and HPAs' bounds; KServe's
+controller makes each InferenceService's predictor Deployment (one GPU per pod); the
 kube-controller-manager's HPA controller scales the Deployments to those bounds (no metrics on the
-test bed: it enforces min and max), the scheduler places the pods on the kwok GPU node, the garbage
-collector removes a deleted InferenceService's Deployment.
+test bed: it enforces min and max); the scheduler places the pods on the GPU node, where the local
+kubelet runs them (storage initializer, then the model server); the garbage collector removes a
+deleted InferenceService's Deployment.
 
 The canary goes through 25/50/100 (pauses in between, promoted by the action annotation), then is
 aborted: stable gets its bounds back. A watcher checks all along that no pod is ever unschedulable
@@ -21,15 +20,21 @@ aborted: stable gets its bounds back. A watcher checks all along that no pod is 
 from __future__ import annotations
 
 import contextlib
+import json
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kube_objects import ModelDeploymentReader, wait_for
 from operator_fixture import StartOperator, start_operator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack"))
+import testbed_kserve
 
 pytestmark = pytest.mark.integration
 __all__ = ["start_operator"]  # a fixture, imported for pytest
@@ -105,38 +110,9 @@ class Cluster(ModelDeploymentReader):
             out[version] = out.get(version, 0) + 1
         return out
 
-    def play_kserve(self) -> None:
-        """Create the predictor Deployment of each new InferenceService, as KServe's controller would."""
-        apps = self.apps
-        have = {d.metadata.name for d in apps.list_namespaced_deployment(self.ns).items}
-        for version, isvc in self.isvcs().items():
-            name = f"{MD}-v{version}-predictor"
-            if name in have or isvc["metadata"].get("deletionTimestamp"):
-                continue
-            labels = {"app": name, ISVC_LABEL: isvc["metadata"]["name"], "ml.slipway.dev/version": version}
-            owner = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "controller": True,
-                     "name": isvc["metadata"]["name"], "uid": isvc["metadata"]["uid"]}  # fmt: skip
-            container = {"name": "kserve-container", "image": "registry.invalid/mlserver:1",
-                         "resources": {"limits": {"nvidia.com/gpu": "1"}}}  # fmt: skip
-            apps.create_namespaced_deployment(
-                self.ns,
-                {
-                    "apiVersion": "apps/v1",
-                    "kind": "Deployment",
-                    "metadata": {"name": name, "labels": labels, "ownerReferences": [owner]},
-                    "spec": {
-                        "replicas": int(isvc["spec"]["predictor"]["minReplicas"]),
-                        "selector": {"matchLabels": {"app": name}},
-                        "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
-                    },
-                },
-            )
-
     def watch(self, stop: threading.Event) -> None:
-        """Until stopped: play KServe, and record any unschedulable pod and the most GPUs held at once."""
+        """Until stopped: record any unschedulable pod and the most GPUs held at once."""
         while not stop.is_set():
-            with contextlib.suppress(Exception):
-                self.play_kserve()
             for p in self.core.list_namespaced_pod(self.ns).items:
                 for c in p.status.conditions or []:
                     if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable":
@@ -159,9 +135,10 @@ class Cluster(ModelDeploymentReader):
             "spec": {
                 "model": {"name": model, "track": {"alias": "champion"}},
                 "serving": {
-                    "runtime": "kserve-mlserver",
-                    "modelFormat": "mlflow",
-                    "resources": {"limits": {"nvidia.com/gpu": 1}},
+                    "runtime": "slipway",
+                    "allowPickle": True,  # the test's model is a scikit-learn pipeline (pickled)
+                    "serviceAccountName": "models",  # KServe's storage initializer reads S3 with its Secret
+                    "resources": {"limits": {"nvidia.com/gpu": 1, "cpu": "500m", "memory": "1Gi"}},
                 },
                 "autoscaling": {"minReplicas": GPUS, "maxReplicas": GPUS},
                 "strategy": {"canary": {"steps": steps, "budget": {"gpus": GPUS}, "progressDeadline": "5m"}},
@@ -183,9 +160,11 @@ class Cluster(ModelDeploymentReader):
 
 
 def test_a_canary_of_four_gpu_replicas_within_four_gpus(
-    start_operator: StartOperator, namespace: str, kube_api: Any, registry: tuple[Any, str]
+    start_operator: StartOperator, testbed: Any, namespace: str, kube_api: Any, registry: tuple[Any, str]
 ):
     client, name = registry
+    credentials = {"apiVersion": "v1", "kind": "List", "items": testbed_kserve.s3_credentials(testbed.state)}
+    testbed.run_kubectl("apply", "-f", "-", input=json.dumps(credentials), namespace=namespace)
     cluster = Cluster(kube_api, namespace)
     start_operator(namespace, poll_seconds=1.0)
     stop = threading.Event()
