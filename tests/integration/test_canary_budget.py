@@ -138,7 +138,11 @@ class Cluster(ModelDeploymentReader):
                     "runtime": "slipway",
                     "allowPickle": True,  # the test's model is a scikit-learn pipeline (pickled)
                     "serviceAccountName": "models",  # KServe's storage initializer reads S3 with its Secret
-                    "resources": {"limits": {"nvidia.com/gpu": 1, "cpu": "500m", "memory": "1Gi"}},
+                    # KServe's defaulter fills missing requests with 1 CPU / 2Gi: give both (docs/kserve.md)
+                    "resources": {
+                        "requests": {"cpu": "500m", "memory": "1Gi"},
+                        "limits": {"nvidia.com/gpu": 1, "cpu": "500m", "memory": "1Gi"},
+                    },
                 },
                 "autoscaling": {"minReplicas": GPUS, "maxReplicas": GPUS},
                 "strategy": {"canary": {"steps": steps, "budget": {"gpus": GPUS}, "progressDeadline": "5m"}},
