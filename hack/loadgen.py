@@ -267,7 +267,7 @@ class LoadGenerator:
             with self.lock:
                 self.stats.unanswered["transport"] = self.stats.unanswered.get("transport", 0) + 1
             return
-        version = ""
+        version = resp.headers.get("x-model-version", "")  # the server names itself, errors included
         predictions: npt.NDArray[Any] | None = None
         if resp.status_code == 200:
             with contextlib.suppress(ValueError, KeyError, TypeError):
@@ -280,6 +280,14 @@ class LoadGenerator:
             with self.lock:
                 self.stats.unanswered[code] = self.stats.unanswered.get(code, 0) + 1
                 self.stats.no_backend += resp.status_code in (404, 502, 503)
+            return
+        if resp.status_code != 200:  # a model server's own error, counted on its version
+            with self.lock:
+                st = self.stats.version(version)
+                st.requests += 1
+                st.errors += 1
+                st.codes[str(resp.status_code)] = st.codes.get(str(resp.status_code), 0) + 1
+                self.stats.sent.append((at, version, mode))
             return
         fed_back = self._feedback(http, resp, version, labels) if self.labeller and mode == "held-out" else None
         with self.lock:

@@ -55,8 +55,12 @@ class _BodyTooLarge(Exception):
     """Raised from ``receive`` when a body without Content-Length grows past the limit."""
 
 
+VERSION_HEADER = b"x-model-version"
+"""Every answer says which model version gave it, errors included (a client behind a split can tell)."""
+
+
 class ServingMiddleware:
-    """Counts every inference request by final status code and times it; caps body sizes.
+    """Counts every inference request by final status code and times it; caps body sizes; names the version.
 
     Pure ASGI (no ``BaseHTTPMiddleware``) to keep the per-request cost to a few function calls.
     Beyond ``max_in_flight`` inference requests held at once (running, or queued for the model
@@ -75,8 +79,10 @@ class ServingMiddleware:
         on_request: Callable[[int, float, str | None], None],
         in_flight: InFlight | None = None,
         max_in_flight: int = 0,
+        model_version: str = "",
     ) -> None:
         self.app = app
+        self.version_header = [(VERSION_HEADER, model_version.encode())] if model_version else []
         self.max_body_bytes = max_body_bytes
         self.on_request = on_request
         self.in_flight = in_flight or InFlight()
@@ -104,6 +110,8 @@ class ServingMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
+                if self.version_header:
+                    message = {**message, "headers": [*message.get("headers", []), *self.version_header]}
             await send(message)
 
         try:

@@ -48,6 +48,7 @@ def install(app: FastAPI, model: SlipwayModel) -> None:
         on_request=model.metrics.request_done,
         in_flight=model.in_flight,
         max_in_flight=model.config.max_in_flight,
+        model_version=model.config.version,
     )
     install_exception_handlers(app)
     log_ = feedback.PredictionLog(feedback.DEFAULT_CAPACITY)

@@ -2,16 +2,15 @@
 
 On the session test bed: the operator (``python -m slipway``, registry sync on the test bed's
 MLflow, Alertmanager webhook with a bearer token, no Prometheus poller — so only Alertmanager's
-post can roll back) and the test bed's local KServe stand-in, which runs each InferenceService as
-a real serving-runtime process (``python -m slipway_serving``) and registers its ``/metrics``
-with the test bed's Prometheus, labelled as a pod scrape would be. Prometheus evaluates the
-shipped rules (``monitoring/rules.py``, every second, ``for`` shortened to 5 s as ``make demo``
+post can roll back), KServe's controller making each InferenceService's predictor, the local
+kubelet running its pods (``python -m slipway_serving``), which Prometheus discovers and scrapes.
+Prometheus evaluates the shipped rules (``monitoring/rules.py``, every second, ``for`` shortened to 5 s as ``make demo``
 does; the shipped rules say 30 s) and sends to Alertmanager, which posts to the operator.
 
 The models are real and registered in MLflow as a data scientist would: a small network trained
 on scikit-learn's digits, logged with a signature, an input example and the drift baseline
 (``slipway_training.baseline``). v1 is served; moving the alias ``champion`` to v2 starts a
-canary at 50 %. ``hack/loadgen.py`` sends held-out digits through the HTTPRoute's weights, then
+canary at 50 %. ``hack/loadgen.py`` sends held-out digits to the Gateway (Traefik splits them by the route), then
 shifted ones (inverted ink). Two stories:
 
 - drift: v2 is the same network; the shifted inputs raise its PSI past 0.25 and
@@ -31,6 +30,7 @@ latencies: first shifted request → route write, and the operator's alert arriv
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import sys
 import time
@@ -52,6 +52,7 @@ sys.path.insert(0, str(REPO / "hack"))
 
 import loadgen  # noqa: E402
 import testbed_gateway  # noqa: E402
+import testbed_kserve  # noqa: E402
 from kube_objects import ModelDeploymentReader, wait_for  # noqa: E402
 from operator_fixture import StartOperator, start_operator  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402
@@ -204,6 +205,8 @@ class Cluster(ModelDeploymentReader):
                     "runtime": "slipway",
                     "protocol": "v2",
                     "env": [{"name": "SLIPWAY_DRIFT_WINDOW", "value": "200"}],
+                    "serviceAccountName": "models",  # KServe's storage initializer reads S3 with its Secret
+                    "allowPickle": True,  # the errors story's v2 is an MLflow pyfunc (cloudpickled)
                 },
                 "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
                 "strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}},
@@ -261,6 +264,8 @@ def story(
         mlflow.register_model(logged.steady, name)
         mlflow.register_model(v2_uri, name)
         client.set_registered_model_alias(name, "champion", "1")
+        credentials = {"apiVersion": "v1", "kind": "List", "items": testbed_kserve.s3_credentials(testbed.state)}
+        testbed.run_kubectl("apply", "-f", "-", input=json.dumps(credentials), namespace=namespace)
         op = start_operator(namespace, env={"SLIPWAY_ALERTMANAGER_TOKEN": TOKEN})
         testbed.set_alert_webhooks([f"{op.url}/webhooks/alertmanager"], token=TOKEN)
         cluster.deploy(name, alert)

@@ -153,6 +153,7 @@ def make_app(records: list[tuple[int, str | None]], in_flight: InFlight) -> Fast
         max_body_bytes=100,
         on_request=lambda code, seconds, kind: records.append((code, kind)),
         in_flight=in_flight,
+        model_version="7",
     )
     install_exception_handlers(app)
     return app
@@ -167,6 +168,8 @@ async def test_middleware_counts_codes_and_limits_bodies():
         assert ok.status_code == 200
         bad = await client.post("/v1/models/m:predict", content=b"bad")
         assert bad.status_code == 400 and bad.json() == {"error": "wrong shape"}
+        # every answer names the version that gave it, errors included (clients behind a split can tell)
+        assert ok.headers["x-model-version"] == bad.headers["x-model-version"] == "7"
         big = await client.post("/v1/models/m:predict", content=b"x" * 101)
         assert big.status_code == 413 and "limit of 100 bytes" in big.json()["error"]
 
