@@ -111,7 +111,7 @@ def mlflow_settings(state: tb.State, poll_seconds: float, webhook_secret: str = 
         "SLIPWAY_MLFLOW_URI": state.urls["mlflow"],
         "SLIPWAY_MLFLOW_POLL_SECONDS": f"{poll_seconds:g}",
         "SLIPWAY_MLFLOW_WEBHOOK_SECRET": webhook_secret,
-        "SLIPWAY_MLFLOW_ARTIFACTS_DESTINATION": str(Path(state.dir) / "mlflow" / "artifacts"),
+        "SLIPWAY_MLFLOW_ARTIFACTS_DESTINATION": state.urls["mlflow-artifacts"],
     }
 
 

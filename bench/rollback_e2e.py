@@ -2,9 +2,10 @@
 
     python bench/rollback_e2e.py [--trials 20] [--for 0s]
 
-Uses the running test bed (or brings one up and takes it down after), with its local KServe
-stand-in: every InferenceService is a real serving-runtime process (``python -m
-slipway_serving``) scraped by the test bed's Prometheus (scrape and rule evaluation every 1 s),
+Uses the running test bed (or brings one up and takes it down after): KServe's controller makes
+each InferenceService's predictor, whose pod the local kubelet runs as a real serving-runtime
+process (``python -m slipway_serving``), discovered and scraped by the test bed's Prometheus
+(scrape and rule evaluation every 1 s),
 which evaluates the shipped rules (``monitoring/rules.py``; ``for`` is ``--for``, 0 s by default
 so that the pipeline is measured, not the hold: the shipped 30 s, or the demo's 5 s, add
 themselves on top) and sends to Alertmanager (``group_wait`` 0 s, ``group_interval`` 1 s), which

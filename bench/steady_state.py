@@ -19,7 +19,7 @@ and ``cache`` (the default); ``--baseline-rev REV`` runs the baseline's operator
    ``slipway_child_applies_total``. The bench sends nothing else to the API server meanwhile;
 3. the operator is stopped and a second window of the same length is measured with the same
    objects in place: what the rest of the test bed (the controller manager's HPA controller,
-   kwok, the KServe stand-in) costs on its own. The operator's share is the difference.
+   kwok, KServe's controller) costs on its own. The operator's share is the difference.
 
 The API server counts every client alike (it has no per-client label), hence step 3. Request
 counts are exact; CPU seconds are noisy on a shared machine. Prints a table per phase and the
