@@ -27,9 +27,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -293,6 +295,71 @@ def test_a_shadow_on_a_gateway_that_cannot_mirror_is_refused_and_stable_keeps_se
     assert not stats.unanswered and stats.no_backend == 0, (stats.unanswered, stats.no_backend)
     assert "shadowdigits-v3" not in (kubectl("get", "inferenceservices", "-o", "name").stdout)
     cleanup(kubectl, ab_operator)
+
+
+def consecutive_on(gen: loadgen.LoadGenerator, version: str, since: float) -> int:
+    """How many requests in a row, most recent last, the Gateway had answered by ``version`` since ``since``."""
+    run = 0
+    for at, v, _ in list(gen.stats.sent):
+        if at >= since:
+            run = run + 1 if v == version else 0
+    return run
+
+
+@pytest.mark.timeout(600)
+def test_bluegreen_switch_then_an_alert_after_promotion_moves_real_traffic_back(
+    testbed: Any, namespace: str, kubectl: Any, registry: Registry, start_operator: StartOperator
+):
+    """Blue-green through Traefik, then the rollback after promotion: Alertmanager → operator → route → traffic."""
+    md = "bgdigits"
+    token = "bg-" + uuid.uuid4().hex
+    op = start_operator(
+        namespace, env={"SLIPWAY_PROMETHEUS_URL": testbed.prometheus_url, "SLIPWAY_ALERTMANAGER_TOKEN": token}
+    )
+    testbed.set_alert_webhooks([f"{op.url}/webhooks/alertmanager"], token=token)
+    alert = {"alertNames": ["SlipwayModelDrift"], "matchLabels": {"severity": "critical"}}
+    deploy(
+        kubectl,
+        testbed,
+        namespace,
+        md,
+        registry.name,
+        {"blueGreen": {"autoPromotionSeconds": 0, "scaleDownDelaySeconds": 1}},
+    )
+    body = get(kubectl, "modeldeployment", md)
+    assert body is not None
+    body["spec"]["rollback"] = {"alerts": alert, "window": "10m", "registry": "none"}
+    kubectl("replace", "-f", "-", input=json.dumps(body))
+    labels = {"alertname": "SlipwayModelDrift", "namespace": namespace, "modeldeployment": md,
+              "model_version": "2", "severity": "critical"}  # fmt: skip
+    try:
+        stable_serving(kubectl, md)
+        with load(testbed, namespace, md) as gen:
+            registry.alias("2")
+            switched = time.monotonic()
+            wait_for("v2 promoted", lambda: status(kubectl, md).get("stableVersion") == "2", timeout=240)
+            wait_for("200 requests in a row on v2", lambda: consecutive_on(gen, "2", switched) >= 200, timeout=120)
+            wait_for("v1 scaled down", lambda: status(kubectl, md).get("phase") == "Succeeded", timeout=120)
+
+            started = datetime.now(UTC).isoformat()
+            fired = time.monotonic()
+            with httpx.Client(timeout=5) as http:
+                http.post(f"{testbed.alertmanager_url}/api/v2/alerts", json=[{"labels": labels, "startsAt": started}])
+            wait_for("RolledBack", lambda: status(kubectl, md).get("phase") == "RolledBack", timeout=120)
+            wait_for("200 requests in a row on v1", lambda: consecutive_on(gen, "1", fired) >= 200, timeout=180)
+        stats = gen.stats
+    finally:
+        print(json.dumps(status(kubectl, md), indent=1))
+        ended = datetime.now(UTC).isoformat()
+        with contextlib.suppress(httpx.HTTPError), httpx.Client(timeout=5) as http:
+            http.post(f"{testbed.alertmanager_url}/api/v2/alerts", json=[{"labels": labels, "endsAt": ended}])
+        testbed.set_alert_webhooks([])
+    final = status(kubectl, md)
+    assert final["stableVersion"] == "1" and final["blockedVersions"][0]["version"] == "2"
+    assert "within the 10m window" in final["history"][-1]["message"]
+    assert {"1", "2"} <= set(stats.by_version), stats.by_version
+    assert stats.by_version["2"].errors == 0 and stats.by_version["1"].errors == 0
+    cleanup(kubectl, op)
 
 
 def test_knative_router_refuses_matches_and_mirrors(kubectl: Any, slipway_crds: list[str]):
