@@ -23,10 +23,11 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
+import boto3
 import pytest
+import testbed_kserve
 from operator_fixture import WEBHOOK_SECRET, StartOperator, TcpProxy, operator, start_operator
 from operator_process import OperatorProcess, wait_until
 
@@ -143,7 +144,13 @@ def events(kubectl: Callable[..., Any]) -> list[tuple[str, str, str]]:
 
 
 def test_polling_mirrors_the_registry(
-    operator: OperatorProcess, namespace: str, kubectl: Any, kube_api: Any, registry: Registry, model_name: str
+    operator: OperatorProcess,
+    testbed: Any,
+    namespace: str,
+    kubectl: Any,
+    kube_api: Any,
+    registry: Registry,
+    model_name: str,
 ) -> None:
     model, poll = model_name, operator.poll_seconds
     mirrors = Mirrors(kube_api, namespace)
@@ -163,8 +170,17 @@ def test_polling_mirrors_the_registry(
     assert status["stage"] == "Staging" and status["aliases"] == ["champion"]
     assert status["metrics"]["accuracy"] > 0.9 and status["params"] == {"max_iter": "300"} and status["runId"]
     assert status["source"].startswith("models:/m-") and "sklearn" in status["flavors"]
-    assert status["storageUri"].startswith("file://")
-    assert (Path(status["storageUri"].removeprefix("file://")) / "MLmodel").is_file()  # KServe-loadable, really
+    assert status["storageUri"].startswith("s3://")  # the test bed's MLflow stores artifacts in S3 (versitygw)
+    bucket, _, key = status["storageUri"].removeprefix("s3://").partition("/")
+    env = testbed_kserve.s3_env(testbed.state)
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+    s3.head_object(Bucket=bucket, Key=f"{key.rstrip('/')}/MLmodel")  # KServe-loadable, really
     assert mirrors.condition(f"{model}-v1", "Ready") == ("True", "StorageResolved")
 
     registry.stage(model, v2, "Production")

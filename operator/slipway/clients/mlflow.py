@@ -455,7 +455,7 @@ class MlflowRegistry:
                     artifact_uri=f"{artifact_uri.rstrip('/')}/MLmodel", dst_path=tmp, tracking_uri=self.tracking_uri
                 )
                 doc = yaml.safe_load(Path(path).read_text())
-        except (MlflowException, OSError, ImportError, yaml.YAMLError, requests.RequestException) as exc:
+        except Exception as exc:
             if isinstance(exc, ImportError):
                 log.warning("cannot read flavors of %s: %s (the operator lacks that store's client)", artifact_uri, exc)
                 flavors: tuple[str, ...] = ()
