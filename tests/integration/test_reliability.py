@@ -109,7 +109,9 @@ class Cluster:
         self.set_aliases(ns, new, ["champion"])
 
     def predictor(self, ns: str, version: str, md: str = MD, replicas: int = 1) -> None:
-        """The predictor Deployment KServe's controller would create (it does not run here); kwok runs its pods."""
+        """A predictor Deployment with fake pods (kwok), made before KServe's controller makes its own (a selector
+        clash KServe reports in an event; the operator reads only the Deployment's available replicas); made at 0
+        replicas ahead, a second call scales it."""
         name = f"{md}-v{version}-predictor"
         labels = {"app": name}
         body = {
@@ -123,7 +125,21 @@ class Cluster:
                 },
             },
         }
+        if replicas and self._exists(ns, name):  # made ahead at 0 replicas: scale it
+            self.apps.patch_namespaced_deployment_scale(name, ns, {"spec": {"replicas": replicas}})
+            return
         self.apps.create_namespaced_deployment(ns, body)
+
+    def _exists(self, ns: str, name: str) -> bool:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.apps.read_namespaced_deployment(name, ns)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     def predictor_available(self, ns: str, version: str, md: str = MD) -> bool:
         dep = self.apps.read_namespaced_deployment(f"{md}-v{version}-predictor", ns)
@@ -459,6 +475,7 @@ def test_mlflow_down_keeps_mirrors_lets_the_rollout_finish_and_starts_no_new_one
         body = {"autoPromotionSeconds": 1, "scaleDownDelaySeconds": 2}
         cluster.deploy(ns, {"blueGreen": body}, model={"name": registry.name, "track": {"alias": "champion"}})
         wait_for("v1 Succeeded", lambda: cluster.status(ns).get("stableVersion") == v1, 90)
+        cluster.predictor(ns, v2, replicas=0)  # ahead of KServe's own Deployment, no pod yet
         registry.point("champion", v2)
         wait_for("rollout of v2", lambda: cluster.status(ns).get("canaryVersion") == v2, 30)
         wait_for("waiting for the preview", lambda: "waiting for preview" in cluster.status(ns).get("message", ""), 30)
