@@ -131,7 +131,9 @@ def status(kubectl: Any, name: str) -> dict[str, Any]:
     return (get(kubectl, "modeldeployment", name) or {}).get("status") or {}
 
 
-def deploy(kubectl: Any, testbed: Any, namespace: str, name: str, model: str, strategy: dict[str, Any]) -> None:
+def deploy(
+    kubectl: Any, testbed: Any, namespace: str, name: str, model: str, strategy: dict[str, Any], **spec: Any
+) -> None:
     """The ModelDeployment, its feedback token's Secret and the ServiceAccount KServe takes S3 credentials from."""
     body = {
         "apiVersion": "ml.slipway.dev/v1alpha1",
@@ -147,6 +149,7 @@ def deploy(kubectl: Any, testbed: Any, namespace: str, name: str, model: str, st
             },
             "strategy": strategy,
             "gateway": testbed_gateway.route_gateway(namespace, name),  # the test bed's Traefik
+            **spec,
         },
     }
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": FEEDBACK_SECRET}}
@@ -270,10 +273,8 @@ def test_a_shadow_on_a_gateway_that_cannot_mirror_is_refused_and_stable_keeps_se
         stable_serving(kubectl, md)
         with load(testbed, namespace, md) as gen:
             shadow = {"blueGreen": {"shadow": {"percent": 100, "duration": "60s"}}}
-            body = get(kubectl, "modeldeployment", md)
-            assert body is not None
-            body["spec"]["strategy"] = shadow
-            kubectl("replace", "-f", "-", input=json.dumps(body))
+            replace = [{"op": "replace", "path": "/spec/strategy", "value": shadow}]  # no resourceVersion to race
+            kubectl("patch", "modeldeployment", md, "--type=json", "-p", json.dumps(replace))
 
             def invalid() -> dict[str, Any] | None:
                 conds = {c["type"]: c for c in status(kubectl, md).get("conditions") or []}
@@ -318,18 +319,9 @@ def test_bluegreen_switch_then_an_alert_after_promotion_moves_real_traffic_back(
     )
     testbed.set_alert_webhooks([f"{op.url}/webhooks/alertmanager"], token=token)
     alert = {"alertNames": ["SlipwayModelDrift"], "matchLabels": {"severity": "critical"}}
-    deploy(
-        kubectl,
-        testbed,
-        namespace,
-        md,
-        registry.name,
-        {"blueGreen": {"autoPromotionSeconds": 0, "scaleDownDelaySeconds": 1}},
-    )
-    body = get(kubectl, "modeldeployment", md)
-    assert body is not None
-    body["spec"]["rollback"] = {"alerts": alert, "window": "10m", "registry": "none"}
-    kubectl("replace", "-f", "-", input=json.dumps(body))
+    rollback = {"alerts": alert, "window": "10m", "registry": "none"}
+    strategy = {"blueGreen": {"autoPromotionSeconds": 0, "scaleDownDelaySeconds": 1}}
+    deploy(kubectl, testbed, namespace, md, registry.name, strategy, rollback=rollback)
     labels = {"alertname": "SlipwayModelDrift", "namespace": namespace, "modeldeployment": md,
               "model_version": "2", "severity": "critical"}  # fmt: skip
     try:
