@@ -8,7 +8,8 @@ from collections.abc import Callable
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ERROR_KIND_STATE_KEY, PayloadTooLarge, error_body, status_of
+from .errors import ERROR_KIND_STATE_KEY, PayloadTooLarge, ServingError, error_body, status_of
+from .precheck import precheck
 
 
 def is_inference_path(path: str) -> bool:
@@ -69,6 +70,9 @@ class ServingMiddleware:
     A body whose Content-Length exceeds ``max_body_bytes`` is answered 413 before it is read;
     a chunked body is counted as it streams and cut off the same way. Requests that end in an
     unhandled exception are counted as 500 here, then re-raised for Starlette to answer.
+    With ``max_values`` (called per request: the model's bound on values per request, None
+    while unknown), a JSON inference body is read whole (it is bounded in bytes) and looked at
+    cheaply (:func:`.precheck.precheck`) before the application parses it.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class ServingMiddleware:
         in_flight: InFlight | None = None,
         max_in_flight: int = 0,
         model_version: str = "",
+        max_values: Callable[[], int | None] | None = None,
     ) -> None:
         self.app = app
         self.version_header = [(VERSION_HEADER, model_version.encode())] if model_version else []
@@ -87,6 +92,7 @@ class ServingMiddleware:
         self.on_request = on_request
         self.in_flight = in_flight or InFlight()
         self.max_in_flight = max_in_flight
+        self.max_values = max_values
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -118,6 +124,13 @@ class ServingMiddleware:
             length = _content_length(scope)
             if length is not None and length > self.max_body_bytes:
                 await self._reject(scope, send_wrapper, length)
+            elif observed and self.max_values is not None and _is_json(scope):
+                body = await _read_all(self._counting(receive))
+                refusal = precheck(body, self.max_values())
+                if refusal is not None:
+                    await _refuse(scope, send_wrapper, refusal)
+                else:
+                    await self.app(scope, _replay(body, receive), send_wrapper)
             elif length is not None:
                 await self.app(scope, receive, send_wrapper)
             else:
@@ -150,23 +163,63 @@ class ServingMiddleware:
 
     async def _reject(self, scope: Scope, send: Send, length: int | None) -> None:
         size = f"{length} bytes" if length is not None else "the body"
-        error = PayloadTooLarge(f"{size} exceeds the limit of {self.max_body_bytes} bytes")
-        state = scope.setdefault("state", {})
-        if isinstance(state, dict):
-            state[ERROR_KIND_STATE_KEY] = error.kind
-        body = orjson.dumps(error_body(error.message))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": int(status_of(error)),
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _refuse(scope, send, PayloadTooLarge(f"{size} exceeds the limit of {self.max_body_bytes} bytes"))
+
+
+async def _refuse(scope: Scope, send: Send, error: ServingError) -> None:
+    """Answer ``error`` (4xx) without the application, noting its kind for the request metrics."""
+    state = scope.setdefault("state", {})
+    if isinstance(state, dict):
+        state[ERROR_KIND_STATE_KEY] = error.kind
+    body = orjson.dumps(error_body(error.message))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": int(status_of(error)),
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _is_json(scope: Scope) -> bool:
+    """A body in JSON (not V2's binary-tensor format, not another declared type): the one precheck reads."""
+    headers: dict[bytes, bytes] = {name.lower(): value for name, value in scope["headers"]}
+    if V2_BINARY_HEADER in headers:
+        return False
+    content_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
+    return content_type == b"application/json"
+
+
+async def _read_all(receive: Receive) -> bytes:
+    """The whole request body (``receive`` bounds it), chunk by chunk."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives the application the body already read, then what the client sends next."""
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 async def _overloaded(send: Send, limit: int) -> None:

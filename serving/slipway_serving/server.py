@@ -49,6 +49,7 @@ def install(app: FastAPI, model: SlipwayModel) -> None:
         in_flight=model.in_flight,
         max_in_flight=model.config.max_in_flight,
         model_version=model.config.version,
+        max_values=model.max_request_values,
     )
     install_exception_handlers(app)
     log_ = feedback.PredictionLog(feedback.DEFAULT_CAPACITY)

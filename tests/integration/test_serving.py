@@ -237,6 +237,7 @@ BAD_V1 = [
     ("wrong dtype", json.dumps({"instances": [["a"] * 64]}).encode(), 400),
     ("too many instances", json.dumps({"instances": [[0] * 64] * 600}).encode(), 413),
     ("oversize body", b'{"instances": [' + b"0," * 300_000 + b"0]}", 413),
+    ("more values than fit", b'{"instances": [' + b"0," * 40_000 + b"0]}", 413),
 ]
 
 
@@ -260,6 +261,8 @@ def test_bad_v1_requests_get_4xx_and_the_server_keeps_serving(server: Server, tr
         response = client.post(f"/v1/models/{MODEL}:predict", content=body, headers=JSON)
         assert response.status_code == status, f"{case}: {response.text}"
         assert "error" in response.json()
+        if case == "more values than fit":  # refused by the look before parsing, not after building 40,000 ints
+            assert "fit in one request" in response.json()["error"]
         assert v1(client, trained.x_test[:3]).status_code == 200
     assert server.process.poll() is None
 

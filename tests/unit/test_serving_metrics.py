@@ -219,3 +219,46 @@ async def test_beyond_the_in_flight_cap_requests_are_answered_503_before_their_b
         assert [(await t).status_code for t in held] == [200, 200]
         assert (await client.post("/v2/models/m/infer", content=b"again")).status_code == 200
     assert (503, "overloaded") in records
+
+
+async def test_json_bodies_are_looked_at_before_they_are_parsed():
+    """Not an object, or more values than fit: refused without the application reading a parsed body."""
+    records: list[tuple[int, str | None]] = []
+    parsed: list[bytes] = []
+    app = FastAPI()
+
+    @app.post("/v2/models/m/infer")
+    async def infer(request: Request) -> dict[str, int]:
+        parsed.append(await request.body())
+        return {"ok": 1}
+
+    app.add_middleware(
+        ServingMiddleware,
+        max_body_bytes=1_000_000,
+        on_request=lambda code, seconds, kind: records.append((code, kind)),
+        max_values=lambda: 1000,
+    )
+    transport = httpx.ASGITransport(app=app)
+    fits = b'{"inputs": [{"name": "x", "shape": [10, 100], "datatype": "FP32", "data": [' + b"0," * 999 + b"0]}]}"
+    too_many = b'{"inputs": [{"data": [' + b"0," * 5000 + b"0]}]}"
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        ok = await client.post("/v2/models/m/infer", content=fits, headers={"content-type": "application/json"})
+        assert ok.status_code == 200 and parsed == [fits], "the body read ahead is handed on whole"
+        big = await client.post("/v2/models/m/infer", content=too_many, headers={"content-type": "application/json"})
+        assert big.status_code == 413 and "at most 1000 fit" in big.json()["error"]
+        array = await client.post("/v2/models/m/infer", content=b"  [1, 2]")
+        assert array.status_code == 400 and "must be a JSON object" in array.json()["error"]
+
+        async def chunks():
+            yield fits[:100]
+            await asyncio.sleep(0)
+            yield fits[100:]
+
+        chunked = await client.post("/v2/models/m/infer", content=chunks())
+        assert chunked.status_code == 200 and parsed[-1] == fits
+        binary = await client.post(
+            "/v2/models/m/infer", content=b"[binary]", headers={"inference-header-content-length": "3"}
+        )
+        assert binary.status_code == 200, "V2's binary format is not JSON: not looked at"
+    assert parsed == [fits, fits, b"[binary]"]
+    assert records == [(200, None), (413, "too_large"), (400, "invalid_request"), (200, None), (200, None)]
