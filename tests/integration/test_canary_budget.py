@@ -34,7 +34,7 @@ from kube_objects import ModelDeploymentReader, wait_for
 from operator_fixture import StartOperator, start_operator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack"))
-import testbed_kserve
+from bed.addons.s3 import s3_credentials
 
 pytestmark = pytest.mark.integration
 __all__ = ["start_operator"]  # a fixture, imported for pytest
@@ -167,7 +167,7 @@ def test_a_canary_of_four_gpu_replicas_within_four_gpus(
     start_operator: StartOperator, testbed: Any, namespace: str, kube_api: Any, registry: tuple[Any, str]
 ):
     client, name = registry
-    credentials = {"apiVersion": "v1", "kind": "List", "items": testbed_kserve.s3_credentials(testbed.state)}
+    credentials = {"apiVersion": "v1", "kind": "List", "items": s3_credentials(testbed.state)}
     testbed.run_kubectl("apply", "-f", "-", input=json.dumps(credentials), namespace=namespace)
     cluster = Cluster(kube_api, namespace)
     start_operator(namespace, poll_seconds=1.0)

@@ -20,12 +20,13 @@ from typing import Any
 import httpx
 import predictor_pods
 import pytest
-import testbed_gateway as gw
 from operator_process import wait_until
+
+from bed.addons.gateway import GATEWAY_NAME, GATEWAY_NAMESPACE, wait_for_route
 
 pytestmark = pytest.mark.integration
 
-PARENT = (gw.GATEWAY_NAMESPACE, gw.GATEWAY_NAME)
+PARENT = (GATEWAY_NAMESPACE, GATEWAY_NAME)
 BODY = {"inputs": [{"name": "input-0", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
 
 
@@ -108,7 +109,7 @@ def test_weights_and_header_match_through_the_gateway(kubectl: Any, two_versions
     host = route["spec"]["hostnames"][0]
     _apply(kubectl, [route])
     wait_until(lambda: _accepted(kubectl, "digits"), 30, "the route Accepted by Traefik", interval=0.2)
-    gw.wait_for_route(url, host, "/v2/models/model/ready")
+    wait_for_route(url, host, "/v2/models/model/ready")
 
     before = {v: _served(kubectl, f"digits-v{v}-predictor") for v in ("1", "2")}
     n = 400
