@@ -194,11 +194,8 @@ class Cluster(ModelDeploymentReader):
         return [str(e.message) for e in out.items]
 
     def deploy(self, model: str, alert: str) -> None:
-        body = {
-            "apiVersion": "ml.slipway.dev/v1alpha1",
-            "kind": "ModelDeployment",
-            "metadata": {"name": MD},
-            "spec": {
+        self.create(
+            {
                 "model": {"name": model, "track": {"alias": "champion"}},
                 # a drift window the load generator's rate fills in a few seconds
                 "serving": {
@@ -216,9 +213,8 @@ class Cluster(ModelDeploymentReader):
                     "window": "10m",
                     "registry": "revertAlias",
                 },
-            },
-        }
-        self.custom.create_namespaced_custom_object("ml.slipway.dev", "v1alpha1", self.ns, "modeldeployments", body)
+            }
+        )
 
     def delete(self, timeout: float = 60.0) -> None:
         super().delete(timeout)

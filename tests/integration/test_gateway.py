@@ -30,22 +30,6 @@ PARENT = (GATEWAY_NAMESPACE, GATEWAY_NAME)
 BODY = {"inputs": [{"name": "input-0", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import mlflow.sklearn
-    import numpy as np
-    from mlflow.models import infer_signature
-    from sklearn.datasets import load_digits
-    from sklearn.linear_model import LogisticRegression
-
-    x, y = load_digits(return_X_y=True)
-    x = x.astype(np.float32)
-    clf = LogisticRegression(max_iter=200).fit(x[:300], y[:300])
-    path = tmp_path_factory.mktemp("model") / "m"
-    mlflow.sklearn.save_model(clf, str(path), signature=infer_signature(x[:2], clf.predict(x[:2])))
-    return path
-
-
 def _apply(kubectl: Any, items: list[dict[str, Any]]) -> None:
     kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
 

@@ -9,12 +9,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from operator_process import wait_until
 
 from bed.addons.kserve import manager_running, module_dir
 from bed.addons.s3 import s3_credentials, s3_env
@@ -29,13 +29,7 @@ ISVC = ("serving.kserve.io", "v1beta1", "inferenceservices")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return wait_until(predicate, timeout, what, 0.25)
 
 
 def get(kubectl, *args: str) -> dict[str, Any] | None:
