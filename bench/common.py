@@ -21,7 +21,8 @@ sys.path.insert(0, str(REPO / "hack"))
 
 from kubernetes import client, config  # noqa: E402
 
-import testbed as tb  # noqa: E402
+from bed import lifecycle  # noqa: E402
+from bed.state import State, testbed_dir  # noqa: E402
 
 GROUP, VERSION = "ml.slipway.dev", "v1alpha1"
 
@@ -58,12 +59,12 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float, interval: floa
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def testbed_up(services: tuple[str, ...]) -> tuple[tb.State, bool]:
+def testbed_up(services: tuple[str, ...]) -> tuple[State, bool]:
     """The running test bed if it has ``services``, else a new one; and whether it is ours to take down."""
-    existing = tb.State.load(tb.testbed_dir())
-    if tb.is_up(existing) and existing is not None and all(s in existing.pids for s in services):
+    existing = State.load(testbed_dir())
+    if lifecycle.is_up(existing) and existing is not None and all(s in existing.pids for s in services):
         return existing, False
-    return tb.up(services), True
+    return lifecycle.up(services), True
 
 
 def crds_established(api: client.ApiClient) -> bool:
@@ -79,7 +80,7 @@ def crds_established(api: client.ApiClient) -> bool:
     return True
 
 
-def install_crds(state: tb.State) -> None:
+def install_crds(state: State) -> None:
     """Server-side apply of crds/ (taking over fields another manager set), then wait until Established."""
     subprocess.run(
         [
@@ -105,7 +106,7 @@ def tiny_model_run(mlflow: Any) -> tuple[str, str]:
     return run.info.run_id, f"runs:/{run.info.run_id}/model"
 
 
-def mlflow_settings(state: tb.State, poll_seconds: float, webhook_secret: str = "") -> dict[str, str]:
+def mlflow_settings(state: State, poll_seconds: float, webhook_secret: str = "") -> dict[str, str]:
     """The operator's environment for syncing the test bed's MLflow."""
     return {
         "SLIPWAY_MLFLOW_URI": state.urls["mlflow"],

@@ -2,7 +2,7 @@
 
     python bench/reconcile_scale.py [--sizes 100,1000] [--concurrency 4] [--timeout 900]
 
-Uses the running test bed (or brings one up with ``hack/testbed.py`` and takes it down after).
+Uses the running test bed (or brings one up with ``hack/testbed`` and takes it down after).
 For each size N, in fresh namespaces on the same API server:
 
 1. the ceiling: N plain ConfigMaps created from this process by ``--concurrency`` threads (the
@@ -53,7 +53,7 @@ from common import (
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-import testbed as tb
+from bed import lifecycle
 
 MODEL_LABEL, VERSION_LABEL, DEPLOYMENT_LABEL = f"{GROUP}/model", f"{GROUP}/version", f"{GROUP}/deployment"
 CHILDREN = (
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         api.api.close()
         if ours:
-            tb.down()
+            lifecycle.down()
     for r in results:
         report(r)
     print(json.dumps([r.__dict__ for r in results]))

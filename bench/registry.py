@@ -4,7 +4,7 @@
                              [--operator-src DIR]
 
 Uses the running test bed with MLflow (``mlflow server``, SQLite, one worker) or brings one up
-with ``hack/testbed.py`` and takes it down after. Creates max(sizes) registered models with the
+with ``hack/testbed`` and takes it down after. Creates max(sizes) registered models with the
 MLflow client, each with two versions (one run's tiny MLmodel artifact behind all of them) and
 the alias ``champion`` on v1. Then starts the real operator (``python -m slipway -n <ns>``, poll
 ``--poll-seconds``, webhook secret set) and, for each N in ``--sizes`` (ascending), makes N models
@@ -52,7 +52,9 @@ from typing import Any
 import common  # test bed, CRD, operator and percentile helpers
 from kubernetes import client, config
 
-tb = common.tb
+from bed import lifecycle
+from bed.state import State
+
 REPO = common.REPO
 GROUP, VERSION = common.GROUP, common.VERSION
 ALIAS = "champion"
@@ -136,7 +138,7 @@ def create_models(mlflow: Any, count: int, tag: str) -> list[str]:
     return names
 
 
-def start_operator(state: tb.State, namespace: str, poll: float, src: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_operator(state: State, namespace: str, poll: float, src: Path, log: Path) -> subprocess.Popen[bytes]:
     port = common.free_port()
     proc = common.spawn_operator(
         state.kubeconfig, namespace, port, log, common.mlflow_settings(state, poll, SECRET), src
@@ -317,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             list(pool.map(lambda m: _delete(mlflow, m), models))
         api.close()
         if ours:
-            tb.down()
+            lifecycle.down()
 
     print(f"\nRegistry sync cost, poll every {poll:g}s (MLflow CPU net of idle {idle:.2%}; naive = 2 calls/model/poll)")
     print(

@@ -2,7 +2,7 @@
 
     python bench/registry_sync.py [--trials 20] [--poll-seconds 2]
 
-Uses the running test bed with MLflow (or brings one up with ``hack/testbed.py`` and takes it
+Uses the running test bed with MLflow (or brings one up with ``hack/testbed`` and takes it
 down after). One registered model gets two versions (backed by one run's tiny MLmodel artifact)
 and the alias ``champion`` on v1. Then, once per mode, in a fresh namespace:
 
@@ -53,7 +53,8 @@ from common import (
 )
 from kubernetes import client, config, watch
 
-import testbed as tb
+from bed import lifecycle
+from bed.state import State
 
 ALIAS = "champion"
 SECRET = "bench-" + uuid.uuid4().hex
@@ -63,7 +64,7 @@ WEBHOOK_POLL_SECONDS = 600.0
 class Operator:
     """``python -m slipway`` watching one namespace, syncing the test bed's MLflow."""
 
-    def __init__(self, state: tb.State, namespace: str, poll_seconds: float, log: Path) -> None:
+    def __init__(self, state: State, namespace: str, poll_seconds: float, log: Path) -> None:
         self.port = free_port()
         self.log = log
         env = mlflow_settings(state, poll_seconds, SECRET)
@@ -140,7 +141,7 @@ def registered_model(mlflow: Any) -> tuple[str, str, str]:
 
 
 def run_mode(
-    state: tb.State, mlflow: Any, model: str, versions: tuple[str, str], mode: str, poll: float, trials: int, logs: Path
+    state: State, mlflow: Any, model: str, versions: tuple[str, str], mode: str, poll: float, trials: int, logs: Path
 ) -> tuple[list[float], list[float]]:
     """(lags, set-alias call latencies) of ``trials`` alias moves in one mode."""
     v1, v2 = versions
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(Exception):
             mlflow.delete_registered_model(model)
         if ours:
-            tb.down()
+            lifecycle.down()
 
     calls = results["webhook"][1] + results["polling"][1]
     hook, poll = results["webhook"][0], results["polling"][0]

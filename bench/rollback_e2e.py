@@ -53,7 +53,6 @@ sys.path.insert(0, str(REPO / "operator"))
 import httpx  # noqa: E402
 import loadgen  # noqa: E402
 import numpy as np  # noqa: E402
-import testbed_gateway  # noqa: E402
 import yaml  # noqa: E402
 from common import (  # noqa: E402
     free_port,
@@ -68,7 +67,10 @@ from common import (  # noqa: E402
 )
 from kubernetes import client, config, watch  # noqa: E402
 
-import testbed as tb  # noqa: E402
+from bed import lifecycle  # noqa: E402
+from bed.addons import monitoring  # noqa: E402
+from bed.addons.gateway import route_gateway, route_host  # noqa: E402
+from bed.state import State  # noqa: E402
 from slipway.monitoring.rules import rule_groups  # noqa: E402
 
 GROUP, VERSION = "ml.slipway.dev", "v1alpha1"
@@ -151,7 +153,7 @@ class RouteWatch:
 class Bench:
     """The operator, one ModelDeployment, the load generator."""
 
-    def __init__(self, state: tb.State, alert_for: str) -> None:
+    def __init__(self, state: State, alert_for: str) -> None:
         self.state = state
         self.api = config.new_client_from_config(config_file=state.kubeconfig)
         self.custom = client.CustomObjectsApi(self.api)
@@ -196,17 +198,17 @@ class Bench:
         self.core.create_namespace({"metadata": {"name": self.ns}})
         wait_for("default ServiceAccount", lambda: self.core.list_namespaced_service_account(self.ns).items, 30, 0.2)
         groups = rule_groups(interval="1s", for_=self.alert_for)
-        tb.set_rules(self.state, RULES, yaml.safe_dump(groups, sort_keys=False))
+        monitoring.set_rules(self.state, RULES, yaml.safe_dump(groups, sort_keys=False))
         log_model(self.state.urls["mlflow"], self.model)
         from mlflow import MlflowClient
 
         self.mlflow = MlflowClient(self.state.urls["mlflow"])
         self.mlflow.set_registered_model_alias(self.model, "champion", "1")
         self.start_operator()
-        tb.set_alert_webhooks(self.state, [f"http://127.0.0.1:{self.port}/webhooks/alertmanager"], self.token)
+        monitoring.set_alert_webhooks(self.state, [f"http://127.0.0.1:{self.port}/webhooks/alertmanager"], self.token)
         self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, "modeldeployments", self.deployment())
         wait_for("v1 served", lambda: self.status().get("phase") == "Succeeded" and self.ready("1"), 300, 0.5)
-        gateway = loadgen.Gateway(self.state.urls["gateway"], MD, testbed_gateway.route_host(self.ns, MD))
+        gateway = loadgen.Gateway(self.state.urls["gateway"], MD, route_host(self.ns, MD))
         self.load = loadgen.LoadGenerator(gateway, rate=8, batch=16, duration=1800).start()
         self.routes = RouteWatch(self.custom, self.ns)
         self.mlflow.set_registered_model_alias(self.model, "champion", "2")
@@ -225,7 +227,7 @@ class Bench:
                 },
                 "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
                 "strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}},
-                "gateway": testbed_gateway.route_gateway(self.ns, MD),  # the test bed's Traefik
+                "gateway": route_gateway(self.ns, MD),  # the test bed's Traefik
                 "rollback": {
                     "alerts": {"alertNames": ["SlipwayModelDrift"], "matchLabels": {"severity": "critical"}},
                     "registry": "none",
@@ -290,8 +292,8 @@ class Bench:
         if self.routes is not None:
             self.routes.stop()
         with contextlib.suppress(Exception):
-            tb.set_alert_webhooks(self.state, [])
-            tb.set_rules(self.state, RULES, "groups: []\n")
+            monitoring.set_alert_webhooks(self.state, [])
+            monitoring.set_rules(self.state, RULES, "groups: []\n")
         with contextlib.suppress(Exception):
             self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, "modeldeployments", MD)
             wait_for("the deployment deleted", lambda: not self.status(), 60, 0.5)
@@ -353,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.teardown()
         if ours:
-            tb.down()
+            lifecycle.down()
     if not total:
         return 1
     load = os.getloadavg()

@@ -2,7 +2,7 @@
 
     python bench/rollback_latency.py [--trials 24] [--annotation-trials 8] [--paths loop,thread]
 
-Uses the running test bed (or brings one up with ``hack/testbed.py`` and takes it down after).
+Uses the running test bed (or brings one up with ``hack/testbed`` and takes it down after).
 For each alert path in ``--paths`` it makes a fresh namespace and starts the real operator there
 (``python -m slipway``, webhook token set, no MLflow, no Prometheus poller) with
 ``SLIPWAY_ALERT_KUBE`` set to that path: ``loop`` (the default: the alert pass's read and two
@@ -64,7 +64,9 @@ from common import (  # noqa: E402
 from common import wait_for as common_wait_for  # noqa: E402
 from kubernetes import client, config, watch  # noqa: E402
 
-import testbed as tb  # noqa: E402
+from bed import lifecycle  # noqa: E402
+from bed.addons import monitoring  # noqa: E402
+from bed.state import State  # noqa: E402
 from slipway.receivers.alertmanager import PATH, AlertmanagerReceiver  # noqa: E402
 from slipway.receivers.http import HttpServer  # noqa: E402
 from slipway.rollout.alerts import Alert  # noqa: E402
@@ -171,7 +173,7 @@ class RouteWatch:
 class Bench:
     """One namespace of paused canaries and the operator watching it, with one alert path (loop or thread)."""
 
-    def __init__(self, state: tb.State, trials: int, annotation_trials: int, path: str = "loop") -> None:
+    def __init__(self, state: State, trials: int, annotation_trials: int, path: str = "loop") -> None:
         self.state = state
         self.path = path
         self.api = config.new_client_from_config(config_file=state.kubeconfig)
@@ -319,7 +321,7 @@ def row(label: str, values: list[float], baseline: list[float] | None = None) ->
     return text
 
 
-def alertmanager_routes(state: tb.State, benches: list[Bench], bare_url: str) -> None:
+def alertmanager_routes(state: State, benches: list[Bench], bare_url: str) -> None:
     """Alertmanager sends each bench namespace's alerts to its operator, and every alert to the bare receiver."""
     auth = f"        http_config:\n          authorization: {{type: Bearer, credentials: {TOKEN}}}\n"
 
@@ -413,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             out.read = [logged[md][0] for md in b.alert_names if md in logged]
             out.status = [logged[md][1] for md in b.alert_names if md in logged]
             out.route = [logged[md][2] for md in b.alert_names if md in logged]
-        tb.set_alert_webhooks(state, [])
+        monitoring.set_alert_webhooks(state, [])
         first = benches[0]
         print(f"{len(first.annotation_names)} annotation trials …", file=sys.stderr)
         routes = watches[first.path]
@@ -428,13 +430,13 @@ def main(argv: list[str] | None = None) -> int:
             w.stop()
     finally:
         with contextlib.suppress(Exception):
-            tb.set_alert_webhooks(state, [])
+            monitoring.set_alert_webhooks(state, [])
         for b in benches:
             b.teardown()
         bare.stop()
         http.close()
         if ours:
-            tb.down()
+            lifecycle.down()
 
     load = os.getloadavg()
     print(f"\nrollback latency, {args.trials} alert trials per path ({len(annotation)} annotation trials), ms")

@@ -2,7 +2,7 @@
 
     python bench/steady_state.py [--size 100] [--window 65] [--settle 35] [--timeout 900] [--baseline-rev REV]
 
-Uses the running test bed (or brings one up with ``hack/testbed.py`` and takes it down after).
+Uses the running test bed (or brings one up with ``hack/testbed`` and takes it down after).
 Two phases on the same API server, each in a fresh namespace with a fresh operator process:
 ``baseline`` (``SLIPWAY_REAPPLY_SECONDS=0``: every pass applies every child, as before the cache)
 and ``cache`` (the default); ``--baseline-rev REV`` runs the baseline's operator from the
@@ -59,7 +59,8 @@ from common import (
 from kubernetes.client.exceptions import ApiException
 from reconcile_scale import Api, model_deployment, model_version, steady
 
-import testbed as tb
+from bed import lifecycle
+from bed.state import State
 
 RequestKey = tuple[str, str, str, str]  # verb, group, resource, subresource
 LABELS = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -202,7 +203,7 @@ def drop(api: Api, ns: str, timeout: float = 180) -> None:
         wait_for(f"namespace {ns} to go", gone, timeout, 1.0)
 
 
-def run_phase(api: Api, state: tb.State, phase: Phase, args: argparse.Namespace, logs: Path) -> Phase:
+def run_phase(api: Api, state: State, phase: Phase, args: argparse.Namespace, logs: Path) -> Phase:
     n = phase.n
     ns = api.namespace(f"bench-steady-{phase.name}")
     port = free_port()
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         api.api.close()
         if ours:
-            tb.down()
+            lifecycle.down()
     for p in phases:
         report(p)
     report_ratios(*phases)

@@ -45,8 +45,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "hack"))
 
 import predictor_pods  # noqa: E402
-import testbed_gateway as gw  # noqa: E402
-from common import percentile, tb, testbed_up, wait_for  # noqa: E402
+from common import percentile, testbed_up, wait_for  # noqa: E402
+
+from bed import lifecycle  # noqa: E402
+from bed.addons.gateway import GATEWAY_NAME, GATEWAY_NAMESPACE, THROTTLE, wait_for_route  # noqa: E402
+from bed.controlplane import kubectl  # noqa: E402
+from bed.state import State  # noqa: E402
 
 BODY = {"inputs": [{"name": "input-0", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
 PATH = "/v2/models/model/infer"
@@ -72,7 +76,7 @@ def make_model(directory: Path) -> Path:
 class Bench:
     """The namespace, its two predictors and the route; clients to the Gateway."""
 
-    def __init__(self, state: tb.State) -> None:
+    def __init__(self, state: State) -> None:
         self.state = state
         self.ns = f"bench-traffic-{uuid.uuid4().hex[:6]}"
         self.url = state.urls["gateway"]
@@ -82,7 +86,7 @@ class Bench:
         self.routes = kube.CustomObjectsApi(kubeconfig.new_client_from_config(config_file=state.kubeconfig))
 
     def kubectl(self, *args: str, input: str | None = None) -> str:
-        return tb._kubectl(self.state, *args, input=input)
+        return kubectl(self.state, *args, input=input)
 
     def apply(self, items: list[dict[str, Any]]) -> float:
         started = time.perf_counter()
@@ -99,12 +103,12 @@ class Bench:
             "digits",
             self.ns,
             {"digits-v1": 50, "digits-v2": 50},
-            (gw.GATEWAY_NAMESPACE, gw.GATEWAY_NAME),
+            (GATEWAY_NAMESPACE, GATEWAY_NAME),
             ("x-variant", "b", "digits-v2"),
         )
         self.host = self.route["spec"]["hostnames"][0]
         self.apply([self.route])
-        gw.wait_for_route(self.url, self.host, "/v2/models/model/ready")
+        wait_for_route(self.url, self.host, "/v2/models/model/ready")
 
     def ready_endpoints(self, service: str) -> int:
         out = json.loads(
@@ -237,11 +241,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"| write → {CONSECUTIVE} consecutive answers from v1 | {percentile(moves, 0.5) * 1000:.0f} ms "
                 f"| {percentile(moves, 0.99) * 1000:.0f} ms |"
             )
-            print(f"\n(Traefik providersThrottleDuration {gw.THROTTLE})")
+            print(f"\n(Traefik providersThrottleDuration {THROTTLE})")
     finally:
         bench.teardown()
         if ours:
-            tb.down()
+            lifecycle.down()
     return 0 if ok else 1
 
 

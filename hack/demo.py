@@ -55,10 +55,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "hack"))
 
 import loadgen  # noqa: E402
-import testbed_gateway  # noqa: E402
-import testbed_kserve  # noqa: E402
 
-import testbed as tb  # noqa: E402
+from bed import lifecycle  # noqa: E402
+from bed.addons import monitoring  # noqa: E402
+from bed.addons.gateway import route_gateway, route_host  # noqa: E402
+from bed.addons.s3 import s3_credentials  # noqa: E402
+from bed.procs import free_port  # noqa: E402
+from bed.state import State, testbed_dir  # noqa: E402
 from slipway.monitoring.rules import rule_groups  # noqa: E402
 
 MODEL = "digits-cnn"
@@ -104,7 +107,7 @@ class Timeline:
         return self.marks[b] - self.marks[a] if a in self.marks and b in self.marks else None
 
 
-def kubectl(state: tb.State, *args: str, input: str | None = None, check: bool = True) -> str:
+def kubectl(state: State, *args: str, input: str | None = None, check: bool = True) -> str:
     """The real kubectl against the demo's test bed."""
     proc = subprocess.run(
         [state.kubectl, "--kubeconfig", state.kubeconfig, *args], input=input, capture_output=True, text=True
@@ -169,7 +172,7 @@ def model_deployment(namespace: str) -> dict[str, Any]:
         "metadata": {"name": DEPLOYMENT},
         "spec": {
             "model": {"name": MODEL, "track": {"alias": ALIAS}},
-            "gateway": testbed_gateway.route_gateway(namespace, DEPLOYMENT),
+            "gateway": route_gateway(namespace, DEPLOYMENT),
             "serving": {
                 "runtime": "slipway",
                 "protocol": "v2",
@@ -225,7 +228,7 @@ class Seen:
 class Observer:
     """Polls the cluster, Prometheus and Alertmanager and puts every change on the timeline."""
 
-    def __init__(self, tl: Timeline, state: tb.State, namespace: str) -> None:
+    def __init__(self, tl: Timeline, state: State, namespace: str) -> None:
         from kubernetes import client, config
 
         api = config.new_client_from_config(config_file=state.kubeconfig)
@@ -429,7 +432,7 @@ class Observer:
 # --------------------------------------------------------------------------- the pieces
 
 
-def start_operator(state: tb.State, namespace: str, port: int, token: str) -> subprocess.Popen[bytes]:
+def start_operator(state: State, namespace: str, port: int, token: str) -> subprocess.Popen[bytes]:
     """`python -m slipway` against the test bed, watching the demo namespace."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLIPWAY_", "MLFLOW_"))}
     env.update(
@@ -480,7 +483,7 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(timeout=10)
 
 
-def apply(state: tb.State, obj: dict[str, Any], namespace: str) -> None:
+def apply(state: State, obj: dict[str, Any], namespace: str) -> None:
     kubectl(state, "apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
 
 
@@ -488,7 +491,7 @@ def apply(state: tb.State, obj: dict[str, Any], namespace: str) -> None:
 class Story:
     """Handles and facts the demo collects for the summary."""
 
-    state: tb.State
+    state: State
     namespace: str
     tl: Timeline
     obs: Observer
@@ -547,7 +550,7 @@ def run_story(story: Story) -> bool:
         300,
     )
     tl.mark("served-v1")
-    gateway = loadgen.Gateway(story.state.urls["gateway"], DEPLOYMENT, testbed_gateway.route_host(ns, DEPLOYMENT))
+    gateway = loadgen.Gateway(story.state.urls["gateway"], DEPLOYMENT, route_host(ns, DEPLOYMENT))
     labeller = loadgen.Labeller(FEEDBACK_TOKEN, loadgen.PredictorEndpoints(story.state.kubeconfig, ns, DEPLOYMENT))
     story.load = loadgen.LoadGenerator(gateway, rate=8, batch=16, duration=600, labeller=labeller).start()
     tl.say(f"load generator: 8 requests/s x 16 held-out digits to the Gateway ({gateway.url}, Host {gateway.host})")
@@ -675,7 +678,7 @@ def summary(story: Story, ok: bool) -> None:
     console.print(table)
 
 
-def cleanup(story: Story | None, state: tb.State | None, operator: subprocess.Popen[bytes] | None) -> None:
+def cleanup(story: Story | None, state: State | None, operator: subprocess.Popen[bytes] | None) -> None:
     """Delete what the demo applied while the operator still runs (its finalizers), then stop everything."""
     if story is not None and story.load is not None:
         story.load.stop()
@@ -684,7 +687,7 @@ def cleanup(story: Story | None, state: tb.State | None, operator: subprocess.Po
             kubectl(state, "delete", kind, "--all", "-n", story.namespace, "--timeout=60s", check=False)
     stop(operator)
     if state is not None:
-        tb.down()
+        lifecycle.down()
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -702,17 +705,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("SLIPWAY_TESTBED_DIR", str(REPO / ".testbed" / "demo"))
     tl = Timeline()
     tl.mark("start")
-    state: tb.State | None = None
+    state: State | None = None
     operator: subprocess.Popen[bytes] | None = None
     story: Story | None = None
     ok = False
     try:
         tl.say(
-            f"bringing up the test bed in {tb.testbed_dir()}: etcd, kube-apiserver, controller-manager, scheduler, "
+            f"bringing up the test bed in {testbed_dir()}: etcd, kube-apiserver, controller-manager, scheduler, "
             "kwok, local kubelet, KServe's controller-manager, versitygw (S3), MLflow, Prometheus, Alertmanager"
         )
-        reused = tb.is_up(tb.State.load(tb.testbed_dir()))
-        state = tb.up(("mlflow", "prometheus"))
+        reused = lifecycle.is_up(State.load(testbed_dir()))
+        state = lifecycle.up(("mlflow", "prometheus"))
         missing = {"local-kubelet", "kserve-manager", "s3"} - set(state.pids)
         if missing:
             raise DemoFailed(f"this test bed has no {', '.join(sorted(missing))}: `hack/testbed down` it first")
@@ -721,16 +724,18 @@ def main(argv: list[str] | None = None) -> int:
         kubectl(state, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
         kubectl(state, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
         tl.say("Slipway CRDs installed: trainingruns, modelversions, modeldeployments (ml.slipway.dev)")
-        tb.set_rules(state, "slipway", yaml.safe_dump(rule_groups(interval="1s", for_=ALERT_FOR), sort_keys=False))
+        monitoring.set_rules(
+            state, "slipway", yaml.safe_dump(rule_groups(interval="1s", for_=ALERT_FOR), sort_keys=False)
+        )
         tl.say(
             f"Prometheus: shipped alert rules loaded (SlipwayModelDrift: mean PSI > {DRIFT_THRESHOLD}, "
             f"SlipwayModelErrors), evaluated every 1s, for {ALERT_FOR} (shipped: 30s — shortened for the demo)"
         )
-        port, token = tb.free_port(), secrets.token_hex(16)
-        tb.set_alert_webhooks(state, [f"http://127.0.0.1:{port}/webhooks/alertmanager"], token)
+        port, token = free_port(), secrets.token_hex(16)
+        monitoring.set_alert_webhooks(state, [f"http://127.0.0.1:{port}/webhooks/alertmanager"], token)
         tl.say(f"Alertmanager → http://127.0.0.1:{port}/webhooks/alertmanager with a bearer token")
         kubectl(state, "create", "namespace", args.namespace, check=False)
-        credentials = testbed_kserve.s3_credentials(state, MODELS_SERVICE_ACCOUNT)
+        credentials = s3_credentials(state, MODELS_SERVICE_ACCOUNT)
         kubectl(
             state,
             "apply",

@@ -3,7 +3,7 @@
 The test bed has no container runtime, and kwok only pretends that pods run. This process
 takes over two kinds of pods once the scheduler has bound them to a node, and kwok is started
 so that it leaves exactly these alone (``--disregard-status-with-label-selector`` and
-``--disregard-status-with-annotation-selector``, which kwok ORs; see ``start_kwok`` in ``testbed.py``):
+``--disregard-status-with-annotation-selector``, which kwok ORs; see ``start_kwok`` in ``bed/controlplane.py``):
 
 - **training pods**, labelled ``ml.slipway.dev/trainingrun`` (``restartPolicy: Never``): run to
   completion and reported ``Succeeded``/``Failed`` with the exit code in

@@ -21,7 +21,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "hack"))
 
-import testbed as tb  # noqa: E402  (hack/testbed.py, stdlib only)
+from bed import lifecycle  # noqa: E402
+from bed.addons import monitoring  # noqa: E402
+from bed.state import State, testbed_dir  # noqa: E402
 
 Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -30,7 +32,7 @@ Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
 class Testbed:
     """Handles to the running test bed."""
 
-    state: tb.State
+    state: State
     kubeconfig: Path
     kubectl: Path
     helm: Path
@@ -49,13 +51,13 @@ class Testbed:
         return self.state.urls["alertmanager"]
 
     def add_scrape_target(self, name: str, address: str, labels: dict[str, str] | None = None) -> None:
-        tb.add_scrape_target(self.state, name, address, labels)
+        monitoring.add_scrape_target(self.state, name, address, labels)
 
     def set_rules(self, name: str, text: str) -> None:
-        tb.set_rules(self.state, name, text)
+        monitoring.set_rules(self.state, name, text)
 
     def set_alert_webhooks(self, urls: list[str], token: str = "") -> None:
-        tb.set_alert_webhooks(self.state, urls, token)
+        monitoring.set_alert_webhooks(self.state, urls, token)
 
     def run_kubectl(
         self, *args: str, input: str | None = None, check: bool = True, namespace: str | None = None
@@ -71,11 +73,13 @@ class Testbed:
 
 @pytest.fixture(scope="session")
 def testbed() -> Iterator[Testbed]:
-    existing = tb.State.load(tb.testbed_dir())
+    existing = State.load(testbed_dir())
     reuse = (
-        tb.is_up(existing) and existing is not None and {"mlflow", "prometheus", "kserve-manager"} <= set(existing.pids)
+        lifecycle.is_up(existing)
+        and existing is not None
+        and {"mlflow", "prometheus", "kserve-manager"} <= set(existing.pids)
     )
-    state = existing if reuse and existing else tb.up(("mlflow", "prometheus"))
+    state = existing if reuse and existing else lifecycle.up(("mlflow", "prometheus"))
     yield Testbed(
         state=state,
         kubeconfig=Path(state.kubeconfig),
@@ -84,7 +88,7 @@ def testbed() -> Iterator[Testbed]:
         dir=Path(state.dir),
     )
     if not reuse:
-        tb.down()
+        lifecycle.down()
 
 
 @pytest.fixture

@@ -51,12 +51,12 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 sys.path.insert(0, str(REPO / "hack"))
 
 import loadgen  # noqa: E402
-import testbed_gateway  # noqa: E402
-import testbed_kserve  # noqa: E402
 from kube_objects import ModelDeploymentReader, wait_for  # noqa: E402
 from operator_fixture import StartOperator, start_operator  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402
 
+from bed.addons.gateway import route_gateway, route_host  # noqa: E402
+from bed.addons.s3 import s3_credentials  # noqa: E402
 from slipway.monitoring import rules  # noqa: E402
 
 pytestmark = pytest.mark.e2e
@@ -194,11 +194,8 @@ class Cluster(ModelDeploymentReader):
         return [str(e.message) for e in out.items]
 
     def deploy(self, model: str, alert: str) -> None:
-        body = {
-            "apiVersion": "ml.slipway.dev/v1alpha1",
-            "kind": "ModelDeployment",
-            "metadata": {"name": MD},
-            "spec": {
+        self.create(
+            {
                 "model": {"name": model, "track": {"alias": "champion"}},
                 # a drift window the load generator's rate fills in a few seconds
                 "serving": {
@@ -210,15 +207,14 @@ class Cluster(ModelDeploymentReader):
                 },
                 "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
                 "strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}},
-                "gateway": testbed_gateway.route_gateway(self.ns, MD),  # the test bed's Traefik
+                "gateway": route_gateway(self.ns, MD),  # the test bed's Traefik
                 "rollback": {
                     "alerts": {"alertNames": [alert], "matchLabels": {"severity": "critical"}},
                     "window": "10m",
                     "registry": "revertAlias",
                 },
-            },
-        }
-        self.custom.create_namespaced_custom_object("ml.slipway.dev", "v1alpha1", self.ns, "modeldeployments", body)
+            }
+        )
 
     def delete(self, timeout: float = 60.0) -> None:
         super().delete(timeout)
@@ -264,14 +260,14 @@ def story(
         mlflow.register_model(logged.steady, name)
         mlflow.register_model(v2_uri, name)
         client.set_registered_model_alias(name, "champion", "1")
-        credentials = {"apiVersion": "v1", "kind": "List", "items": testbed_kserve.s3_credentials(testbed.state)}
+        credentials = {"apiVersion": "v1", "kind": "List", "items": s3_credentials(testbed.state)}
         testbed.run_kubectl("apply", "-f", "-", input=json.dumps(credentials), namespace=namespace)
         op = start_operator(namespace, env={"SLIPWAY_ALERTMANAGER_TOKEN": TOKEN})
         testbed.set_alert_webhooks([f"{op.url}/webhooks/alertmanager"], token=TOKEN)
         cluster.deploy(name, alert)
         wait_for("v1 served", lambda: cluster.status().get("phase") == "Succeeded" and cluster.ready("1"), 240, 0.5)
         assert cluster.weights() == {"1": 100}
-        gateway = loadgen.Gateway(testbed.state.urls["gateway"], MD, testbed_gateway.route_host(namespace, MD))
+        gateway = loadgen.Gateway(testbed.state.urls["gateway"], MD, route_host(namespace, MD))
         load = loadgen.LoadGenerator(gateway, rate=8, batch=16, duration=600).start()
         s = Story(cluster, op, load, client, name)
         made.append(s)

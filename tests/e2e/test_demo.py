@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "hack"))
 
-import testbed as tb  # noqa: E402
+from bed import lifecycle  # noqa: E402
 
 TIMEOUT = 540  # the demo takes about 3 minutes on two loaded cores; its own waits are bounded below this
 GRACE = 120  # a SIGTERM makes the demo clean up (delete, stop the operator, take the test bed down)
@@ -58,7 +58,7 @@ def test_demo_trains_serves_canaries_and_rolls_back_on_drift(tmp_path: Path, mon
     finally:
         monkeypatch.setenv("SLIPWAY_TESTBED_DIR", str(testbed_dir))
         if (testbed_dir / "state.json").exists():  # the demo did not clean up: do it for it
-            tb.down()
+            lifecycle.down()
     print(out)
     assert code == 0, f"the demo exited {code}:\n{out[-6000:]}"
 

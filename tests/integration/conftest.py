@@ -1,4 +1,4 @@
-"""Integration fixtures of the API: the Slipway CRDs installed in the test bed's API server."""
+"""Integration fixtures: the Slipway CRDs installed in the test bed's API server, a small MLflow model on disk."""
 
 from __future__ import annotations
 
@@ -52,3 +52,20 @@ def slipway_crds(testbed: Any) -> list[str]:
     if wait.returncode != 0:
         raise AssertionError(f"CRDs not Established:\n{wait.stdout}\n{wait.stderr}")
     return names
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small scikit-learn model (digits) saved as an MLflow model (what the registry holds)."""
+    import mlflow.sklearn
+    import numpy as np
+    from mlflow.models import infer_signature
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float32)
+    clf = LogisticRegression(max_iter=200).fit(x[:300], y[:300])
+    path = tmp_path_factory.mktemp("model") / "m"
+    mlflow.sklearn.save_model(clf, str(path), signature=infer_signature(x[:2], clf.predict(x[:2])))
+    return path

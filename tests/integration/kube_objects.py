@@ -65,6 +65,12 @@ class ModelDeploymentReader:
                 return None
             raise
 
+    def create(self, spec: dict[str, Any]) -> None:
+        """Create the ModelDeployment with this spec."""
+        body = {"apiVersion": "ml.slipway.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": self.md}}
+        body["spec"] = spec
+        self.custom.create_namespaced_custom_object("ml.slipway.dev", "v1alpha1", self.ns, "modeldeployments", body)
+
     def status(self) -> dict[str, Any]:
         return dict((self._get("ml.slipway.dev", "v1alpha1", "modeldeployments", self.md) or {}).get("status") or {})
 
@@ -85,6 +91,46 @@ class ModelDeploymentReader:
                 timeout,
                 0.5,
             )
+
+
+class PredictedModelDeployment(ModelDeploymentReader):
+    """A ModelDeployment on a named runtime whose predictor Deployments the test makes; its isvcs and events."""
+
+    def isvc_versions(self) -> set[str]:
+        """The versions the operator made an InferenceService for."""
+        items = self.custom.list_namespaced_custom_object(
+            "serving.kserve.io",
+            "v1beta1",
+            self.ns,
+            "inferenceservices",
+            label_selector=f"ml.slipway.dev/deployment={self.md}",
+        )["items"]
+        return {i["metadata"]["labels"]["ml.slipway.dev/version"] for i in items}
+
+    def events(self) -> list[dict[str, Any]]:
+        """The ModelDeployment's events: reason, message, type."""
+        out = self.core.list_namespaced_event(self.ns, field_selector=f"involvedObject.name={self.md}")
+        return [{"reason": e.reason, "message": e.message, "type": e.type} for e in out.items]
+
+    def predictor(self, version: str) -> None:
+        """The predictor Deployment KServe's controller would create for a named runtime; kwok runs its pod."""
+        labels = {"app": f"{self.md}-v{version}"}
+        self.apps.create_namespaced_deployment(
+            self.ns,
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": f"{self.md}-v{version}-predictor"},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": labels},
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {"containers": [{"name": "kserve-container", "image": "registry.invalid/mlserver:1"}]},
+                    },
+                },
+            },
+        )
 
 
 def weights_of(route: dict[str, Any] | None, md: str) -> dict[str, int]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from kube_objects import weights_of
 from operator_process import OperatorProcess, wait_until
 
@@ -20,6 +22,17 @@ MODEL = "digits"
 def label(model: str) -> str:
     """The object-name form of an MLflow model name, as the operator labels its ModelVersions."""
     return re.sub(r"[^a-z0-9.-]+", "-", model.lower()).strip("-.")
+
+
+@pytest.fixture
+def operator(testbed, namespace, slipway_crds, tmp_path, kubectl) -> Iterator[OperatorProcess]:
+    """The operator on the test's namespace (with the test bed's Prometheus); afterwards the ModelDeployment's
+    status and the operator's log are printed and the ModelDeployments deleted while it runs."""
+    proc = OperatorProcess(testbed.kubeconfig, namespace, tmp_path, testbed.prometheus_url).start()
+    yield proc
+    print(json.dumps(md_status(kubectl), indent=1))
+    stop_after_deleting_deployments(kubectl, proc)
+    print(proc.log_tail(120))
 
 
 def stop_after_deleting_deployments(kubectl, proc: OperatorProcess) -> None:

@@ -39,10 +39,11 @@ sys.path.insert(0, str(REPO / "hack"))
 
 import kube_objects  # noqa: E402
 import loadgen  # noqa: E402
-import testbed_gateway  # noqa: E402
-import testbed_kserve  # noqa: E402
 from operator_fixture import StartOperator, start_operator  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402
+
+from bed.addons.gateway import route_gateway, route_host  # noqa: E402
+from bed.addons.s3 import s3_credentials  # noqa: E402
 
 pytestmark = pytest.mark.integration
 __all__ = ["start_operator"]  # a fixture, imported for pytest
@@ -148,12 +149,12 @@ def deploy(
                 "serviceAccountName": MODELS_ACCOUNT,  # KServe's storage initializer reads S3 with its Secret
             },
             "strategy": strategy,
-            "gateway": testbed_gateway.route_gateway(namespace, name),  # the test bed's Traefik
+            "gateway": route_gateway(namespace, name),  # the test bed's Traefik
             **spec,
         },
     }
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": FEEDBACK_SECRET}}
-    objects = [{**secret, "stringData": {"token": FEEDBACK_TOKEN}}, *testbed_kserve.s3_credentials(testbed.state)]
+    objects = [{**secret, "stringData": {"token": FEEDBACK_TOKEN}}, *s3_credentials(testbed.state)]
     kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
     kubectl("apply", "-f", "-", input=json.dumps(body))
 
@@ -171,7 +172,7 @@ def stable_serving(kubectl: Any, name: str) -> None:
 
 @contextlib.contextmanager
 def load(testbed: Any, namespace: str, route: str, **kw: Any) -> Iterator[loadgen.LoadGenerator]:
-    gateway = loadgen.Gateway(testbed.state.urls["gateway"], route, testbed_gateway.route_host(namespace, route))
+    gateway = loadgen.Gateway(testbed.state.urls["gateway"], route, route_host(namespace, route))
     labeller = loadgen.Labeller(FEEDBACK_TOKEN, loadgen.PredictorEndpoints(str(testbed.kubeconfig), namespace, route))
     kw.setdefault("labeller", labeller)
     gen = loadgen.LoadGenerator(gateway, rate=10, batch=16, duration=600, **kw).start()

@@ -19,22 +19,21 @@ aborted: stable gets its bounds back. A watcher checks all along that no pod is 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kube_objects import ModelDeploymentReader, wait_for
+from mlflow_models import log_iris_model, two_versions
 from operator_fixture import StartOperator, start_operator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack"))
-import testbed_kserve
+from bed.addons.s3 import s3_credentials
 
 pytestmark = pytest.mark.integration
 __all__ = ["start_operator"]  # a fixture, imported for pytest
@@ -47,31 +46,13 @@ HPA_SYNC = 90.0  # the HPA controller syncs every 15 s; a step moves stable, the
 
 @pytest.fixture(scope="module")
 def logged_model(mlflow_uri: str) -> str:
-    import mlflow
-    from sklearn.datasets import load_iris
-    from sklearn.linear_model import LogisticRegression
-
-    mlflow.set_tracking_uri(mlflow_uri)
-    mlflow.set_experiment("slipway-gpu-budget")
-    x, y = load_iris(return_X_y=True)
-    with mlflow.start_run():
-        info = mlflow.sklearn.log_model(LogisticRegression(max_iter=300).fit(x, y), name="model")
-    return str(info.model_uri)
+    return log_iris_model(mlflow_uri, "slipway-gpu-budget", pip_requirements=None)
 
 
 @pytest.fixture
 def registry(mlflow_uri: str, logged_model: str) -> Iterator[tuple[Any, str]]:
-    import mlflow
-    from mlflow import MlflowClient
-
-    name = f"gpu-{uuid.uuid4().hex[:8]}"
-    for _ in range(2):
-        mlflow.register_model(logged_model, name)
-    client = MlflowClient(mlflow_uri)
-    client.set_registered_model_alias(name, "champion", "1")
-    yield client, name
-    with contextlib.suppress(Exception):
-        client.delete_registered_model(name)
+    with two_versions(mlflow_uri, logged_model, "gpu") as registered:
+        yield registered
 
 
 class Cluster(ModelDeploymentReader):
@@ -128,11 +109,8 @@ class Cluster(ModelDeploymentReader):
 
     def deploy(self, model: str) -> None:
         steps = [{"setWeight": 25}, {"pause": {}}, {"setWeight": 50}, {"pause": {}}, {"setWeight": 100}, {"pause": {}}]
-        body = {
-            "apiVersion": "ml.slipway.dev/v1alpha1",
-            "kind": "ModelDeployment",
-            "metadata": {"name": MD},
-            "spec": {
+        self.create(
+            {
                 "model": {"name": model, "track": {"alias": "champion"}},
                 "serving": {
                     "runtime": "slipway",
@@ -147,9 +125,8 @@ class Cluster(ModelDeploymentReader):
                 "autoscaling": {"minReplicas": GPUS, "maxReplicas": GPUS},
                 "strategy": {"canary": {"steps": steps, "budget": {"gpus": GPUS}, "progressDeadline": "5m"}},
                 "gateway": {"parentRefs": [{"name": "ml-gateway"}]},
-            },
-        }
-        self.custom.create_namespaced_custom_object("ml.slipway.dev", "v1alpha1", self.ns, "modeldeployments", body)
+            }
+        )
 
     def settled(self, want: dict[str, int]) -> bool:
         """The HPAs, the InferenceServices and the pods all at ``want`` (version → replicas)."""
@@ -167,7 +144,7 @@ def test_a_canary_of_four_gpu_replicas_within_four_gpus(
     start_operator: StartOperator, testbed: Any, namespace: str, kube_api: Any, registry: tuple[Any, str]
 ):
     client, name = registry
-    credentials = {"apiVersion": "v1", "kind": "List", "items": testbed_kserve.s3_credentials(testbed.state)}
+    credentials = {"apiVersion": "v1", "kind": "List", "items": s3_credentials(testbed.state)}
     testbed.run_kubectl("apply", "-f", "-", input=json.dumps(credentials), namespace=namespace)
     cluster = Cluster(kube_api, namespace)
     start_operator(namespace, poll_seconds=1.0)

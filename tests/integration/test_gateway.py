@@ -20,29 +20,14 @@ from typing import Any
 import httpx
 import predictor_pods
 import pytest
-import testbed_gateway as gw
 from operator_process import wait_until
+
+from bed.addons.gateway import GATEWAY_NAME, GATEWAY_NAMESPACE, wait_for_route
 
 pytestmark = pytest.mark.integration
 
-PARENT = (gw.GATEWAY_NAMESPACE, gw.GATEWAY_NAME)
+PARENT = (GATEWAY_NAMESPACE, GATEWAY_NAME)
 BODY = {"inputs": [{"name": "input-0", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import mlflow.sklearn
-    import numpy as np
-    from mlflow.models import infer_signature
-    from sklearn.datasets import load_digits
-    from sklearn.linear_model import LogisticRegression
-
-    x, y = load_digits(return_X_y=True)
-    x = x.astype(np.float32)
-    clf = LogisticRegression(max_iter=200).fit(x[:300], y[:300])
-    path = tmp_path_factory.mktemp("model") / "m"
-    mlflow.sklearn.save_model(clf, str(path), signature=infer_signature(x[:2], clf.predict(x[:2])))
-    return path
 
 
 def _apply(kubectl: Any, items: list[dict[str, Any]]) -> None:
@@ -108,7 +93,7 @@ def test_weights_and_header_match_through_the_gateway(kubectl: Any, two_versions
     host = route["spec"]["hostnames"][0]
     _apply(kubectl, [route])
     wait_until(lambda: _accepted(kubectl, "digits"), 30, "the route Accepted by Traefik", interval=0.2)
-    gw.wait_for_route(url, host, "/v2/models/model/ready")
+    wait_for_route(url, host, "/v2/models/model/ready")
 
     before = {v: _served(kubectl, f"digits-v{v}-predictor") for v in ("1", "2")}
     n = 400

@@ -9,14 +9,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-import testbed_kserve as tbk
+from operator_process import wait_until
 
+from bed.addons.kserve import manager_running, module_dir
+from bed.addons.s3 import s3_credentials, s3_env
 from slipway.api.modeldeployment import ModelDeployment
 from slipway.builders.hpa import build_hpa
 from slipway.builders.inferenceservice import build_inference_service
@@ -28,13 +29,7 @@ ISVC = ("serving.kserve.io", "v1beta1", "inferenceservices")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return wait_until(predicate, timeout, what, 0.25)
 
 
 def get(kubectl, *args: str) -> dict[str, Any] | None:
@@ -71,7 +66,7 @@ def apply(kubectl, manifest: dict[str, Any], manager: str = "slipway") -> subpro
 
 
 def test_the_manager_runs_and_serves_metrics(testbed):
-    assert tbk.manager_running(testbed.state)
+    assert manager_running(testbed.state)
     with urllib.request.urlopen(testbed.state.urls["kserve-metrics"], timeout=5) as resp:
         body = resp.read().decode()
     assert 'controller="inferenceservice"' in body
@@ -186,7 +181,7 @@ def test_kserve_conditions_follow_the_predictor_deployment(kubectl, namespace):
 
 def _s3_credentials(kubectl, testbed) -> str:
     """The test bed's Secret and ServiceAccount KServe takes S3 credentials from; returns the ServiceAccount."""
-    objects = tbk.s3_credentials(testbed.state, "models")
+    objects = s3_credentials(testbed.state, "models")
     kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
     return "models"
 
@@ -253,14 +248,14 @@ def test_the_injected_storage_initializer_downloads_the_registered_model_from_s3
     assert init["name"] == "storage-initializer"
     assert init["args"] == [record.storage_uri, "/mnt/models"]
     env = _resolve_env(kubectl, init.get("env") or [])
-    assert env["S3_ENDPOINT"] == tbk.s3_env(testbed.state)["MLFLOW_S3_ENDPOINT_URL"].removeprefix("http://")
+    assert env["S3_ENDPOINT"] == s3_env(testbed.state)["MLFLOW_S3_ENDPOINT_URL"].removeprefix("http://")
     assert env["S3_USE_HTTPS"] == "0"
     mounts = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}
     (main,) = p["spec"]["containers"]
     assert {m["mountPath"]: m["name"] for m in main["volumeMounts"]}["/mnt/models"] == mounts["/mnt/models"]
 
     # Run it as the local kubelet would: the image's entrypoint with the container's args, /mnt/models a local folder.
-    entrypoint = tbk.module_dir() / "python/storage-initializer/scripts/initializer-entrypoint"
+    entrypoint = module_dir() / "python/storage-initializer/scripts/initializer-entrypoint"
     dest = tmp_path / "mnt-models"
     args = [a.replace("/mnt/models", str(dest)) for a in init["args"]]
     run_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}

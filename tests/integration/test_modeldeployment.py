@@ -21,6 +21,7 @@ from kubectl_scenario import (
     md_status,
     model_version,
     move_alias,
+    operator,
     predictor,
     route_weights,
     stop_after_deleting_deployments,
@@ -29,15 +30,7 @@ from operator_process import OperatorProcess, wait_until
 from prometheus_client import Gauge
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def operator(testbed, namespace, slipway_crds, tmp_path, kubectl) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(testbed.kubeconfig, namespace, tmp_path, testbed.prometheus_url).start()
-    yield proc
-    print(json.dumps(md_status(kubectl), indent=1))
-    stop_after_deleting_deployments(kubectl, proc)
-    print(proc.log_tail(120))
+__all__ = ["operator"]  # a fixture, imported for pytest
 
 
 def test_canary_walks_its_weights_waits_for_promote_survives_sigkill_and_promotes(kubectl, operator):

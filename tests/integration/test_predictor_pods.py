@@ -27,23 +27,6 @@ from operator_process import wait_until
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small scikit-learn model saved as an MLflow model (what the registry holds)."""
-    import mlflow.sklearn
-    import numpy as np
-    from mlflow.models import infer_signature
-    from sklearn.datasets import load_digits
-    from sklearn.linear_model import LogisticRegression
-
-    x, y = load_digits(return_X_y=True)
-    x = x.astype(np.float32)
-    clf = LogisticRegression(max_iter=200).fit(x[:300], y[:300])
-    path = tmp_path_factory.mktemp("model") / "m"
-    mlflow.sklearn.save_model(clf, str(path), signature=infer_signature(x[:2], clf.predict(x[:2])))
-    return path
-
-
 def _get(kubectl: Any, *args: str) -> Any:
     return json.loads(kubectl("get", *args, "-o", "json").stdout)
 

@@ -27,10 +27,10 @@ from typing import Any, TypeVar
 
 import boto3
 import pytest
-import testbed_kserve
 from operator_fixture import WEBHOOK_SECRET, StartOperator, TcpProxy, operator, start_operator
 from operator_process import OperatorProcess, wait_until
 
+from bed.addons.s3 import s3_env
 from slipway.api import GROUP, VERSION
 
 pytestmark = pytest.mark.integration
@@ -172,7 +172,7 @@ def test_polling_mirrors_the_registry(
     assert status["source"].startswith("models:/m-") and "sklearn" in status["flavors"]
     assert status["storageUri"].startswith("s3://")  # the test bed's MLflow stores artifacts in S3 (versitygw)
     bucket, _, key = status["storageUri"].removeprefix("s3://").partition("/")
-    env = testbed_kserve.s3_env(testbed.state)
+    env = s3_env(testbed.state)
     s3 = boto3.client(
         "s3",
         endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"],

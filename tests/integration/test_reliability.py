@@ -768,11 +768,11 @@ def test_prometheus_down_an_alert_alertmanager_delivers_still_rolls_back(
 @pytest.fixture
 def own_testbed(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A separate control plane (its own SLIPWAY_TESTBED_DIR) that this test may break; the shared one is left alone."""
-    import testbed as tb
+    from bed import lifecycle
 
     monkeypatch.setenv("SLIPWAY_TESTBED_DIR", str(tmp_path_factory.mktemp("own-testbed")))
     started = time.monotonic()
-    state = tb.up(())
+    state = lifecycle.up(())
     print(f"\nown test bed up in {time.monotonic() - started:.0f}s")
     try:
         crds = subprocess.run(
@@ -785,7 +785,7 @@ def own_testbed(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
         wait_for("the Slipway CRDs Established", lambda: crds_established(Path(state.kubeconfig)), 60, 0.5)
         yield state
     finally:
-        tb.down()
+        lifecycle.down()
 
 
 def crds_established(kubeconfig: Path) -> bool:
@@ -840,7 +840,7 @@ def frozen_call_seconds(state: Any, namespace: str) -> float:
 
 
 def test_apiserver_restart_the_operators_watches_recover(own_testbed: Any, tmp_path: Path) -> None:
-    import testbed as tb
+    from bed import lifecycle
 
     kubeconfig = Path(own_testbed.kubeconfig)
     cluster = Cluster(kubeconfig)
@@ -860,7 +860,7 @@ def test_apiserver_restart_the_operators_watches_recover(own_testbed: Any, tmp_p
         assert frozen < 10, "a call to an API server that never answers gives up"
 
         started = time.monotonic()
-        tb.restart("kube-apiserver", signal.SIGKILL, own_testbed)  # etcd and its data stay
+        lifecycle.restart("kube-apiserver", signal.SIGKILL, own_testbed)  # etcd and its data stay
         wait_for("the API server ready again", lambda: apiserver_ready(own_testbed), 120, 0.5)
         print(f"\nkube-apiserver SIGKILLed and ready again after {time.monotonic() - started:.1f}s")
         cluster.close()

@@ -10,14 +10,13 @@ name the tag. Then the tag is set on v2 with the MLflow client and the rollout s
 
 from __future__ import annotations
 
-import contextlib
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kube_objects import ModelDeploymentReader, wait_for
+from kube_objects import PredictedModelDeployment, wait_for
+from mlflow_models import log_iris_model, two_versions
 from operator_fixture import StartOperator, start_operator
 
 pytestmark = pytest.mark.integration
@@ -30,67 +29,19 @@ TAG, APPROVED = "validation_status", "approved"
 @pytest.fixture(scope="module")
 def logged_model(mlflow_uri: str) -> str:
     """One small scikit-learn model logged with an accuracy metric, to register versions from."""
-    import mlflow
-    from sklearn.datasets import load_iris
-    from sklearn.linear_model import LogisticRegression
-
-    mlflow.set_tracking_uri(mlflow_uri)
-    mlflow.set_experiment("slipway-requirements")
-    x, y = load_iris(return_X_y=True)
-    with mlflow.start_run():
-        model = LogisticRegression(max_iter=300).fit(x, y)
-        mlflow.log_metric("accuracy", float(model.score(x, y)))
-        info = mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"])
-    return str(info.model_uri)
+    return log_iris_model(mlflow_uri, "slipway-requirements", accuracy=True)
 
 
-class Cluster(ModelDeploymentReader):
+class Cluster(PredictedModelDeployment):
     def __init__(self, kube_api: Any, namespace: str) -> None:
         super().__init__(kube_api, namespace, MD)
 
     def condition(self, type_: str) -> dict[str, Any] | None:
         return next((c for c in self.status().get("conditions") or [] if c.get("type") == type_), None)
 
-    def isvc_versions(self) -> set[str]:
-        items = self.custom.list_namespaced_custom_object(
-            "serving.kserve.io",
-            "v1beta1",
-            self.ns,
-            "inferenceservices",
-            label_selector=f"ml.slipway.dev/deployment={MD}",
-        )["items"]
-        return {i["metadata"]["labels"]["ml.slipway.dev/version"] for i in items}
-
-    def events(self) -> list[dict[str, Any]]:
-        out = self.core.list_namespaced_event(self.ns, field_selector=f"involvedObject.name={MD}")
-        return [{"reason": e.reason, "message": e.message, "type": e.type} for e in out.items]
-
-    def predictor(self, version: str) -> None:
-        """The predictor Deployment KServe's controller would create for a named runtime; kwok runs its pod."""
-        labels = {"app": f"{MD}-v{version}"}
-        self.apps.create_namespaced_deployment(
-            self.ns,
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": f"{MD}-v{version}-predictor"},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": labels},
-                    "template": {
-                        "metadata": {"labels": labels},
-                        "spec": {"containers": [{"name": "kserve-container", "image": "registry.invalid/mlserver:1"}]},
-                    },
-                },
-            },
-        )
-
     def deploy(self, model: str) -> None:
-        body = {
-            "apiVersion": "ml.slipway.dev/v1alpha1",
-            "kind": "ModelDeployment",
-            "metadata": {"name": MD},
-            "spec": {
+        self.create(
+            {
                 "model": {"name": model, "track": {"alias": "champion"}},
                 "serving": {"runtime": "kserve-mlserver", "modelFormat": "mlflow"},
                 "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
@@ -100,25 +51,14 @@ class Cluster(ModelDeploymentReader):
                     "metrics": [{"metric": "accuracy", "min": 0.8}],
                     "tags": [{"key": TAG, "value": APPROVED}],
                 },
-            },
-        }
-        self.custom.create_namespaced_custom_object("ml.slipway.dev", "v1alpha1", self.ns, "modeldeployments", body)
+            }
+        )
 
 
 @pytest.fixture
 def registry(mlflow_uri: str, logged_model: str) -> Iterator[tuple[Any, str]]:
-    import mlflow
-    from mlflow import MlflowClient
-
-    name = f"gated-{uuid.uuid4().hex[:8]}"
-    for _ in range(2):
-        mlflow.register_model(logged_model, name)
-    client = MlflowClient(mlflow_uri)
-    client.set_model_version_tag(name, "1", TAG, APPROVED)
-    client.set_registered_model_alias(name, "champion", "1")
-    yield client, name
-    with contextlib.suppress(Exception):
-        client.delete_registered_model(name)
+    with two_versions(mlflow_uri, logged_model, "gated", {TAG: APPROVED}) as registered:
+        yield registered
 
 
 def test_a_version_missing_a_tag_waits_until_the_tag_is_set(

@@ -14,7 +14,6 @@ and always points it back at nothing.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import time
@@ -26,7 +25,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from kube_objects import MetricsEndpoint, ModelDeploymentReader, wait_for
+from kube_objects import MetricsEndpoint, PredictedModelDeployment, wait_for
+from mlflow_models import log_iris_model, two_versions
 from operator_fixture import StartOperator, start_operator
 from operator_process import OperatorProcess
 from prometheus_client import Gauge
@@ -58,17 +58,7 @@ def shipped_rules(testbed: Any) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def logged_model(mlflow_uri: str) -> str:
     """One small scikit-learn model logged to MLflow, to register versions from."""
-    import mlflow
-    from sklearn.datasets import load_iris
-    from sklearn.linear_model import LogisticRegression
-
-    mlflow.set_tracking_uri(mlflow_uri)
-    mlflow.set_experiment("slipway-rollback")
-    x, y = load_iris(return_X_y=True)
-    with mlflow.start_run():
-        model = LogisticRegression(max_iter=300).fit(x, y)
-        info = mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"])
-    return str(info.model_uri)
+    return log_iris_model(mlflow_uri, "slipway-rollback")
 
 
 @dataclass
@@ -90,17 +80,8 @@ class Registry:
 
 @pytest.fixture
 def registry(mlflow_uri: str, logged_model: str) -> Iterator[Registry]:
-    import mlflow
-    from mlflow import MlflowClient
-
-    name = f"rollback-{uuid.uuid4().hex[:8]}"
-    for _ in range(2):
-        mlflow.register_model(logged_model, name)
-    reg = Registry(MlflowClient(mlflow_uri), name)
-    reg.alias("1")
-    yield reg
-    with contextlib.suppress(Exception):
-        reg.client.delete_registered_model(name)
+    with two_versions(mlflow_uri, logged_model, "rollback") as (client, name):
+        yield Registry(client, name)
 
 
 class Drift(MetricsEndpoint):
@@ -132,52 +113,15 @@ def drift(testbed: Any, namespace: str, shipped_rules: None) -> Iterator[Drift]:
         d.server.shutdown()
 
 
-class Cluster(ModelDeploymentReader):
+class Cluster(PredictedModelDeployment):
     """Reads and writes on the test bed's API server through the Python client (fast enough to time)."""
 
     def __init__(self, kube_api: Any, namespace: str) -> None:
         super().__init__(kube_api, namespace, MD)
 
-    def isvc_versions(self) -> set[str]:
-        items = self.custom.list_namespaced_custom_object(
-            "serving.kserve.io",
-            "v1beta1",
-            self.ns,
-            "inferenceservices",
-            label_selector=f"ml.slipway.dev/deployment={MD}",
-        )["items"]
-        return {i["metadata"]["labels"]["ml.slipway.dev/version"] for i in items}
-
-    def events(self) -> list[dict[str, Any]]:
-        out = self.core.list_namespaced_event(self.ns, field_selector=f"involvedObject.name={MD}")
-        return [{"reason": e.reason, "message": e.message, "type": e.type} for e in out.items]
-
-    def predictor(self, version: str) -> None:
-        """The predictor Deployment KServe's controller would create (not running here); kwok runs its pod."""
-        labels = {"app": f"{MD}-v{version}"}
-        self.apps.create_namespaced_deployment(
-            self.ns,
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": f"{MD}-v{version}-predictor"},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": labels},
-                    "template": {
-                        "metadata": {"labels": labels},
-                        "spec": {"containers": [{"name": "kserve-container", "image": "registry.invalid/mlserver:1"}]},
-                    },
-                },
-            },
-        )
-
     def deploy(self, model: str, strategy: dict[str, Any], registry: str) -> None:
-        body = {
-            "apiVersion": "ml.slipway.dev/v1alpha1",
-            "kind": "ModelDeployment",
-            "metadata": {"name": MD},
-            "spec": {
+        self.create(
+            {
                 "model": {"name": model, "track": {"alias": "champion"}},
                 # a named runtime (MLServer): the operator builds it the same way; the test drives its readiness
                 "serving": {"runtime": "kserve-mlserver", "modelFormat": "mlflow"},
@@ -192,9 +136,8 @@ class Cluster(ModelDeploymentReader):
                     "window": "10m",
                     "registry": registry,
                 },
-            },
-        }
-        self.custom.create_namespaced_custom_object("ml.slipway.dev", "v1alpha1", self.ns, "modeldeployments", body)
+            }
+        )
 
 
 @pytest.fixture

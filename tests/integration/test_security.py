@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,25 +20,16 @@ from kubectl_scenario import (
     isvc_versions,
     md_status,
     model_version,
+    operator,
     predictor,
     route_weights,
-    stop_after_deleting_deployments,
 )
 from operator_fixture import StartOperator, start_operator
-from operator_process import OperatorProcess, wait_until
+from operator_process import wait_until
 
 pytestmark = pytest.mark.integration
 
-__all__ = ["StartOperator", "start_operator"]  # the fixture, imported for pytest
-
-
-@pytest.fixture
-def operator(testbed, namespace, slipway_crds, tmp_path, kubectl) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(testbed.kubeconfig, namespace, tmp_path, testbed.prometheus_url).start()
-    yield proc
-    print(json.dumps(md_status(kubectl), indent=1))
-    stop_after_deleting_deployments(kubectl, proc)
-    print(proc.log_tail(120))
+__all__ = ["StartOperator", "operator", "start_operator"]  # the fixtures, imported for pytest
 
 
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
 sys.path.insert(0, str(REPO / "hack"))
 
-import testbed  # noqa: E402
+from bed import builds  # noqa: E402
 
 CASES = {
     "chart-default": [],
@@ -31,7 +31,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def helm() -> str:
-    return testbed.build().helm
+    return builds.build().helm
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack"))
 
-import testbed_kserve as tbk
+from bed.addons.kserve import adjust_config, kustomize_images, with_images
 
 
 def test_adjust_config_makes_standard_the_default_and_creates_no_ingress():
@@ -19,7 +19,7 @@ def test_adjust_config_makes_standard_the_default_and_creates_no_ingress():
         ),
         "storageInitializer": '{"image": "kserve/storage-initializer:latest"}',
     }
-    out = tbk.adjust_config(upstream)
+    out = adjust_config(upstream)
     assert json.loads(out["deploy"]) == {"defaultDeploymentMode": "Standard"}
     ingress = json.loads(out["ingress"])
     assert ingress["disableIngressCreation"] is True
@@ -36,7 +36,7 @@ def test_kustomize_images_reads_each_entry(tmp_path):
         "- name: kserve-sklearnserver\n  newName: kserve/sklearnserver\n  newTag: latest\n\n"
         "- name: mlserver\n  newName: docker.io/seldonio/mlserver\n  newTag: 1.7.1\n"
     )
-    assert tbk.kustomize_images(tmp_path / "kustomization.yaml") == {
+    assert kustomize_images(tmp_path / "kustomization.yaml") == {
         "kserve-sklearnserver": "kserve/sklearnserver:latest",
         "mlserver": "docker.io/seldonio/mlserver:1.7.1",
     }
@@ -44,6 +44,6 @@ def test_kustomize_images_reads_each_entry(tmp_path):
 
 def test_images_are_replaced_by_name_wherever_they_appear():
     runtime = {"spec": {"containers": [{"name": "kserve-container", "image": "mlserver:replace"}], "other": "mlserver"}}
-    out = tbk._with_images(runtime, {"mlserver": "docker.io/seldonio/mlserver:1.7.1"})
+    out = with_images(runtime, {"mlserver": "docker.io/seldonio/mlserver:1.7.1"})
     assert out["spec"]["containers"][0]["image"] == "docker.io/seldonio/mlserver:1.7.1"
     assert out["spec"]["other"] == "mlserver"
