@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from slipway.api.modeldeployment import ModelDeployment, ModelDeploymentSpec
+from slipway.api.names import isvc_name, predictor_name
 from slipway.rollout import abtest
 from slipway.rollout.budget import Split, replica_budget
 from slipway.rollout.state import Decision
@@ -17,7 +18,6 @@ from .inferenceservice import API_VERSION as ISVC_API_VERSION
 from .inferenceservice import KIND as ISVC_KIND
 from .inferenceservice import build_inference_service
 from .knative import build_knative_inference_service
-from .names import isvc_name, predictor_name
 
 HPA_API_VERSION, HPA_KIND = "autoscaling/v2", "HorizontalPodAutoscaler"
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from slipway.api.modeldeployment import ModelDeployment
-from slipway.builders.names import ACTION_ANNOTATION, LABEL_MODEL, LABEL_VERSION, sanitise_model_name
+from slipway.api.names import ACTION_ANNOTATION, API_VERSION, LABEL_MODEL, LABEL_VERSION, sanitise_model_name
 from slipway.builders.router import router_for
 from slipway.clients.kube import KUBE_ERRORS, Kube, NotOwned, error_message, off_loop
 from slipway.clients.prometheus import NoData, Prometheus, PrometheusError
@@ -35,7 +35,7 @@ from .status import Event, Outcome, set_condition, status_changed
 from .writeback import PENDING, WriteBack, with_pending
 
 log = logging.getLogger(__name__)
-GROUP_VERSION = "ml.slipway.dev/v1alpha1"
+GROUP_VERSION = API_VERSION
 RESYNC_SECONDS = 30.0
 RETRY_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 """After a failed pass, the wait before the next (then the next delay, up to the last); reset by a pass that works."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from slipway.api.modeldeployment import ModelDeployment
-from slipway.builders.names import LABEL_DEPLOYMENT, LABEL_VERSION
+from slipway.api.names import LABEL_DEPLOYMENT, LABEL_VERSION
 from slipway.builders.router import Router
 from slipway.clients.kube import Kube
 from slipway.rollout.budget import Split
