@@ -6,14 +6,15 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Annotated, Any, ClassVar, Final, Literal, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel, to_snake
 
-GROUP = "ml.slipway.dev"
-VERSION = "v1alpha1"
-API_VERSION: Final = "ml.slipway.dev/v1alpha1"
+from .names import API_VERSION as API_VERSION
+from .names import GROUP as GROUP
+from .names import VERSION as VERSION
+
 CATEGORY = "slipway"
 
 DURATION_PATTERN = r"^([0-9]{1,7}(ms|s|m|h))+$"  # at most 7 digits a part: no date arithmetic overflows

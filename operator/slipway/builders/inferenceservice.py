@@ -6,8 +6,9 @@ import copy
 from typing import Any
 
 from slipway.api.modeldeployment import ModelDeployment, Serving
+from slipway.api.names import LABEL_VERSION, isvc_name
 
-from .names import child_metadata, isvc_name
+from .names import child_metadata
 
 API_VERSION = "serving.kserve.io/v1beta1"
 KIND = "InferenceService"
@@ -143,7 +144,7 @@ def build_inference_service(
     )
     spec["minReplicas"] = low
     spec["maxReplicas"] = high
-    spec["labels"] = {"ml.slipway.dev/version": version}
+    spec["labels"] = {LABEL_VERSION: version}
     if md.spec.serving.service_account_name:
         spec["serviceAccountName"] = md.spec.serving.service_account_name
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta, "spec": {"predictor": spec}}

@@ -36,14 +36,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from slipway.api.names import LABEL_MANAGED_BY, MANAGED_BY
+from slipway.api.names import LABEL_TRAININGRUN as LABEL_TRAININGRUN
+from slipway.api.names import RUN_ID_ANNOTATION as RUN_ID_ANNOTATION
 from slipway.api.trainingrun import TrainingRun
 from slipway_training import launch
 from slipway_training.config import CONFIG_ERROR_EXIT_CODE
 
-from .names import GROUP, LABEL_MANAGED_BY
-
-LABEL_TRAININGRUN = f"{GROUP}/trainingrun"
-RUN_ID_ANNOTATION = f"{GROUP}/mlflow-run-id"
 DEFAULT_IMAGE = "ghcr.io/slipway-dev/slipway-training:0.1.0"
 CONTAINER = "trainer"
 GPU = "nvidia.com/gpu"
@@ -93,7 +92,7 @@ def gpu_count(tr: TrainingRun) -> int:
 
 def labels(tr: TrainingRun) -> dict[str, str]:
     """Labels of the Job, its pods and its Service (the local kubelet of the test bed selects on the first)."""
-    return {LABEL_TRAININGRUN: tr.metadata.name or "", LABEL_MANAGED_BY: "slipway"}
+    return {LABEL_TRAININGRUN: tr.metadata.name or "", LABEL_MANAGED_BY: MANAGED_BY}
 
 
 def owner_reference(tr: TrainingRun) -> dict[str, Any]:

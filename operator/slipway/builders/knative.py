@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from slipway.api.modeldeployment import ModelDeployment
+from slipway.api.names import LABEL_VERSION
 
 from .inferenceservice import API_VERSION, KIND, predictor, scrape_annotations
 from .names import child_metadata
@@ -25,7 +26,7 @@ def build_knative_inference_service(
     spec = predictor(md, version, storage_uri)
     spec["minReplicas"] = md.spec.autoscaling.min_replicas
     spec["maxReplicas"] = md.spec.autoscaling.max_replicas
-    spec["labels"] = {"ml.slipway.dev/version": version}
+    spec["labels"] = {LABEL_VERSION: version}
     if canary_percent is not None:
         spec["canaryTrafficPercent"] = canary_percent
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta, "spec": {"predictor": spec}}

@@ -1,33 +1,37 @@
-"""Deterministic names and labels of a ModelDeployment's children (so a restart never duplicates one)."""
+"""Labels, metadata and owner reference of a ModelDeployment's children (names: ``slipway.api.names``)."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from slipway.api.modeldeployment import ModelDeployment
+from slipway.api.names import (
+    ACTION_ANNOTATION,
+    GROUP,
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED_BY,
+    LABEL_MODEL,
+    LABEL_VERSION,
+    MANAGED_BY,
+    isvc_name,
+    predictor_name,
+    sanitise_model_name,
+)
 
-GROUP = "ml.slipway.dev"
-LABEL_MODEL = f"{GROUP}/model"
-LABEL_VERSION = f"{GROUP}/version"
-LABEL_DEPLOYMENT = f"{GROUP}/deployment"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-ACTION_ANNOTATION = f"{GROUP}/action"
-
-
-def sanitise_model_name(name: str) -> str:
-    """An MLflow model name as a DNS-1123 name and label value (the ModelVersion naming contract)."""
-    return re.sub(r"[^a-z0-9.-]+", "-", name.lower()).strip("-.")[:63].rstrip("-.")
-
-
-def isvc_name(md: str, version: str) -> str:
-    """The InferenceService (and HPA) of one version: ``<md>-v<version>``."""
-    return f"{md}-v{version}"
-
-
-def predictor_name(md: str, version: str) -> str:
-    """The predictor Deployment and Service KServe creates for ``<md>-v<version>`` in Standard mode."""
-    return f"{isvc_name(md, version)}-predictor"
+__all__ = [
+    "ACTION_ANNOTATION",
+    "GROUP",
+    "LABEL_DEPLOYMENT",
+    "LABEL_MANAGED_BY",
+    "LABEL_MODEL",
+    "LABEL_VERSION",
+    "child_labels",
+    "child_metadata",
+    "isvc_name",
+    "owner_reference",
+    "predictor_name",
+    "sanitise_model_name",
+]
 
 
 def child_labels(md: ModelDeployment, version: str | None = None) -> dict[str, str]:
@@ -35,7 +39,7 @@ def child_labels(md: ModelDeployment, version: str | None = None) -> dict[str, s
     labels = {
         LABEL_DEPLOYMENT: md.metadata.name or "",
         LABEL_MODEL: sanitise_model_name(md.spec.model.name),
-        LABEL_MANAGED_BY: "slipway",
+        LABEL_MANAGED_BY: MANAGED_BY,
     }
     if version is not None:
         labels[LABEL_VERSION] = version

@@ -15,8 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from slipway.api.common import API_VERSION
-from slipway.builders.names import ACTION_ANNOTATION
+from slipway.api.names import ACTION_ANNOTATION, API_VERSION
 from slipway.clients.kube import KindNotServed, Kube, error_message
 
 app = typer.Typer(name="slipway", help=__doc__, no_args_is_help=True, add_completion=False)

@@ -6,12 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slipway.api.modeldeployment import ModelDeployment
-from slipway.builders.hpa import build_hpa
-from slipway.builders.httproute import build_http_route
-from slipway.builders.inferenceservice import build_inference_service
+from slipway.builders.router import router_for
 from slipway.rollout.budget import replica_budget, shares
 from slipway.rollout.requirements import Verdict
-from slipway.rollout.state import RolloutState
+from slipway.rollout.state import Decision, RolloutState
 
 
 @dataclass
@@ -113,15 +111,18 @@ def traffic_steps(md: ModelDeployment, stable: str | None, target: str) -> list[
     return steps
 
 
-def children(md: ModelDeployment, versions: dict[str, str], weights: dict[str, int]) -> list[dict[str, Any]]:
-    """The manifests the operator would apply for these live versions (version → storageUri)."""
-    out: list[dict[str, Any]] = []
-    for version, uri in sorted(versions.items(), key=lambda kv: int(kv[0])):
-        out.append(build_inference_service(md, version, uri))
-        out.append(build_hpa(md, version))
-    if md.spec.router == "gateway-api":
-        out.append(build_http_route(md, weights))
-    return out
+def first_state(stable: str | None, target: str) -> RolloutState:
+    """The state the rollout's first pass decides: the target alone, or beside the stable version at weight 0."""
+    if stable is None or stable == target:
+        return RolloutState(phase="Succeeded", stable_version=target)
+    return RolloutState(
+        phase="Progressing", stable_version=stable, canary_version=target, canary_weight=0, current_step=0
+    )
+
+
+def children(md: ModelDeployment, uris: dict[str, str], stable: str | None, target: str) -> list[dict[str, Any]]:
+    """The manifests the operator's pass would apply first (its router's children), version → storageUri."""
+    return router_for(md.spec).children(md, Decision(first_state(stable, target)), uris)
 
 
 def plan(
@@ -142,6 +143,5 @@ def plan(
     result.budget = budget_split(md, stable, target)
     result.traffic = traffic_steps(md, stable, target)
     live = {v: storage_uris.get(v, "<unresolved>") for v in {stable, target} if v is not None}
-    first_weight = {target: 100} if stable in (None, target) else {stable: 100, target: 0}
-    result.children = children(md, live, {v: w for v, w in first_weight.items() if v is not None})
+    result.children = children(md, live, stable, target)
     return result

@@ -86,8 +86,14 @@ class RegistryError(Exception):
     """MLflow refused a request for a reason retrying will not fix (permissions, bad input)."""
 
 
+MlflowError = RegistryError
+
+
 class RegistryUnavailable(RegistryError):
     """MLflow is unreachable, timed out or answered 5xx/429: try again later."""
+
+
+MlflowUnavailable = RegistryUnavailable
 
 
 class NotFound(RegistryError):
@@ -242,34 +248,38 @@ def _quick_failing_http() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
-class MlflowRegistry:
-    """The operator's MLflow model-registry client (async: every call runs on its own thread pool)."""
+def quote(value: str) -> str:
+    """A value for the inside of a single-quoted string in an MLflow search filter."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+class Mlflow:
+    """The operator's one MLflow client: an MlflowClient, its thread pool, its errors mapped to ours, requests counted.
+
+    Async: every call runs on the client's own threads (a hanging MLflow server blocks neither the
+    event loop nor the Kubernetes client). The registry and the TrainingRun clients build on it.
+    """
 
     def __init__(
         self,
         tracking_uri: str,
         *,
-        artifacts_destination: str = "",
         max_workers: int = 4,
         client_factory: Callable[[str], Any] | None = None,
+        thread_name_prefix: str = "mlflow",
     ) -> None:
         _quick_failing_http()
         self.tracking_uri = tracking_uri
-        self.artifacts_destination = artifacts_destination
         self._client = (client_factory or (lambda uri: MlflowClient(tracking_uri=uri, registry_uri=uri)))(tracking_uri)
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="mlflow")
-        self._lock = threading.Lock()
-        self._runs: dict[str, RunData | None] = {}
-        self._artifacts: dict[str, str] = {}
-        self._flavors: dict[str, tuple[str, ...]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
 
     def close(self) -> None:
         """Stop the thread pool (pending calls finish)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _off_loop(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """One MLflow client call, counted, with MLflow's errors mapped to ours."""
@@ -286,6 +296,25 @@ class MlflowRegistry:
             raise RegistryUnavailable(f"MLflow {method}: {exc.message}") from exc
         except (requests.RequestException, OSError) as exc:
             raise RegistryUnavailable(f"MLflow {method}: {exc}") from exc
+
+
+class MlflowRegistry(Mlflow):
+    """The operator's MLflow model-registry client: batched reads, cached run data and artifacts, writes."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        *,
+        artifacts_destination: str = "",
+        max_workers: int = 4,
+        client_factory: Callable[[str], Any] | None = None,
+    ) -> None:
+        super().__init__(tracking_uri, max_workers=max_workers, client_factory=client_factory)
+        self.artifacts_destination = artifacts_destination
+        self._lock = threading.Lock()
+        self._runs: dict[str, RunData | None] = {}
+        self._artifacts: dict[str, str] = {}
+        self._flavors: dict[str, tuple[str, ...]] = {}
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -358,7 +387,7 @@ class MlflowRegistry:
             model = self._call("get_registered_model", name)
         except NotFound:
             return ModelSnapshot(name, False, {}, {}, time.monotonic() - start)
-        found = self._call("search_model_versions", f"name = '{_quote(name)}'")
+        found = self._call("search_model_versions", f"name = '{quote(name)}'")
         seconds = time.monotonic() - start
         aliases = {str(a): str(v) for a, v in (model.aliases or {}).items()}
         by_version = _invert(aliases)
@@ -498,10 +527,6 @@ class MlflowRegistry:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             self._call("transition_model_version_stage", name, version, stage, archive_existing)
-
-
-def _quote(name: str) -> str:
-    return name.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _invert(aliases: Mapping[str, str]) -> dict[str, tuple[str, ...]]:

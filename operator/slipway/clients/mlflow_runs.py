@@ -16,44 +16,29 @@ whose artifacts hold ``model/MLmodel`` (the MLflow 2 layout) registers that fold
 ``mlflow.register_model("runs:/<run>/model", …)`` resolves to, done with an explicit client
 instead of MLflow's global tracking URI.
 
-Every MLflow call is blocking; they run on a small thread pool of their own.
+Every MLflow call is blocking; they run on the thread pool of the client (:class:`slipway.clients.mlflow.Mlflow`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import math
-import os
 import warnings
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-import requests
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException, RestException
+from mlflow.exceptions import RestException
 
-T = TypeVar("T")
+from .mlflow import Mlflow, quote
+from .mlflow import MlflowError as MlflowError
+from .mlflow import MlflowUnavailable as MlflowUnavailable
 
 UID_TAG = "slipway.trainingrun.uid"
 TRAININGRUN_TAG = "slipway.trainingrun"
 MODEL_ID_TAG = "slipway.model_id"
 MODEL_ARTIFACT = "model"
 OPEN_STATES = frozenset({"RUNNING", "SCHEDULED"})
-_TRANSIENT = frozenset(
-    {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED", "ABORTED"}
-)
 _EXISTS = frozenset({"RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"})
-
-
-class MlflowError(Exception):
-    """MLflow refused a request for a reason retrying will not fix (bad input, permissions)."""
-
-
-class MlflowUnavailable(MlflowError):
-    """MLflow is unreachable, timed out or answered 5xx/429: try again later."""
 
 
 class NoModelLogged(MlflowError):
@@ -95,44 +80,15 @@ class Registered:
     created: bool
 
 
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
-
-
-class MlflowRuns:
-    """The TrainingRun reconciler's MLflow client (async: each call runs on the client's own threads)."""
+class MlflowRuns(Mlflow):
+    """The TrainingRun reconciler's MLflow client: its run, the run's outcome, registration."""
 
     def __init__(
         self, tracking_uri: str, *, max_workers: int = 2, client_factory: Callable[[str], Any] | None = None
     ) -> None:
-        # An operator retries on its next pass: fail fast rather than retrying inside MLflow's client for minutes.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        self.tracking_uri = tracking_uri
-        factory = client_factory or (lambda uri: MlflowClient(tracking_uri=uri, registry_uri=uri))
-        self._client = factory(tracking_uri)
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="mlflow-runs")
-
-    def close(self) -> None:
-        """Stop the thread pool."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    async def _off_loop(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
-
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """One client call with MLflow's errors mapped to ours."""
-        try:
-            return getattr(self._client, method)(*args, **kwargs)
-        except RestException as exc:
-            if exc.error_code in _TRANSIENT:
-                raise MlflowUnavailable(f"MLflow {method}: {exc.message}") from exc
-            raise MlflowError(f"MLflow {method}: {exc.message}") from exc
-        except MlflowException as exc:
-            raise MlflowUnavailable(f"MLflow {method}: {exc.message}") from exc
-        except (requests.RequestException, OSError) as exc:
-            raise MlflowUnavailable(f"MLflow {method}: {exc}") from exc
+        super().__init__(
+            tracking_uri, max_workers=max_workers, client_factory=client_factory, thread_name_prefix="mlflow-runs"
+        )
 
     # --- the run ------------------------------------------------------------------------------
 
@@ -145,7 +101,7 @@ class MlflowRuns:
         found = self._call(
             "search_runs",
             [experiment_id],
-            filter_string=f"tags.`{UID_TAG}` = '{_quote(uid)}'",
+            filter_string=f"tags.`{UID_TAG}` = '{quote(uid)}'",
             max_results=1,
             order_by=["attributes.start_time ASC"],
         )
@@ -191,7 +147,7 @@ class MlflowRuns:
         return await self._off_loop(self._register, model, run_id, dict(tags or {}), description)
 
     def _register(self, model: str, run_id: str, tags: dict[str, str], description: str | None) -> Registered:
-        existing = self._call("search_model_versions", f"name = '{_quote(model)}' and run_id = '{_quote(run_id)}'")
+        existing = self._call("search_model_versions", f"name = '{quote(model)}' and run_id = '{quote(run_id)}'")
         if existing:
             mv = max(existing, key=lambda v: int(v.version))
             return Registered(model, str(mv.version), str(mv.source), created=False)

@@ -29,8 +29,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from slipway.api.modeldeployment import ModelDeployment
-from slipway.builders.httproute import build_http_route
-from slipway.builders.knative import build_knative_inference_service
+from slipway.builders.router import router_for, traffic_version
 from slipway.clients.applied import key_of
 from slipway.clients.kube import Kube, off_loop
 from slipway.clients.kube_fast import FastKube, plural_path
@@ -38,6 +37,7 @@ from slipway.rollout import machine
 from slipway.rollout.alerts import Alert, matches, watched_versions
 from slipway.rollout.state import Decision, Observations
 
+from . import routing
 from .modeldeployment import GROUP_VERSION, entered_rollback, resolve, status_of, unhonourable
 from .rollout_status import state_from_status
 from .status import Event, Outcome
@@ -138,8 +138,8 @@ async def react_fast(
     Same order, same crash safety: the route is written only once the status write has been
     answered. ``unread``: ``body`` is the last one the watch delivered, not read now, so the
     status write is conditional on its resourceVersion (a newer object: 409, nothing written,
-    and the caller reads it and tries again). Only ``router: kserve-knative`` (which must
-    resolve a storage URI first) takes the blocking path, in a worker thread.
+    and the caller reads it and tries again). Only a router whose traffic write needs a storage
+    URI (``router: kserve-knative``) takes the blocking path, in a worker thread.
     """
     plan = decide(body, alert, now)
     if isinstance(plan, Reaction):
@@ -149,7 +149,7 @@ async def react_fast(
     version = body["metadata"].get("resourceVersion") if unread else None
     await fast.patch_status(plural_path(GROUP_VERSION, "modeldeployments", ns, name), plan.status, version)
     status_written = time.monotonic()
-    if md.spec.router == "kserve-knative":
+    if router_for(md.spec).traffic_needs_storage:
         return _done(plan, status_written, await off_loop(_write_traffic, kube, md, plan.decision))
     route = _route(md, plan.decision)
     if route is None:
@@ -164,23 +164,15 @@ async def react_fast(
 
 def _route(md: ModelDeployment, decision: Decision) -> dict[str, Any] | None:
     """The HTTPRoute with all weight where the rollback goes; None while the failed version must keep it."""
-    state = decision.state
-    if state.stable_version is None or state.canary_weight:
+    if traffic_version(decision) is None:
         return None
-    return build_http_route(md, dict(decision.weights))
+    return router_for(md.spec).traffic(md, decision, {})
 
 
 def _write_traffic(kube: Kube, md: ModelDeployment, decision: Decision) -> float | None:
     """One write that moves the traffic; None when the failed version keeps it (its replacement is not up yet)."""
-    state = decision.state
-    stable = state.stable_version
-    if stable is None or state.canary_weight:
+    if traffic_version(decision) is None:
         return None
-    if md.spec.router == "kserve-knative":
-        uri = resolve(kube, md).storage_uris.get(stable)
-        if uri is None:
-            return None
-        kube.apply(build_knative_inference_service(md, stable, uri, None))
-    else:
-        kube.apply(build_http_route(md, dict(decision.weights)))
+    if not routing.set_traffic(kube, md, router_for(md.spec), decision, lambda: resolve(kube, md).storage_uris):
+        return None
     return time.monotonic()

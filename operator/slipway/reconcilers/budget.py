@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from slipway.api.modeldeployment import ModelDeployment
+from slipway.api.names import version_of
 from slipway.clients.kube import Kube
 from slipway.rollout.budget import Split, replica_budget, split
 from slipway.rollout.state import RolloutState
@@ -16,12 +17,11 @@ SETTLE_SECONDS = 2.0
 def pods_by_version(kube: Kube, md: ModelDeployment) -> dict[str, int]:
     """Pods (terminating ones included: they still hold their GPUs) of each version's predictor."""
     name = md.metadata.name or ""
-    prefix = f"{name}-v"
     counts: dict[str, int] = {}
     for pod in kube.list("v1", "Pod", md.metadata.namespace, ISVC_LABEL):
         isvc = ((pod.get("metadata") or {}).get("labels") or {}).get(ISVC_LABEL, "")
-        version = isvc[len(prefix) :] if isvc.startswith(prefix) else ""
-        if not version.isdigit() or ((pod.get("status") or {}).get("phase") in DONE_PHASES):
+        version = version_of(name, isvc)
+        if version is None or ((pod.get("status") or {}).get("phase") in DONE_PHASES):
             continue
         counts[version] = counts.get(version, 0) + 1
     return counts

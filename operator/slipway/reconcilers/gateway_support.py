@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from slipway.api.modeldeployment import ModelDeployment
+from slipway.builders.router import router_for
 from slipway.clients.kube import KUBE_ERRORS, Kube
 
 GATEWAY_API = "gateway.networking.k8s.io/v1"
@@ -44,7 +45,7 @@ def supported_features(gateway_class: dict[str, Any]) -> set[str] | None:
 def mirror_refusal(kube: Kube, md: ModelDeployment) -> str | None:
     """Why this spec's mirroring cannot be carried out on its Gateways (None: it can, or nothing mirrors)."""
     fields = mirroring_fields(md)
-    if not fields or md.spec.router != "gateway-api" or md.spec.gateway is None:
+    if not fields or not router_for(md.spec).uses_gateway or md.spec.gateway is None:
         return None
     for ref in md.spec.gateway.parent_refs:
         namespace = ref.namespace or md.metadata.namespace

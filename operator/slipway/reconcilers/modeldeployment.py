@@ -15,30 +15,19 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from slipway.api.modeldeployment import ModelDeployment
-from slipway.builders.hpa import build_hpa
-from slipway.builders.httproute import build_http_route
-from slipway.builders.inferenceservice import build_inference_service
-from slipway.builders.knative import build_knative_inference_service
-from slipway.builders.names import (
-    ACTION_ANNOTATION,
-    LABEL_DEPLOYMENT,
-    LABEL_MODEL,
-    LABEL_VERSION,
-    isvc_name,
-    predictor_name,
-    sanitise_model_name,
-)
+from slipway.api.names import ACTION_ANNOTATION, API_VERSION, LABEL_MODEL, LABEL_VERSION, sanitise_model_name
+from slipway.builders.router import router_for
 from slipway.clients.kube import KUBE_ERRORS, Kube, NotOwned, error_message, off_loop
 from slipway.clients.prometheus import NoData, Prometheus, PrometheusError
-from slipway.rollout import abtest, machine
+from slipway.rollout import machine
 from slipway.rollout.analysis import AnalysisConfig, Measurement, judge, render_query
-from slipway.rollout.budget import Split, replica_budget, unsplittable
+from slipway.rollout.budget import Split, unsplittable
 from slipway.rollout.phases import conditions_for
 from slipway.rollout.state import ACTIONS, Action, Decision, Observations, RolloutState
 from slipway.storage_uris import DEFAULT_PREFIXES, refusal
 from slipway.tenancy import Tenancy
 
-from . import budget, requirements, rollout_metrics
+from . import budget, requirements, rollout_metrics, routing
 from .ab_comparison import compare
 from .gateway_support import mirror_refusal
 from .rollout_status import state_from_status, state_to_status
@@ -46,10 +35,7 @@ from .status import Event, Outcome, set_condition, status_changed
 from .writeback import PENDING, WriteBack, with_pending
 
 log = logging.getLogger(__name__)
-GROUP_VERSION = "ml.slipway.dev/v1alpha1"
-ISVC = ("serving.kserve.io/v1beta1", "InferenceService")
-HPA = ("autoscaling/v2", "HorizontalPodAutoscaler")
-ROUTE = ("gateway.networking.k8s.io/v1", "HTTPRoute")
+GROUP_VERSION = API_VERSION
 RESYNC_SECONDS = 30.0
 RETRY_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 """After a failed pass, the wait before the next (then the next delay, up to the last); reset by a pass that works."""
@@ -117,40 +103,12 @@ def unhonourable(md: ModelDeployment) -> str | None:
             "strategy.blueGreen.postPromotionAnalysis is not implemented by this operator version: "
             "use rollback.alerts with a window for checks after the switch"
         )
-    if md.spec.router == "kserve-knative" and strategy.blue_green is not None:
-        return "strategy.blueGreen with router kserve-knative is not supported: use canary or router gateway-api"
-    if md.spec.router == "kserve-knative" and strategy.canary is not None and strategy.canary.budget is not None:
-        return "strategy.canary.budget needs router gateway-api (one HPA per version)"
-    return unsplittable(md.spec)
+    return router_for(md.spec).refusal(md) or unsplittable(md.spec)
 
 
 def observe_children(kube: Kube, md: ModelDeployment) -> tuple[frozenset[str], frozenset[str]]:
-    """Versions with an InferenceService, and those whose predictor is ready.
-
-    Router gateway-api (KServe Standard mode): ready when the predictor Deployment has
-    ``minReplicas`` available pods. KServe's own ``Ready`` is not enough there: with
-    ``autoscalerClass: external`` KServe never sets the Deployment's replicas (it starts at 1, our
-    HPA raises it), and ``Ready`` follows the Deployment's ``Available`` condition, True with one
-    pod of three. Router kserve-knative: KServe's ``Ready``.
-    """
-    ns, name = md.metadata.namespace, md.metadata.name or ""
-    live, ready = set(), set()
-    for isvc in kube.list(*ISVC, ns, f"{LABEL_DEPLOYMENT}={name}"):
-        version = (isvc["metadata"].get("labels") or {}).get(LABEL_VERSION)
-        if not version:
-            continue
-        live.add(version)
-        if md.spec.router == "gateway-api":
-            dep = kube.get("apps/v1", "Deployment", predictor_name(name, version), ns)
-            available = int(((dep or {}).get("status") or {}).get("availableReplicas") or 0)
-            # Within a budget a version may be held to fewer replicas than minReplicas: one serves.
-            if available >= (1 if replica_budget(md.spec) is not None else md.spec.autoscaling.min_replicas):
-                ready.add(version)
-            continue
-        conditions = (isvc.get("status") or {}).get("conditions") or []
-        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
-            ready.add(version)
-    return frozenset(live), frozenset(ready)
+    """Versions with an InferenceService, and those whose predictor is ready (the router's readiness read)."""
+    return routing.observe(kube, md, router_for(md.spec))
 
 
 def measure(
@@ -188,16 +146,7 @@ def apply_children(
     ``live`` is the versions with an InferenceService as this pass observed them (no second list).
     ``shares``: see :func:`children_to_apply`.
     """
-    ns, name, uid = md.metadata.namespace, md.metadata.name or "", md.metadata.uid
-    manifests = children_to_apply(md, decision, uris, shares)
-    kube.check_owned(manifests, uid)
-    for manifest in manifests:
-        kube.ensure(manifest)
-    if md.spec.router == "kserve-knative":
-        return
-    for version in sorted(live - decision.keep):
-        kube.delete_owned(*HPA, isvc_name(name, version), ns, uid)
-        kube.delete_owned(*ISVC, isvc_name(name, version), ns, uid)
+    routing.reconcile_children(kube, md, router_for(md.spec), decision, uris, live, shares)
 
 
 def children_to_apply(
@@ -208,28 +157,7 @@ def children_to_apply(
     ``shares``, with a canary budget, bounds each version's replicas; a version whose bound is 0
     waits (its children are not created, or left as they are) until the other gives replicas back.
     """
-    state = decision.state
-    if md.spec.router == "kserve-knative":
-        version = state.canary_version if state.phase in ("Progressing", "Paused") else state.stable_version
-        if version and version in uris:
-            percent = state.canary_weight if version == state.canary_version else None
-            return [build_knative_inference_service(md, version, uris[version], percent)]
-        return []
-    out: list[dict[str, Any]] = []
-    for version in sorted(decision.keep, key=int):
-        if version in uris:
-            bounds = shares.bounds.get(version) if shares is not None else None
-            if bounds is not None and bounds.max < 1:
-                continue
-            replicas = (bounds.min, bounds.max) if bounds is not None else None
-            out += [build_inference_service(md, version, uris[version], replicas), build_hpa(md, version, replicas)]
-    weights = dict(decision.weights)
-    if weights:
-        mirror = (state.canary_version, state.mirror_percent) if state.canary_version and state.mirror_percent else None
-        ab = md.spec.strategy.ab_test
-        matches = abtest.route_matches(state, ab) if ab is not None else None
-        out.append(build_http_route(md, weights, mirror, matches))
-    return out
+    return router_for(md.spec).children(md, decision, uris, shares)
 
 
 def _action(md: ModelDeployment) -> tuple[Action | None, str | None]:

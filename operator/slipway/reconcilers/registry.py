@@ -47,8 +47,8 @@ from typing import Any
 
 import prometheus_client
 
-from slipway.api import API_VERSION
-from slipway.builders.names import LABEL_MANAGED_BY, LABEL_MODEL, LABEL_VERSION, sanitise_model_name
+from slipway.api import names
+from slipway.api.names import API_VERSION, LABEL_MANAGED_BY, LABEL_MODEL, LABEL_VERSION, sanitise_model_name
 from slipway.clients.kube import Kube, off_loop
 from slipway.clients.mlflow import MlflowRegistry, ModelHead, ModelSnapshot, RegistryError, RegistryUnavailable
 from slipway.reconcilers import modelversion
@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 MODEL_LABEL = LABEL_MODEL
 VERSION_LABEL = LABEL_VERSION
 MANAGED_BY_LABEL = LABEL_MANAGED_BY
-MANAGED_BY = "slipway"
+MANAGED_BY = names.MANAGED_BY
 KIND = "ModelVersion"
 
 Observer = Callable[[str], modelversion.Observation]
@@ -82,7 +82,7 @@ TRACKED_MODELS = prometheus_client.Gauge("slipway_registry_tracked_models", "Reg
 def model_slug(model: str) -> str:
     """The DNS- and label-safe form of a registered-model name, used in ModelVersion names and labels.
 
-    The one definition is ``builders.names.sanitise_model_name`` (shared with the ModelDeployment
+    The one definition is ``api.names.sanitise_model_name`` (shared with the ModelDeployment
     and TrainingRun reconcilers): lower-cased, runs of other characters than ``a-z0-9.-`` become
     one dash, at most 63 characters. It is lossy (``Digits_CNN`` and ``digits-cnn`` share a slug),
     so whoever selects by the label must also compare ``spec.model``; the sync itself keys
@@ -93,7 +93,7 @@ def model_slug(model: str) -> str:
 
 def modelversion_name(model: str, version: str | int) -> str:
     """Name of the ModelVersion mirroring one MLflow version: ``<slug>-v<version>``."""
-    return f"{model_slug(model)}-v{version}"
+    return names.modelversion_name(model, version)
 
 
 def modelversion_labels(model: str, version: str | int) -> dict[str, str]:

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from slipway.api.modeldeployment import ModelDeployment
+from slipway.api.names import API_VERSION
 from slipway.clients.kube import Kube
 from slipway.clients.model_signature import SignatureReader
 from slipway.rollout.requirements import Verdict, VersionFacts, evaluate
@@ -14,7 +15,7 @@ from slipway.rollout.state import RolloutState
 
 from .status import Event, set_condition
 
-TRAININGRUN = ("ml.slipway.dev/v1alpha1", "TrainingRun")
+TRAININGRUN = (API_VERSION, "TrainingRun")
 TRAININGRUN_TAG = "slipway.trainingrun"
 CONDITION = "RequirementsMet"
 SIGNATURES = SignatureReader()

@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from slipway.api.names import modelversion_name
 from slipway.api.trainingrun import TrainingRun
 from slipway.builders.job import (
     CONTAINER,
@@ -50,7 +51,6 @@ from slipway.builders.job import (
     experiment_name,
     job_name,
 )
-from slipway.builders.names import sanitise_model_name
 from slipway.clients.kube import KUBE_ERRORS, Kube, NotOwned, error_message, off_loop
 from slipway.clients.mlflow_runs import MlflowError, MlflowRuns, MlflowUnavailable, RunOutcome
 from slipway.reconcilers.gates import evaluate_gates, headline
@@ -371,7 +371,7 @@ class TrainingRunReconciler:
         if reg.stage:
             await self.runs.transition_stage(reg.model, version.version, reg.stage)
         p.status["modelVersion"] = version.version
-        p.status["modelVersionRef"] = f"{sanitise_model_name(reg.model)}-v{version.version}"
+        p.status["modelVersionRef"] = modelversion_name(reg.model, version.version)
         moved = ", ".join([f"alias {reg.alias}"] * bool(reg.alias) + [f"stage {reg.stage}"] * bool(reg.stage))
         message = f"registered {reg.model} version {version.version}{f' ({moved})' if moved else ''}"
         p.condition("Registered", True, "Registered", message)
