@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -40,9 +40,11 @@ from slipway.tenancy import Tenancy
 
 from . import budget, requirements, rollout_metrics
 from .ab_comparison import compare
+from .events import post_events
 from .gateway_support import mirror_refusal
 from .rollout_status import state_from_status, state_to_status
 from .status import Event, Outcome, set_condition, status_changed
+from .workqueue import WorkQueue
 from .writeback import PENDING, WriteBack, with_pending
 
 log = logging.getLogger(__name__)
@@ -51,8 +53,12 @@ ISVC = ("serving.kserve.io/v1beta1", "InferenceService")
 HPA = ("autoscaling/v2", "HorizontalPodAutoscaler")
 ROUTE = ("gateway.networking.k8s.io/v1", "HTTPRoute")
 RESYNC_SECONDS = 30.0
-RETRY_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
-"""After a failed pass, the wait before the next (then the next delay, up to the last); reset by a pass that works."""
+RETRY_SECONDS = (1.0, 60.0)
+"""After a failed pass, the wait before the next: the first, doubled on each failure up to the last (the work
+queue's back-off); reset by a pass that works."""
+WORKERS = 4
+"""Passes on different ModelDeployments at once (the work queue's workers; one pass per object at a time)."""
+Key = tuple[str, str]
 MESSAGE_LIMIT = 1024
 T = TypeVar("T")
 
@@ -371,11 +377,23 @@ def entered_rollback(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     return bool(history) and history[-1].get("reason") != "TargetReverted"
 
 
-class Driver:
-    """Runs passes for each ModelDeployment one at a time (kopf's timer and change handlers, alerts may overlap).
+class PassFailed(Exception):
+    """A pass raised: its error is recorded on the object (``outcome``, if it could be written); back off."""
 
-    Each pass re-reads the object, so it always starts from the status the previous pass wrote,
-    writes status once (only if it changed), then clears a handled action annotation.
+    def __init__(self, body: dict[str, Any] | None, outcome: Outcome | None, cause: Exception) -> None:
+        super().__init__(error_message(cause))
+        self.body, self.outcome = body, outcome
+
+
+class Driver:
+    """Runs passes for each ModelDeployment, one at a time per object, from its work queue.
+
+    kopf's handlers (changes, child news, ModelVersion moves) only :meth:`enqueue`; the queue's
+    workers run :meth:`run`, which asks for the next pass after the pass's ``requeue_after`` (or
+    RESYNC_SECONDS), and backs off after a failure. Each pass re-reads the object, so it always
+    starts from the status the previous pass wrote, writes status once (only if it changed),
+    then clears a handled action annotation. Work outside the queue on one object (an alert, a
+    registry write-back's status update) holds the object's key in the queue (:meth:`lock`).
     """
 
     def __init__(
@@ -384,18 +402,19 @@ class Driver:
         prometheus_url: str,
         tenancy: Tenancy | None = None,
         storage_prefixes: tuple[str, ...] = DEFAULT_PREFIXES,
+        workers: int = WORKERS,
     ) -> None:
         self.kube = kube
         self.prom = Prometheus(prometheus_url)
         self.tenancy = tenancy or Tenancy()
         self.storage_prefixes = storage_prefixes
         self.write_back: WriteBack | None = None
-        self._draining: set[tuple[str, str]] = set()
+        self.queue: WorkQueue[Key] = WorkQueue(
+            "modeldeployment", self.run, workers=workers, base_delay=RETRY_SECONDS[0], max_delay=RETRY_SECONDS[-1]
+        )
+        self._draining: set[Key] = set()
         self._urgent = ThreadPoolExecutor(max_workers=2, thread_name_prefix="urgent")
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._due: dict[tuple[str, str], float] = {}
-        self._failures: dict[tuple[str, str], int] = {}
-        self._watched: set[tuple[str, str]] = set()
+        self._watched: set[Key] = set()
         self._background: set[asyncio.Task[None]] = set()
 
     def watch(self, namespace: str, name: str) -> None:
@@ -406,27 +425,30 @@ class Driver:
         """Whether kopf has handed us this object: alerts about any other are not ours to act on."""
         return (namespace, name) in self._watched
 
+    def enqueue(self, namespace: str, name: str) -> None:
+        """News of the object (a change, a child's, its model's): a pass soon (bursts coalesce into one pass)."""
+        self.queue.add((namespace, name))
+
     def spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        """Run follow-up work (a write-back, a pass) in the background, keeping a reference until it ends."""
+        """Run follow-up work (a write-back) in the background, keeping a reference until it ends."""
         task = asyncio.create_task(work, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def lock(self, namespace: str, name: str) -> asyncio.Lock:
-        """The object's lock: passes and alerts on one ModelDeployment run one at a time."""
-        return self._locks.setdefault((namespace, name), asyncio.Lock())
+    def lock(self, namespace: str, name: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold the object's key in the work queue: no pass runs on it meanwhile (waits for one that runs)."""
+        return self.queue.exclusive((namespace, name))
 
     async def exclusive(
         self, namespace: str, name: str, work: Callable[[dict[str, Any]], T]
     ) -> tuple[dict[str, Any] | None, T | None]:
-        """Under the object's lock, read it fresh and run ``work(body)`` on it, all in one worker thread.
+        """Holding the object's key, read it fresh and run ``work(body)`` on it, all in one worker thread.
 
         Returns the object as read and what ``work`` returned (None, None when the object is gone
         or being deleted). The alert path uses this: one thread hop for read, decide and write, on
         threads of its own, so that it never queues behind reconcile passes in the default pool
         (measured: a resync of 32 deployments at once held an alert up to 150 ms without this).
         """
-        lock = self._locks.setdefault((namespace, name), asyncio.Lock())
 
         def read_and_work() -> tuple[dict[str, Any] | None, T | None]:
             body = self.kube.get(GROUP_VERSION, "ModelDeployment", name, namespace)
@@ -434,60 +456,54 @@ class Driver:
                 return body, None
             return body, work(body)
 
-        async with lock:
+        async with self.lock(namespace, name):
             return await asyncio.get_running_loop().run_in_executor(self._urgent, read_and_work)
-
-    def is_due(self, namespace: str, name: str) -> bool:
-        """Whether the timer should run a pass now: the last pass asked to be looked at again by now.
-
-        Not while a pass (or alert work) on the object runs: that pass sets the next time, and a tick
-        queued behind it would only repeat it (at start-up, a create and the first tick coincide).
-        """
-        lock = self._locks.get((namespace, name))
-        if lock is not None and lock.locked():
-            return False
-        return time.monotonic() >= self._due.get((namespace, name), 0.0)
 
     def forget(self, namespace: str, name: str) -> None:
         """The object is gone: stop tracking it (its children's deletion by the garbage collector is no news).
 
-        Its lock goes too (unless work holds it: the next forget takes it), and its metric series.
+        Its delayed pass and back-off go too, and its metric series.
         """
         key = (namespace, name)
-        self._due.pop(key, None)
-        self._failures.pop(key, None)
+        self.queue.discard(key)
         self._watched.discard(key)
-        lock = self._locks.get(key)
-        if lock is not None and not lock.locked():
-            del self._locks[key]
         rollout_metrics.forget(namespace, name)
 
-    def expedite(self, namespace: str, name: str) -> None:
-        """Make the object due now: the next tick runs a pass (bursts of news coalesce into one pass)."""
-        self._due[(namespace, name)] = 0.0
+    async def run(self, key: Key) -> float | None:
+        """The work queue's work: one pass, its events posted; the seconds until the next (raises: back off)."""
+        namespace, name = key
+        try:
+            body, outcome = await self._drive(namespace, name)
+        except PassFailed as exc:
+            if exc.body is not None and exc.outcome is not None:
+                await post_events(self.kube, exc.body, exc.outcome.events)
+            raise
+        if body is None or outcome is None:
+            return None
+        await post_events(self.kube, body, outcome.events)
+        return outcome.requeue_after if outcome.requeue_after is not None else RESYNC_SECONDS
 
     async def drive(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, Outcome | None]:
-        """Run one pass on the current object; returns the object and the outcome (None if it is gone).
+        """Run one pass on the current object now; returns the object and the outcome (None if it is gone).
 
-        A pass that raises does not reach kopf (whose retry would wait a minute): its error goes
-        into a ``ReconcileError`` condition and the next pass comes after RETRY_SECONDS.
+        The caller holds the object (a queue worker, or :meth:`lock`). A pass that raises has its
+        error in a ``ReconcileError`` condition, and that outcome is returned.
         """
-        key = (namespace, name)
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            body: dict[str, Any] | None = None
-            try:
-                body = await off_loop(self.kube.get, GROUP_VERSION, "ModelDeployment", name, namespace)
-                if body is None or body["metadata"].get("deletionTimestamp"):
-                    self.forget(namespace, name)
-                    return body, None
-                outcome = await self._pass(namespace, name, body)
-            except Exception as exc:
-                return body, await self._failed(namespace, name, body, exc)
-            self._failures.pop(key, None)
-            delay = outcome.requeue_after if outcome.requeue_after is not None else RESYNC_SECONDS
-            self._due[key] = time.monotonic() + delay
-            return body, outcome
+        try:
+            return await self._drive(namespace, name)
+        except PassFailed as exc:
+            return exc.body, exc.outcome
+
+    async def _drive(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, Outcome | None]:
+        body: dict[str, Any] | None = None
+        try:
+            body = await off_loop(self.kube.get, GROUP_VERSION, "ModelDeployment", name, namespace)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                self.forget(namespace, name)
+                return body, None
+            return body, await self._pass(namespace, name, body)
+        except Exception as exc:
+            raise PassFailed(body, await self._failed(namespace, name, body, exc), exc) from exc
 
     async def _pass(self, namespace: str, name: str, body: dict[str, Any]) -> Outcome:
         outcome = await off_loop(
@@ -520,13 +536,13 @@ class Driver:
             wait = RESYNC_SECONDS
         finally:
             self._draining.discard(key)
-        if wait is not None and key in self._due:  # the next pass (which drains again) no later than the retry
-            self._due[key] = min(self._due[key], time.monotonic() + max(wait, 0.5))
+        if wait is not None and key in self._watched:  # the next pass (which drains again) no later than the retry
+            self.queue.add_after(key, max(wait, 0.5))
 
     async def _locked_status_update(
         self, namespace: str, name: str, update: Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
     ) -> None:
-        """Under the object's lock: read it, and merge-patch its status with what ``update`` returns (if anything)."""
+        """Holding the object's key: read it, and merge-patch its status with what ``update`` returns (if anything)."""
         async with self.lock(namespace, name):
             body = await off_loop(self.kube.get, GROUP_VERSION, "ModelDeployment", name, namespace)
             if body is None or body["metadata"].get("deletionTimestamp"):
@@ -536,24 +552,18 @@ class Driver:
                 await off_loop(self.kube.patch_status, GROUP_VERSION, "ModelDeployment", name, namespace, patch)
 
     async def _failed(self, namespace: str, name: str, body: dict[str, Any] | None, exc: Exception) -> Outcome | None:
-        """Back off, and record the error on the object when it can be written (the API server may be the trouble)."""
-        key = (namespace, name)
-        failures = self._failures[key] = self._failures.get(key, 0) + 1
+        """Record the error on the object when it can be written (the API server may be the trouble)."""
         rollout_metrics.PASS_ERRORS.inc()
-        delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1]
-        self._due[key] = time.monotonic() + delay
         log.warning(
-            "pass on ModelDeployment %s/%s failed (next in %.0fs): %s",
+            "pass on ModelDeployment %s/%s failed (retried with back-off): %s",
             namespace,
             name,
-            delay,
             error_message(exc),
             exc_info=not isinstance(exc, KUBE_ERRORS),  # a bug of ours gets its traceback
         )
         if body is None:
             return None
         outcome = failed(dict(body.get("status") or {}), body, exc)
-        outcome.requeue_after = delay
         try:
             await self._write_status(namespace, name, body, outcome)
         except Exception as write_exc:

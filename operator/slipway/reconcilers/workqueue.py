@@ -275,7 +275,7 @@ class WorkQueue(Generic[K]):
             raise
         except Exception as exc:
             delay = self.add_rate_limited(key)
-            log.warning("%s %s failed (again in %.1fs): %s", self.name, key, delay, exc, exc_info=True)
+            log.info("%s %s failed (again in %.1fs): %s", self.name, key, delay, exc, exc_info=log.isEnabledFor(10))
         else:
             self.forget(key)
             if after is not None:
