@@ -22,7 +22,8 @@ from slipway.reconcilers import alert_poller
 from slipway.reconcilers.alert_intake import AlertDeferred, AlertIntake
 from slipway.reconcilers.alert_poller import AlertPoller
 from slipway.reconcilers.alert_rollback import react
-from slipway.reconcilers.modeldeployment import Driver, entered_rollback
+from slipway.reconcilers.driver import Driver
+from slipway.reconcilers.modeldeployment import entered_rollback
 from slipway.reconcilers.rollout_status import state_to_status
 from slipway.reconcilers.writeback import TAG, RolledBack, WriteBack, rolled_back, with_pending
 from slipway.rollout.alerts import Alert, matches, promoted_within_window, watched_versions

@@ -12,7 +12,7 @@ from typing import Any
 import kopf
 
 from slipway.builders.names import LABEL_DEPLOYMENT, LABEL_MODEL, sanitise_model_name
-from slipway.reconcilers.modeldeployment import Driver
+from slipway.reconcilers.driver import Driver
 
 GROUP, VERSION = "ml.slipway.dev", "v1alpha1"
 ModelKey = tuple[str, str]

@@ -39,8 +39,9 @@ from slipway.rollout.alerts import Alert, target
 
 from . import rollout_metrics
 from .alert_rollback import Reaction, react, react_fast
+from .driver import Driver
 from .events import post_events
-from .modeldeployment import GROUP_VERSION, Driver
+from .modeldeployment import GROUP_VERSION
 from .status import Event
 from .writeback import WriteBack
 
