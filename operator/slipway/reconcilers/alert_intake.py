@@ -181,8 +181,7 @@ class AlertIntake:
             Event(e.reason, f"{e.message} ({note})", e.type) if e.reason == "AlertFiring" else e
             for e in reaction.outcome.events
         ]
-        strategy = "blueGreen" if ((body.get("spec") or {}).get("strategy") or {}).get("blueGreen") else "canary"
-        rollout_metrics.record(ns, name, strategy, reaction.decision)
+        rollout_metrics.record(ns, name, rollout_metrics.strategy_of(body.get("spec") or {}), reaction.decision)
 
     async def _follow_up(self, driver: Driver, body: dict[str, Any], reaction: Reaction, alert: Alert) -> None:
         """Events, and the full pass that finishes the rollback (and starts the registry write-back), queued."""

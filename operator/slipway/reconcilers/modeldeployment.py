@@ -304,7 +304,7 @@ def reconcile(
     decision = machine.next(state, obs, md.spec)
     shares = budget.plan(kube, md, decision.state)
     apply_children(kube, md, decision, resolved.storage_uris, live, shares)
-    strategy = "blueGreen" if md.spec.strategy.blue_green else "abTest" if md.spec.strategy.ab_test else "canary"
+    strategy = rollout_metrics.strategy_of(body.get("spec") or {})
     rollout_metrics.record(md.metadata.namespace or "", md.metadata.name or "", strategy, decision)
     events = [Event(n.reason, n.message, "Warning" if n.warning else "Normal") for n in decision.events]
     if action is not None and not decision.action_used:
