@@ -546,3 +546,25 @@ async def test_a_deleted_deployment_leaves_no_pending_pass_and_no_metric_series(
     assert series() and driver.watches(NS, MD) and driver.queue.delayed((NS, MD)) is not None
     driver.forget(NS, MD)  # the watch saw it DELETED
     assert series() == [] and not driver.watches(NS, MD) and driver.queue.delayed((NS, MD)) is None
+
+
+async def test_the_drivers_queue_work_requeues_backs_off_and_stops_for_a_gone_object():
+    from slipway.reconcilers.driver import RESYNC_SECONDS, PassFailed
+
+    kube = FakeKube(md_body(canary()))
+    driver = Driver(kube, "")  # type: ignore[arg-type]
+    after = await driver.run((NS, MD))
+    assert after is not None and 0 < after <= RESYNC_SECONDS, "a paused canary asks to be looked at again"
+
+    def refuse(*_: Any) -> dict[str, Any]:
+        raise RuntimeError("the API server said no")
+
+    kube.list = refuse  # type: ignore[method-assign]
+    with pytest.raises(PassFailed):
+        await driver.run((NS, MD))  # the queue backs off
+    conditions = {c["type"]: c for c in kube.md["status"]["conditions"]}
+    assert conditions["ReconcileError"]["status"] == "True", "the failure is on the object"
+    assert [e["reason"] for e in kube.events][-1] == "ReconcileFailed"
+    assert driver.queue.add_rate_limited((NS, MD)) == 1.0, "back-off starts at the first retry delay"
+
+    assert await driver.run((NS, "gone")) is None, "a deleted object is not looked at again"
