@@ -118,7 +118,7 @@ class SlipwayModel(Model):  # type: ignore[misc]  # kserve ships no type informa
             raise ModelLoadError(f"the test prediction returned {len(outputs.predictions)} rows for {len(batch)}")
 
     def max_request_values(self) -> int | None:
-        """The most values one request may carry (instance limit × values per instance); None while unknown."""
+        """The most values one request may carry (instance limit times values per instance); None while unknown."""
         width = self.input_spec.feature_count if self.input_spec else None
         return None if width is None else self.config.limits.max_instances * width
 

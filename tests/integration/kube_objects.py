@@ -79,7 +79,7 @@ class ModelDeploymentReader:
         return weights_of(self._get("gateway.networking.k8s.io", "v1", "httproutes", self.md), self.md)
 
     def delete(self, timeout: float = 30.0) -> None:
-        """Delete the ModelDeployment (the operator must run: kopf's finalizer) and wait until it is gone."""
+        """Delete the ModelDeployment and wait until it is gone (no finalizer: the operator need not run)."""
         with contextlib.suppress(Exception):
             self.custom.delete_namespaced_custom_object(
                 "ml.slipway.dev", "v1alpha1", self.ns, "modeldeployments", self.md

@@ -36,7 +36,7 @@ def operator(testbed, namespace, slipway_crds, tmp_path, kubectl) -> Iterator[Op
 
 
 def stop_after_deleting_deployments(kubectl, proc: OperatorProcess) -> None:
-    """Delete the ModelDeployments while the operator runs (kopf's timer finalizer needs it), then stop it."""
+    """Delete the ModelDeployments (so that the operator sees them go), then stop the operator."""
     if not proc.alive():
         proc.start()
     kubectl("delete", "modeldeployments", "--all", "--timeout=30s", check=False)

@@ -210,7 +210,7 @@ async def test_the_alert_path_never_acts_on_a_stale_copy(testbed, kube_api, name
     from slipway.clients.kube import Kube
     from slipway.clients.kube_fast import FastKube
     from slipway.reconcilers.alert_intake import AlertIntake
-    from slipway.reconcilers.modeldeployment import Driver
+    from slipway.reconcilers.driver import Driver
 
     custom = client.CustomObjectsApi(kube_api)
     group = ("ml.slipway.dev", "v1alpha1", namespace, "modeldeployments")

@@ -212,7 +212,8 @@ class Cluster:
 
 
 def teardown(cluster: Cluster, ns: str, op: OperatorProcess | None) -> None:
-    """Delete the ModelDeployment while an operator runs (kopf holds a finalizer), then stop it, then the namespace."""
+    """Delete the ModelDeployment while an operator runs, then stop it, then the namespace (finalizers an older
+    operator left are dropped)."""
     if op is not None and not op.alive():
         op.start()
     cluster.delete_md(ns)

@@ -56,7 +56,7 @@ def trainer(start_operator: StartOperator, namespace: str, kubectl) -> Iterator[
     yield t
     for line in _events(kubectl):
         print(line)
-    # kopf's timer finalizer needs a live operator to let a TrainingRun go
+    # the runs go (their Jobs by owner references) before the next test
     kubectl("delete", "trainingruns", "--all", "--timeout=60s", check=False)
 
 

@@ -22,7 +22,8 @@ from slipway.reconcilers import alert_poller
 from slipway.reconcilers.alert_intake import AlertDeferred, AlertIntake
 from slipway.reconcilers.alert_poller import AlertPoller
 from slipway.reconcilers.alert_rollback import react
-from slipway.reconcilers.modeldeployment import Driver, entered_rollback
+from slipway.reconcilers.driver import Driver
+from slipway.reconcilers.modeldeployment import entered_rollback
 from slipway.reconcilers.rollout_status import state_to_status
 from slipway.reconcilers.writeback import TAG, RolledBack, WriteBack, rolled_back, with_pending
 from slipway.rollout.alerts import Alert, matches, promoted_within_window, watched_versions
@@ -338,8 +339,8 @@ class FakeRegistry:
 
 
 async def settle(driver: Driver) -> None:
-    for _ in range(100):
-        if not driver._background:
+    for _ in range(300):
+        if not driver._background and not len(driver.queue) and not driver.queue._processing:
             return
         await asyncio.sleep(0.01)
 
@@ -353,6 +354,7 @@ async def test_intake_rolls_back_once_then_finishes_and_writes_back():
     driver.write_back = WriteBack(kube, registry, resynced.append)  # type: ignore[arg-type]
     intake.bind(driver, driver.write_back)
     driver.watch(NS, MD)  # kopf handed it over
+    driver.queue.start()  # the follow-up pass is queued
     assert await intake.handle(replace(alert(), received=None)) == "rolled_back"
     assert await intake.handle(alert()) == "ignored", "a repeated delivery changes nothing"
     await settle(driver)
@@ -364,6 +366,7 @@ async def test_intake_rolls_back_once_then_finishes_and_writes_back():
     assert reasons[:1] == ["AlertFiring"] and "RolledBack" in reasons and "RegistryUpdated" in reasons
     assert "ms after the alert arrived" in kube.events[0]["message"]
     assert await intake.handle(Alert(name="x", labels={"alertname": "x"})) == "no_target"
+    await driver.queue.stop()
 
 
 async def test_intake_acts_only_on_deployments_kopf_handed_over():
@@ -528,7 +531,7 @@ async def test_a_pass_that_rolls_back_for_another_reason_writes_back_too():
     assert [e["reason"] for e in kube.events].count("RegistryUpdated") == 1
 
 
-async def test_a_deleted_deployment_leaves_no_lock_and_no_metric_series():
+async def test_a_deleted_deployment_leaves_no_pending_pass_and_no_metric_series():
     from slipway.reconcilers import rollout_metrics
 
     def series() -> list[tuple[str, ...]]:
@@ -537,7 +540,31 @@ async def test_a_deleted_deployment_leaves_no_lock_and_no_metric_series():
 
     kube = FakeKube(md_body(canary()))
     driver = Driver(kube, "")  # type: ignore[arg-type]
+    driver.watch(NS, MD)
     await driver.drive(NS, MD)
-    assert series() and (NS, MD) in driver._locks
+    driver.queue.add_after((NS, MD), 30)  # the next pass, as a worker would ask for it
+    assert series() and driver.watches(NS, MD) and driver.queue.delayed((NS, MD)) is not None
     driver.forget(NS, MD)  # the watch saw it DELETED
-    assert series() == [] and (NS, MD) not in driver._locks
+    assert series() == [] and not driver.watches(NS, MD) and driver.queue.delayed((NS, MD)) is None
+
+
+async def test_the_drivers_queue_work_requeues_backs_off_and_stops_for_a_gone_object():
+    from slipway.reconcilers.driver import RESYNC_SECONDS, PassFailed
+
+    kube = FakeKube(md_body(canary()))
+    driver = Driver(kube, "")  # type: ignore[arg-type]
+    after = await driver.run((NS, MD))
+    assert after is not None and 0 < after <= RESYNC_SECONDS, "a paused canary asks to be looked at again"
+
+    def refuse(*_: Any) -> dict[str, Any]:
+        raise RuntimeError("the API server said no")
+
+    kube.list = refuse  # type: ignore[method-assign]
+    with pytest.raises(PassFailed):
+        await driver.run((NS, MD))  # the queue backs off
+    conditions = {c["type"]: c for c in kube.md["status"]["conditions"]}
+    assert conditions["ReconcileError"]["status"] == "True", "the failure is on the object"
+    assert [e["reason"] for e in kube.events][-1] == "ReconcileFailed"
+    assert driver.queue.add_rate_limited((NS, MD)) == 1.0, "back-off starts at the first retry delay"
+
+    assert await driver.run((NS, "gone")) is None, "a deleted object is not looked at again"

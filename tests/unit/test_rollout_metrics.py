@@ -29,3 +29,13 @@ def test_rollout_start_and_rollback_are_counted():
     rollout_metrics.record("ns-m", "md", "canary", abort)
     assert value("slipway_rollbacks_total", namespace="ns-m", name="md", reason="Aborted") == 1
     assert value("slipway_canary_weight", namespace="ns-m", name="md") == 0
+
+
+def test_one_strategy_label_for_passes_and_alerts():
+    from slipway.reconcilers.rollout_metrics import strategy_of
+
+    assert strategy_of({"strategy": {"canary": {"steps": []}}}) == "canary"
+    assert strategy_of({"strategy": {"blueGreen": {}}}) == "blueGreen", "all defaults"
+    assert strategy_of({"strategy": {"blueGreen": {"autoPromotionSeconds": 5}}}) == "blueGreen"
+    assert strategy_of({"strategy": {"abTest": {"variants": []}}}) == "abTest"
+    assert strategy_of({}) == "canary"

@@ -1,58 +1,54 @@
-"""kopf glue for ModelDeployments: changes, a timer that drives steps, and ModelVersion moves, all into one Driver."""
+"""kopf glue for ModelDeployments: changes, child news and ModelVersion moves put the object in the Driver's work queue.
+
+No timer and no deletion handler: kopf puts no finalizer on a ModelDeployment, so deleting one
+(or its namespace) never waits for the operator; its children go by their owner references.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
 from slipway.builders.names import LABEL_DEPLOYMENT, LABEL_MODEL, sanitise_model_name
-from slipway.reconcilers.modeldeployment import Driver
-from slipway.reconcilers.status import Outcome
+from slipway.reconcilers.driver import Driver
 
 GROUP, VERSION = "ml.slipway.dev", "v1alpha1"
-TICK_SECONDS = 1.0
 ModelKey = tuple[str, str]
 """(namespace, sanitised model name): how ModelVersions and the ModelDeployments tracking them meet."""
 
 
 @kopf.on.startup()
 async def start_driver(memo: Any, **_: Any) -> None:
-    """One Driver in the operator-wide memo (per-object memos are copies of it), after startup.configure."""
+    """One Driver in the operator-wide memo (per-object memos are copies of it), its queue's workers started."""
     if "kube" not in memo or "settings" not in memo:
         raise kopf.TemporaryError("waiting for startup.configure", delay=0.1)
     memo.md_driver = Driver(
         memo.kube, memo.settings.prometheus_url, memo.settings.tenancy, memo.settings.storage_uri_prefixes
     )
+    memo.md_driver.queue.start()
+
+
+@kopf.on.cleanup()
+async def stop_driver(memo: Any, **_: Any) -> None:
+    """Stop the queue's workers."""
+    driver: Driver | None = getattr(memo, "md_driver", None)
+    if driver is not None:
+        await driver.queue.stop()
 
 
 def _driver(memo: Any) -> Driver:
     return memo.md_driver  # type: ignore[no-any-return]
 
 
-def _post(body: dict[str, Any] | None, outcome: Outcome | None) -> None:
-    if body is None or outcome is None:
-        return
-    for event in outcome.events:
-        kopf.event(kopf.Body(cast(Any, body)), type=event.type, reason=event.reason, message=event.message)
-
-
 @kopf.on.resume(GROUP, VERSION, "modeldeployments")
 @kopf.on.create(GROUP, VERSION, "modeldeployments")
 @kopf.on.update(GROUP, VERSION, "modeldeployments")
 async def changed(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
-    """Spec or annotations (a manual action) changed: run a pass now."""
+    """Spec or annotations (a manual action) changed, or the operator started: a pass soon."""
     _driver(memo).watch(namespace or "", name)
-    _post(*await _driver(memo).drive(namespace or "", name))
-
-
-@kopf.timer(GROUP, VERSION, "modeldeployments", interval=TICK_SECONDS)
-async def tick(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
-    """Drive steps: run a pass when the last one asked to be looked at again by now."""
-    _driver(memo).watch(namespace or "", name)
-    if _driver(memo).is_due(namespace or "", name):
-        _post(*await _driver(memo).drive(namespace or "", name))
+    _driver(memo).enqueue(namespace or "", name)
 
 
 @kopf.index(GROUP, VERSION, "modeldeployments")
@@ -70,12 +66,14 @@ async def version_moved(
     logger: logging.Logger | logging.LoggerAdapter[Any],
     **kwargs: Any,
 ) -> None:
-    """A ModelVersion changed (an alias or stage moved): run a pass on the deployments of its model."""
+    """A ModelVersion changed (an alias or stage moved): a pass on the deployments of its model."""
+    if "md_driver" not in memo:
+        return
     index: kopf.Index[ModelKey, str] = kwargs["deployments_by_model"]  # kopf passes each index by its name
     model = (body.get("metadata", {}).get("labels") or {}).get(LABEL_MODEL)
     for name in sorted(set(index.get((namespace or "", model), ()))) if model else []:
         logger.info("model %s changed: a pass on ModelDeployment %s", model, name)
-        _post(*await _driver(memo).drive(namespace or "", name))
+        _driver(memo).enqueue(namespace or "", name)
 
 
 def _ready(status: Any) -> bool:
@@ -86,11 +84,11 @@ Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
 def _deployment_due(memo: Any, labels: kopf.Labels, namespace: str | None, logger: Logger, news: str) -> None:
-    """News of a child makes its ModelDeployment due on the next tick (if this operator drives it)."""
+    """News of a child puts its ModelDeployment in the queue (if this operator drives it)."""
     deployment = labels.get(LABEL_DEPLOYMENT)
     if deployment and _driver(memo).watches(namespace or "", deployment):
-        logger.info("%s: ModelDeployment %s is due", news, deployment)
-        _driver(memo).expedite(namespace or "", deployment)
+        logger.info("%s: a pass on ModelDeployment %s", news, deployment)
+        _driver(memo).enqueue(namespace or "", deployment)
 
 
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
@@ -111,7 +109,7 @@ async def _child_event(
     logger: logging.Logger | logging.LoggerAdapter[Any],
     **_: Any,
 ) -> None:
-    """News of a child makes its deployment due on the next tick (not the next resync).
+    """News of a child puts its deployment in the queue now (not at the next resync).
 
     The news: the child was deleted, or its spec changed, since the operator applied it (apply it
     again); or an InferenceService is Ready (a rollout waiting for it can move on).

@@ -2,9 +2,9 @@
 
 Both sources — Alertmanager's webhook (pushed) and the Prometheus poller (the fallback) — call
 :meth:`AlertIntake.handle`. It finds the deployment the alert names (``namespace`` and
-``modeldeployment`` labels) and runs the alert pass (:mod:`.alert_rollback`) under the Driver's
-per-object lock: read, match, decide, write status, write the route. Then, in the background,
-it posts the events, runs one full pass (which removes the failed version's children and ends
+``modeldeployment`` labels) and runs the alert pass (:mod:`.alert_rollback`) holding the deployment's
+key in the Driver's work queue: read, match, decide, write status, write the route. Then it
+posts the events and queues one full pass (which removes the failed version's children and ends
 in ``RolledBack``) and writes the rollback back to MLflow.
 
 Why in-process and not an annotation that kopf picks up: the annotation costs a write, a
@@ -39,8 +39,9 @@ from slipway.rollout.alerts import Alert, target
 
 from . import rollout_metrics
 from .alert_rollback import Reaction, react, react_fast
+from .driver import Driver
 from .events import post_events
-from .modeldeployment import GROUP_VERSION, Driver
+from .modeldeployment import GROUP_VERSION
 from .status import Event
 from .writeback import WriteBack
 
@@ -180,18 +181,12 @@ class AlertIntake:
             Event(e.reason, f"{e.message} ({note})", e.type) if e.reason == "AlertFiring" else e
             for e in reaction.outcome.events
         ]
-        strategy = "blueGreen" if ((body.get("spec") or {}).get("strategy") or {}).get("blueGreen") else "canary"
-        rollout_metrics.record(ns, name, strategy, reaction.decision)
+        rollout_metrics.record(ns, name, rollout_metrics.strategy_of(body.get("spec") or {}), reaction.decision)
 
     async def _follow_up(self, driver: Driver, body: dict[str, Any], reaction: Reaction, alert: Alert) -> None:
-        """Events, and the full pass that finishes the rollback (and starts the registry write-back)."""
+        """Events, and the full pass that finishes the rollback (and starts the registry write-back), queued."""
         assert reaction.outcome is not None
         ns, name = body["metadata"].get("namespace", ""), body["metadata"].get("name", "")
+        driver.enqueue(ns, name)
         await post_events(driver.kube, body, reaction.outcome.events)
-        try:
-            after, outcome = await driver.drive(ns, name)
-            if after is not None and outcome is not None:
-                await post_events(driver.kube, after, outcome.events)
-        except Exception as exc:  # the timer's pass will try again
-            log.warning("%s/%s: pass after the alert failed: %s", ns, name, exc)
         # the registry write-back the rollback owes is in status.pendingWriteBacks: the pass drains it

@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
-import time
-from collections.abc import Awaitable, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import ValidationError
 
 from slipway.api.modeldeployment import ModelDeployment
 from slipway.api.names import ACTION_ANNOTATION, API_VERSION, LABEL_MODEL, LABEL_VERSION, sanitise_model_name
 from slipway.builders.router import router_for
-from slipway.clients.kube import KUBE_ERRORS, Kube, NotOwned, error_message, off_loop
+from slipway.clients.kube import Kube, NotOwned, error_message
 from slipway.clients.prometheus import NoData, Prometheus, PrometheusError
 from slipway.rollout import machine
 from slipway.rollout.analysis import AnalysisConfig, Measurement, judge, render_query
 from slipway.rollout.budget import Split, unsplittable
 from slipway.rollout.phases import conditions_for
 from slipway.rollout.state import ACTIONS, Action, Decision, Observations, RolloutState
-from slipway.storage_uris import DEFAULT_PREFIXES, refusal
+from slipway.storage_uris import refusal
 from slipway.tenancy import Tenancy
 
 from . import budget, requirements, rollout_metrics, routing
@@ -32,15 +27,11 @@ from .ab_comparison import compare
 from .gateway_support import mirror_refusal
 from .rollout_status import state_from_status, state_to_status
 from .status import Event, Outcome, set_condition, status_changed
-from .writeback import PENDING, WriteBack, with_pending
+from .writeback import with_pending
 
 log = logging.getLogger(__name__)
 GROUP_VERSION = API_VERSION
-RESYNC_SECONDS = 30.0
-RETRY_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
-"""After a failed pass, the wait before the next (then the next delay, up to the last); reset by a pass that works."""
 MESSAGE_LIMIT = 1024
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -241,7 +232,7 @@ def reconcile(
     decision = machine.next(state, obs, md.spec)
     shares = budget.plan(kube, md, decision.state)
     apply_children(kube, md, decision, resolved.storage_uris, live, shares)
-    strategy = "blueGreen" if md.spec.strategy.blue_green else "abTest" if md.spec.strategy.ab_test else "canary"
+    strategy = rollout_metrics.strategy_of(body.get("spec") or {})
     rollout_metrics.record(md.metadata.namespace or "", md.metadata.name or "", strategy, decision)
     events = [Event(n.reason, n.message, "Warning" if n.warning else "Normal") for n in decision.events]
     if action is not None and not decision.action_used:
@@ -297,201 +288,3 @@ def entered_rollback(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
         return False
     history = new.get("history") or []
     return bool(history) and history[-1].get("reason") != "TargetReverted"
-
-
-class Driver:
-    """Runs passes for each ModelDeployment one at a time (kopf's timer and change handlers, alerts may overlap).
-
-    Each pass re-reads the object, so it always starts from the status the previous pass wrote,
-    writes status once (only if it changed), then clears a handled action annotation.
-    """
-
-    def __init__(
-        self,
-        kube: Kube,
-        prometheus_url: str,
-        tenancy: Tenancy | None = None,
-        storage_prefixes: tuple[str, ...] = DEFAULT_PREFIXES,
-    ) -> None:
-        self.kube = kube
-        self.prom = Prometheus(prometheus_url)
-        self.tenancy = tenancy or Tenancy()
-        self.storage_prefixes = storage_prefixes
-        self.write_back: WriteBack | None = None
-        self._draining: set[tuple[str, str]] = set()
-        self._urgent = ThreadPoolExecutor(max_workers=2, thread_name_prefix="urgent")
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._due: dict[tuple[str, str], float] = {}
-        self._failures: dict[tuple[str, str], int] = {}
-        self._watched: set[tuple[str, str]] = set()
-        self._background: set[asyncio.Task[None]] = set()
-
-    def watch(self, namespace: str, name: str) -> None:
-        """Note an object kopf handed us (it is in a namespace this operator watches)."""
-        self._watched.add((namespace, name))
-
-    def watches(self, namespace: str, name: str) -> bool:
-        """Whether kopf has handed us this object: alerts about any other are not ours to act on."""
-        return (namespace, name) in self._watched
-
-    def spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        """Run follow-up work (a write-back, a pass) in the background, keeping a reference until it ends."""
-        task = asyncio.create_task(work, name=name)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def lock(self, namespace: str, name: str) -> asyncio.Lock:
-        """The object's lock: passes and alerts on one ModelDeployment run one at a time."""
-        return self._locks.setdefault((namespace, name), asyncio.Lock())
-
-    async def exclusive(
-        self, namespace: str, name: str, work: Callable[[dict[str, Any]], T]
-    ) -> tuple[dict[str, Any] | None, T | None]:
-        """Under the object's lock, read it fresh and run ``work(body)`` on it, all in one worker thread.
-
-        Returns the object as read and what ``work`` returned (None, None when the object is gone
-        or being deleted). The alert path uses this: one thread hop for read, decide and write, on
-        threads of its own, so that it never queues behind reconcile passes in the default pool
-        (measured: a resync of 32 deployments at once held an alert up to 150 ms without this).
-        """
-        lock = self._locks.setdefault((namespace, name), asyncio.Lock())
-
-        def read_and_work() -> tuple[dict[str, Any] | None, T | None]:
-            body = self.kube.get(GROUP_VERSION, "ModelDeployment", name, namespace)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                return body, None
-            return body, work(body)
-
-        async with lock:
-            return await asyncio.get_running_loop().run_in_executor(self._urgent, read_and_work)
-
-    def is_due(self, namespace: str, name: str) -> bool:
-        """Whether the timer should run a pass now: the last pass asked to be looked at again by now.
-
-        Not while a pass (or alert work) on the object runs: that pass sets the next time, and a tick
-        queued behind it would only repeat it (at start-up, a create and the first tick coincide).
-        """
-        lock = self._locks.get((namespace, name))
-        if lock is not None and lock.locked():
-            return False
-        return time.monotonic() >= self._due.get((namespace, name), 0.0)
-
-    def forget(self, namespace: str, name: str) -> None:
-        """The object is gone: stop tracking it (its children's deletion by the garbage collector is no news).
-
-        Its lock goes too (unless work holds it: the next forget takes it), and its metric series.
-        """
-        key = (namespace, name)
-        self._due.pop(key, None)
-        self._failures.pop(key, None)
-        self._watched.discard(key)
-        lock = self._locks.get(key)
-        if lock is not None and not lock.locked():
-            del self._locks[key]
-        rollout_metrics.forget(namespace, name)
-
-    def expedite(self, namespace: str, name: str) -> None:
-        """Make the object due now: the next tick runs a pass (bursts of news coalesce into one pass)."""
-        self._due[(namespace, name)] = 0.0
-
-    async def drive(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, Outcome | None]:
-        """Run one pass on the current object; returns the object and the outcome (None if it is gone).
-
-        A pass that raises does not reach kopf (whose retry would wait a minute): its error goes
-        into a ``ReconcileError`` condition and the next pass comes after RETRY_SECONDS.
-        """
-        key = (namespace, name)
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            body: dict[str, Any] | None = None
-            try:
-                body = await off_loop(self.kube.get, GROUP_VERSION, "ModelDeployment", name, namespace)
-                if body is None or body["metadata"].get("deletionTimestamp"):
-                    self.forget(namespace, name)
-                    return body, None
-                outcome = await self._pass(namespace, name, body)
-            except Exception as exc:
-                return body, await self._failed(namespace, name, body, exc)
-            self._failures.pop(key, None)
-            delay = outcome.requeue_after if outcome.requeue_after is not None else RESYNC_SECONDS
-            self._due[key] = time.monotonic() + delay
-            return body, outcome
-
-    async def _pass(self, namespace: str, name: str, body: dict[str, Any]) -> Outcome:
-        outcome = await off_loop(
-            reconcile, self.kube, self.prom, body, tenancy=self.tenancy, storage_prefixes=self.storage_prefixes
-        )
-        await self._write_status(namespace, name, body, outcome)
-        pending = outcome.status.get(PENDING, (body.get("status") or {}).get(PENDING))
-        if pending:
-            self.drain_write_backs(namespace, name)
-        if ACTION_ANNOTATION in ((body["metadata"].get("annotations")) or {}):
-            patch = {"metadata": {"annotations": {ACTION_ANNOTATION: None}}}
-            await off_loop(self.kube.merge_patch, GROUP_VERSION, "ModelDeployment", name, namespace, patch)
-        return outcome
-
-    def drain_write_backs(self, namespace: str, name: str) -> None:
-        """Work off the object's pending MLflow write-backs in the background (one drain per object at a time)."""
-        key = (namespace, name)
-        if self.write_back is None or key in self._draining:
-            return
-        self._draining.add(key)
-        self.spawn(self._drain(namespace, name), f"write-backs {namespace}/{name}")
-
-    async def _drain(self, namespace: str, name: str) -> None:
-        key = (namespace, name)
-        assert self.write_back is not None
-        try:
-            wait = await self.write_back.drain(functools.partial(self._locked_status_update, namespace, name))
-        except Exception as exc:  # the next pass starts another drain
-            log.warning("write-backs of %s/%s: %s", namespace, name, error_message(exc), exc_info=True)
-            wait = RESYNC_SECONDS
-        finally:
-            self._draining.discard(key)
-        if wait is not None and key in self._due:  # the next pass (which drains again) no later than the retry
-            self._due[key] = min(self._due[key], time.monotonic() + max(wait, 0.5))
-
-    async def _locked_status_update(
-        self, namespace: str, name: str, update: Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
-    ) -> None:
-        """Under the object's lock: read it, and merge-patch its status with what ``update`` returns (if anything)."""
-        async with self.lock(namespace, name):
-            body = await off_loop(self.kube.get, GROUP_VERSION, "ModelDeployment", name, namespace)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                return
-            patch = await update(body)
-            if patch is not None:
-                await off_loop(self.kube.patch_status, GROUP_VERSION, "ModelDeployment", name, namespace, patch)
-
-    async def _failed(self, namespace: str, name: str, body: dict[str, Any] | None, exc: Exception) -> Outcome | None:
-        """Back off, and record the error on the object when it can be written (the API server may be the trouble)."""
-        key = (namespace, name)
-        failures = self._failures[key] = self._failures.get(key, 0) + 1
-        rollout_metrics.PASS_ERRORS.inc()
-        delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1]
-        self._due[key] = time.monotonic() + delay
-        log.warning(
-            "pass on ModelDeployment %s/%s failed (next in %.0fs): %s",
-            namespace,
-            name,
-            delay,
-            error_message(exc),
-            exc_info=not isinstance(exc, KUBE_ERRORS),  # a bug of ours gets its traceback
-        )
-        if body is None:
-            return None
-        outcome = failed(dict(body.get("status") or {}), body, exc)
-        outcome.requeue_after = delay
-        try:
-            await self._write_status(namespace, name, body, outcome)
-        except Exception as write_exc:
-            log.warning("could not record the error on %s/%s: %s", namespace, name, error_message(write_exc))
-            return None
-        return outcome
-
-    async def _write_status(self, namespace: str, name: str, body: dict[str, Any], outcome: Outcome) -> bool:
-        """Write the outcome's status if it changes the object's; True if it was written."""
-        if not status_changed(body.get("status"), outcome.status):
-            return False
-        await off_loop(self.kube.patch_status, GROUP_VERSION, "ModelDeployment", name, namespace, outcome.status)
-        return True

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import Counter, Gauge
 
 from slipway.rollout.phases import Phase
@@ -18,6 +21,14 @@ CANARY_WEIGHT = Gauge("slipway_canary_weight", "Percent of traffic on the canary
 ROLLOUTS = Counter("slipway_rollouts", "Rollouts started.", ["namespace", "name", "strategy"])
 ROLLBACKS = Counter("slipway_rollbacks", "Rollbacks, by reason.", ["namespace", "name", "reason"])
 PASS_ERRORS = Counter("slipway_reconcile_errors", "ModelDeployment passes that failed (retried with a back-off).")
+
+
+def strategy_of(spec: Mapping[str, Any]) -> str:
+    """The ``strategy`` label of a ModelDeployment's spec (as stored): blueGreen, abTest or canary, for every path."""
+    strategy = spec.get("strategy") or {}
+    if strategy.get("blueGreen") is not None:
+        return "blueGreen"
+    return "abTest" if strategy.get("abTest") is not None else "canary"
 
 
 def record(namespace: str, name: str, strategy: str, decision: Decision) -> None:

@@ -33,14 +33,14 @@ operator's tenancy policy does not allow this namespace; the run is Failed and n
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from slipway.api.names import modelversion_name
+from slipway.api.names import API_VERSION, modelversion_name
 from slipway.api.trainingrun import TrainingRun
 from slipway.builders.job import (
     CONTAINER,
@@ -53,13 +53,19 @@ from slipway.builders.job import (
 )
 from slipway.clients.kube import KUBE_ERRORS, Kube, NotOwned, error_message, off_loop
 from slipway.clients.mlflow_runs import MlflowError, MlflowRuns, MlflowUnavailable, RunOutcome
+from slipway.reconcilers.events import post_events
 from slipway.reconcilers.gates import evaluate_gates, headline
-from slipway.reconcilers.status import Event, Outcome, get_condition, now_iso, set_condition
+from slipway.reconcilers.status import Event, Outcome, get_condition, now_iso, set_condition, status_changed
 from slipway.tenancy import Tenancy
 
 log = logging.getLogger(__name__)
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Rejected"})
+GROUP_VERSION = API_VERSION
+FOLLOW_SECONDS = 2.0
+"""While a run is unfinished, the wait before its next pass (its Job's news brings one sooner)."""
+Key = tuple[str, str]
+JobsOf = Callable[[Key], Sequence[Mapping[str, Any]]]
 JobPhase = Literal["pending", "running", "succeeded", "failed"]
 MAX_STATUS_METRICS = 64
 
@@ -219,6 +225,24 @@ class TrainingRunReconciler:
         except KUBE_ERRORS as exc:  # a quota or an admission policy refused the Job, or no answer: retried
             p.waiting("ReconcileFailed", f"Kubernetes refused or did not answer, will retry: {error_message(exc)}")
         return p.outcome()
+
+    async def drive(self, key: Key, jobs_of: JobsOf) -> float | None:
+        """One pass on the TrainingRun read now (its work queue's work): status written if it changed, events posted.
+
+        Returns the seconds until the next pass, None once the run is finished (or gone).
+        ``jobs_of`` gives the Jobs the watch has seen for the run.
+        """
+        namespace, name = key
+        body = await off_loop(self.kube.get, GROUP_VERSION, "TrainingRun", name, namespace)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        if (body.get("status") or {}).get("phase") in TERMINAL_PHASES:
+            return None
+        outcome = await self.reconcile(body, jobs_of(key))
+        if status_changed(body.get("status"), outcome.status):
+            await off_loop(self.kube.patch_status, GROUP_VERSION, "TrainingRun", name, namespace, outcome.status)
+        await post_events(self.kube, body, outcome.events)
+        return None if outcome.status.get("phase") in TERMINAL_PHASES else FOLLOW_SECONDS
 
     def forbidden(self, tr: TrainingRun) -> str | None:
         """Why the tenancy policy refuses this run's experiment or model (None: allowed)."""
