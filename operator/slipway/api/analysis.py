@@ -1,4 +1,4 @@
-"""Analysis metrics (Prometheus or web), template references and their arguments, shared by deployments and templates."""
+"""Analysis metrics (Prometheus or web), template references and their arguments, for deployments and templates."""
 
 from __future__ import annotations
 
@@ -53,7 +53,10 @@ def _no_literal_secret(h: WebHeader) -> bool:
     exactly_one("value", "value_from"),
     Rule(
         rule=f"!has(self.value) || !self.name.matches('{SENSITIVE_HEADER}')",
-        message="a header carrying credentials (Authorization, Cookie, *token*, *key*, *secret*…) takes valueFrom.secretKeyRef, never a literal value",
+        message=(
+            "a header carrying credentials (Authorization, Cookie, *token*, *key*, *secret*…) takes "
+            "valueFrom.secretKeyRef, never a literal value"
+        ),
         field_path=".value",
         check=_no_literal_secret,
     ),

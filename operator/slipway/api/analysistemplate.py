@@ -7,16 +7,14 @@ from typing import Literal
 from pydantic import Field
 
 from .analysis import ARG_NAME_PATTERN, NAMED_LIST, PLACEHOLDER_CEL, AnalysisMetric, _cel_texts, placeholders
-from .common import API_VERSION, AGE_COLUMN, ApiModel, KindInfo, ObjectMeta, PrinterColumn, Rule, cel
+from .common import AGE_COLUMN, API_VERSION, ApiModel, KindInfo, ObjectMeta, PrinterColumn, Rule, cel
 
 
 class TemplateArg(ApiModel):
     """An argument of the template: required, or with a default."""
 
     name: str = Field(pattern=ARG_NAME_PATTERN, max_length=63, description="Name, used as {{args.NAME}}.")
-    value: str | None = Field(
-        None, max_length=4096, description="Default value. Unset: every reference must give one."
-    )
+    value: str | None = Field(None, max_length=4096, description="Default value. Unset: every reference must give one.")
 
 
 def _placeholders_declared(spec: AnalysisTemplateSpec) -> bool:

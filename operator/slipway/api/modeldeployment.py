@@ -35,7 +35,6 @@ from .common import (
     cel,
     exactly_one,
     name_rule,
-    ordered_bounds,
 )
 from .requirements import Requirements
 
@@ -271,9 +270,7 @@ class Analysis(ApiModel):
         json_schema_extra=METRICS_EXTRA,
         description="Metrics to measure (with templates, besides theirs).",
     )
-    templates: list[TemplateRef] | None = Field(
-        None, min_length=1, max_length=8, description=TEMPLATES_DESCRIPTION
-    )
+    templates: list[TemplateRef] | None = Field(None, min_length=1, max_length=8, description=TEMPLATES_DESCRIPTION)
 
 
 @cel(NO_ARGS_INLINE, REFS_UNIQUE)
@@ -326,9 +323,7 @@ class CanaryStep(ApiModel):
         None, ge=0, le=100, description="Send this percent of traffic to the canary (0-100)."
     )
     pause: PauseStep | None = Field(None, description="Pause, for a duration or until promoted.")
-    analysis: AnalysisStep | None = Field(
-        None, description="Hold until an analysis passes ({} uses canary.analysis)."
-    )
+    analysis: AnalysisStep | None = Field(None, description="Hold until an analysis passes ({} uses canary.analysis).")
     mirror: MirrorStep | None = Field(
         None, description="Mirror a percent of traffic to the canary (router gateway-api only)."
     )

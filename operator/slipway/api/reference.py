@@ -41,8 +41,8 @@ def _render_kind(info: KindInfo, schema: dict[str, Any]) -> str:
         "",
         info.description,
         "",
-        f"- {'cluster-scoped' if info.scope == 'Cluster' else 'namespaced'}; plural `{info.plural}`, short name{'s' if len(info.short_names) > 1 else ''} "
-        + ", ".join(f"`{s}`" for s in info.short_names),
+        f"- {'cluster-scoped' if info.scope == 'Cluster' else 'namespaced'}; plural `{info.plural}`, "
+        f"short name{'s' if len(info.short_names) > 1 else ''} " + ", ".join(f"`{s}`" for s in info.short_names),
         "- `kubectl get` columns: "
         + ", ".join(f"{c.name.upper()} (`{c.json_path}`{', wide' if c.priority else ''})" for c in info.columns),
         "",
