@@ -49,7 +49,6 @@ def quality(testbed, namespace) -> Iterator[tuple[Quality, str]]:
     job = f"at-{namespace}"
     testbed.add_scrape_target(job, m.address)
     yield m, job
-    testbed.remove_scrape_target(job)
     m.server.shutdown()
 
 
