@@ -259,6 +259,18 @@ def test_a_web_metric_with_a_secret_header_and_a_failing_dry_run_metric_promote(
         )
         first_version_up(kubectl)
         move_alias(kubectl, "1", "2")
+
+        def accuracy() -> dict[str, Any]:
+            ms = (md_status(kubectl).get("analysis") or {}).get("measurements") or []
+            return next((m for m in ms if m["metric"] == "accuracy"), {})
+
+        # The Secret is not opted in yet: an Error, the analysis holds, nothing is sent.
+        wait_until(lambda: accuracy().get("phase") == "Error", timeout=90, what="accuracy Error")
+        assert 'not labelled ml.slipway.dev/analysis="true"' in accuracy()["message"]
+        wait_until(lambda: md_status(kubectl)["analysis"].get("inconclusive", 0) >= 3, what="3 inconclusive rounds")
+        status = md_status(kubectl)
+        assert status["phase"] == "Progressing" and status["analysis"]["successful"] == 0 and not evaluator.requests
+        kubectl("label", "secret", "evaluator", "ml.slipway.dev/analysis=true")
         wait_until(lambda: md_status(kubectl).get("stableVersion") == "2", timeout=90, what="promoted")
         status = md_status(kubectl)
         assert status["history"][-1]["outcome"] == "Promoted"
@@ -324,9 +336,12 @@ def test_a_missing_template_or_argument_is_invalidspec_naming_the_field_and_touc
         )
         assert isvc_versions(kubectl) == set()
 
-        kubectl("patch", "modeldeployment", MODEL, "--type=json", "-p", json.dumps([
-            {"op": "add", "path": "/spec/strategy/canary/analysis/templates/0/args", "value": [{"name": "job", "value": "x"}]}
-        ]))  # fmt: skip
+        args = {
+            "op": "add",
+            "path": "/spec/strategy/canary/analysis/templates/0/args",
+            "value": [{"name": "job", "value": "x"}],
+        }
+        kubectl("patch", "modeldeployment", MODEL, "--type=json", "-p", json.dumps([args]))
         wait_until(lambda: md_status(kubectl).get("phase") == "Succeeded", what="valid again: v1 up")
         assert condition(md_status(kubectl), "InvalidSpec")["status"] == "False"
     finally:

@@ -1,4 +1,4 @@
-"""Analysis templates, web metrics and dry runs: argument rendering, template resolution, the schema's twins, the verdict."""
+"""Analysis templates, web metrics, dry runs: argument rendering, resolution, the schema's twins, the verdict."""
 
 from __future__ import annotations
 

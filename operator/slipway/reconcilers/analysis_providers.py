@@ -16,6 +16,8 @@ from slipway.rollout.analysis import Measurement, judge, render_query
 
 WEB = Web()
 """One connection pool for every web metric of this operator."""
+SECRET_LABEL = "ml.slipway.dev/analysis"
+"""A Secret a web metric may send must carry this label set to "true" (its owner opted it in)."""
 
 
 def measure_one(
@@ -62,6 +64,8 @@ def secret_headers(kube: Kube | None, web: WebMetric, namespace: str) -> dict[st
             raise WebError(f"{what} could not be read: {error_message(exc)}") from exc
         if secret is None:
             raise WebError(f"{what} not found")
+        if ((secret.get("metadata") or {}).get("labels") or {}).get(SECRET_LABEL) != "true":
+            raise WebError(f'{what} is not labelled {SECRET_LABEL}="true": only Secrets opted in are sent')
         raw = (secret.get("data") or {}).get(ref.key)
         if raw is None:
             raise WebError(f"{what} has no key {ref.key}")
