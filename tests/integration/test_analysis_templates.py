@@ -171,6 +171,7 @@ def test_a_cluster_template_with_args_serves_two_namespaces_each_with_its_own_an
         assert md_status(k)["history"][-1]["reason"] == "AnalysisFailed"
     finally:
         for ns, op in ops.items():
+            print(ns, json.dumps(md_status(in_ns(ns)), indent=1))
             stop_after_deleting_deployments(in_ns(ns), op)
             print(op.log_tail(60))
         kubectl("delete", "clusteranalysistemplate", template, check=False)
@@ -293,6 +294,7 @@ def test_a_web_metric_with_a_secret_header_and_a_failing_dry_run_metric_promote(
         assert exported[f"slipway_analysis_measurement_value{{{acted}}}"] == 0.97
         assert token not in op.log_path.read_text(errors="replace"), "the secret never reaches the log"
     finally:
+        print(json.dumps(md_status(kubectl), indent=1))
         stop_after_deleting_deployments(kubectl, op)
         print(op.log_tail(60))
         evaluator.server.shutdown()
