@@ -23,8 +23,6 @@ class Resolved:
 
     md: ModelDeployment
     entries: tuple[dict[str, Any], ...] = ()
-    frozen: bool = False
-    """True when every entry came from status: the rollout keeps what it started with."""
 
 
 def frozen_entries(old: dict[str, Any]) -> list[dict[str, Any]]:
@@ -57,8 +55,7 @@ def resolve(kube: Kube, md: ModelDeployment, old: dict[str, Any]) -> Resolved:
         template = AnalysisTemplateSpec.model_validate({"metrics": entry["metrics"]})
         metrics[field] = tuple(template.metrics)
     spec = expand(md.spec, metrics)
-    frozen = all(e in kept for e in entries)
-    return Resolved(md.model_copy(update={"spec": spec}), tuple(entries), frozen)
+    return Resolved(md.model_copy(update={"spec": spec}), tuple(entries))
 
 
 def _read(kube: Kube, md: ModelDeployment, field: str, ref: Any) -> dict[str, Any]:
