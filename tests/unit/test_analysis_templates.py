@@ -289,3 +289,35 @@ def test_dry_run_survives_the_status_round_trip():
     assert status["analysis"]["measurements"][0]["dryRun"] is True
     back = state_from_status(status)
     assert back.analysis is not None and back.analysis.measurements[0].dry_run
+
+
+def test_a_running_rollout_resolves_from_its_record_without_reading_any_template():
+    from slipway.api.modeldeployment import ModelDeployment
+    from slipway.reconcilers.analysis_templates import resolve
+
+    ref = {"name": "t", "clusterScope": True, "args": [{"name": "job", "value": "a"}]}
+    body = {
+        "metadata": {"name": "m", "namespace": "ns"},
+        "spec": {
+            "model": {"name": "digits", "track": {"alias": "champion"}},
+            "strategy": {"canary": {"steps": [{"analysis": {}}], "analysis": {"templates": [ref]}}},
+        },
+    }
+    md = ModelDeployment.model_validate(body)
+    frozen = {"name": "latency", "query": 'q{job="a"}', "max": 0.5}  # the bound when the rollout started
+    entry = {"field": "spec.strategy.canary.analysis.templates[0]", "ref": ref, "metrics": [frozen]}
+    started = "2026-12-06T12:00:00.000000Z"
+    old = {
+        "phase": "Paused",
+        "canaryVersion": "2",
+        "rolloutStartedAt": started,
+        STATUS_FIELD: {"version": "2", "rolloutStartedAt": started, "templates": [entry]},
+    }
+    out = resolve(None, md, old)  # type: ignore[arg-type]  # no client: any read would raise
+    analysis = out.md.spec.strategy.canary.analysis  # type: ignore[union-attr]
+    assert analysis is not None and [m.max for m in analysis.metrics or []] == [0.5]
+    assert out.entries == (entry,)
+    edited = {**ref, "args": [{"name": "job", "value": "b"}]}  # the spec's reference changed: read anew
+    body["spec"]["strategy"]["canary"]["analysis"]["templates"] = [edited]
+    with pytest.raises(AttributeError):
+        resolve(None, ModelDeployment.model_validate(body), old)  # type: ignore[arg-type]
