@@ -60,6 +60,10 @@ def test_operator_with_only_the_charts_permissions_completes_a_rollout(
 
         assert can("create", "inferenceservices.serving.kserve.io", namespace)
         assert can("patch", "modeldeployments.ml.slipway.dev/status", namespace)
+        assert can("watch", "analysistemplates.ml.slipway.dev", namespace)
+        assert not can("create", "analysistemplates.ml.slipway.dev", namespace), "templates are read only"
+        assert can("list", "clusteranalysistemplates.ml.slipway.dev", "default")
+        assert not can("get", "secrets", namespace), "no Secrets without analysis.secretAccess"
         elsewhere = [("create", "inferenceservices.serving.kserve.io"), ("list", "modeldeployments.ml.slipway.dev"),
                      ("create", "jobs.batch"), ("delete", "httproutes.gateway.networking.k8s.io")]  # fmt: skip
         granted = [(verb, what) for verb, what in elsewhere if can(verb, what, "default")]
@@ -86,5 +90,23 @@ def test_operator_with_only_the_charts_permissions_completes_a_rollout(
         finally:
             print(proc.log_tail(60))
             proc.stop()
+    finally:
+        helm(testbed, "uninstall", release, "-n", namespace)
+
+
+def test_analysis_secret_access_grants_get_on_secrets_in_the_watched_namespaces_only(testbed, kubectl, namespace):
+    """Web metrics' headers from Secrets: `get` (not list) where the operator watches, with analysis.secretAccess."""
+    release = f"s{namespace[-8:]}"
+    values = ["--set", "analysis.secretAccess=true", "--set", f"watchNamespaces={{{namespace}}}"]
+    helm(testbed, "install", release, str(CHART), "-n", namespace, "--skip-crds", *values)
+    try:
+        who = f"--as=system:serviceaccount:{namespace}:{release}-slipway"
+
+        def can(verb: str, where: str) -> bool:
+            out = kubectl("auth", "can-i", verb, "secrets", who, "-n", where, check=False).stdout.strip()
+            return out == "yes"
+
+        assert can("get", namespace)
+        assert not can("list", namespace) and not can("get", "default")
     finally:
         helm(testbed, "uninstall", release, "-n", namespace)

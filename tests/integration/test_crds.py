@@ -344,7 +344,7 @@ INVALID = [
         "md-analysis-metric-no-query",
         MD,
         canary(analysis={"metrics": [{"name": "x", "max": 1}]}),
-        ("spec.strategy.canary.analysis.metrics[0].query", "Required"),
+        ("spec.strategy.canary.analysis.metrics[0]", "set exactly one of query or web"),
     ),
     Bad(
         "md-analysis-step-without-template",

@@ -23,6 +23,7 @@ CASES = {
         "--set", "mlflow.credentialsSecret=mlflow-creds", "--set", "mlflow.webhookSecret=mlflow-webhook",
         "--set", "alertmanager.tokenSecret=am-token", "--set", "serviceMonitor.enabled=true",
         "--set", "prometheusRule.enabled=true", "--set", "dashboard.enabled=true",
+        "--set", "analysis.secretAccess=true",
         "--set-json", "storage.allowedUriPrefixes=[\"s3://models/\",\"gs://ml/\"]",
         "--set-json", "tenancy=[{\"namespaces\":[\"team-a*\"],\"models\":[\"team-a.*\"],\"experiments\":[\"team-a\"]}]",
     ],

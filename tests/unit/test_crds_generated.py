@@ -59,11 +59,15 @@ def test_names_and_subresources(kind: str) -> None:
     spec = CRDS[kind]["spec"]
     assert spec["group"] == GROUP
     assert spec["names"]["categories"] == ["slipway"]
-    assert spec["names"]["shortNames"] == [{"TrainingRun": "tr", "ModelVersion": "mv", "ModelDeployment": "md"}[kind]]
+    short = {"TrainingRun": "tr", "ModelVersion": "mv", "ModelDeployment": "md"}
+    short |= {"AnalysisTemplate": "at", "ClusterAnalysisTemplate": "cat"}
+    assert spec["names"]["shortNames"] == [short[kind]]
+    assert spec["scope"] == ("Cluster" if kind == "ClusterAnalysisTemplate" else "Namespaced")
     (version,) = spec["versions"]
     assert version["name"] == VERSION
     assert version["served"] and version["storage"]
-    assert version["subresources"] == {"status": {}}
+    templates = kind.endswith("AnalysisTemplate")  # read, never written, by the operator: no status
+    assert version.get("subresources") == (None if templates else {"status": {}})
 
 
 @pytest.mark.parametrize(

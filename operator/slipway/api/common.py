@@ -345,10 +345,12 @@ class KindInfo:
     description: str
     resource: type[ApiModel]
     spec: type[ApiModel]
-    status: type[ApiModel]
+    status: type[ApiModel] | None
+    """None: the kind has no status (nor status subresource)."""
     columns: tuple[PrinterColumn, ...]
     spec_rules: tuple[Rule, ...] = ()
     """Rules on spec that have no place on the spec model: transition rules (``oldSelf``)."""
+    scope: Literal["Namespaced", "Cluster"] = "Namespaced"
 
     @property
     def singular(self) -> str:

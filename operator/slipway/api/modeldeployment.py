@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from .analysis import NO_ARGS_INLINE, REFS_UNIQUE, TEMPLATES_DESCRIPTION, AnalysisMetric, TemplateRef
 from .budget import CanaryBudget
 from .common import (
     AGE_COLUMN,
@@ -34,7 +35,6 @@ from .common import (
     cel,
     exactly_one,
     name_rule,
-    ordered_bounds,
 )
 from .requirements import Requirements
 
@@ -239,34 +239,18 @@ class Autoscaling(ApiModel):
 # --- analysis -----------------------------------------------------------------------------
 
 
-@cel(at_least_one("min", "max"), ordered_bounds())
-class AnalysisMetric(ApiModel):
-    """A Prometheus query whose result must stay within bounds."""
-
-    name: str = Field(
-        pattern=DNS_LABEL_PATTERN,
-        max_length=63,
-        description="Name of the metric, unique in its analysis, e.g. error-rate.",
-    )
-    query: str = Field(
-        min_length=1,
-        max_length=4096,
-        description="PromQL returning one number." + QUERY_DESCRIPTION,
-    )
-    min: float | None = Field(None, description="Lowest passing value (inclusive).")
-    max: float | None = Field(None, description="Highest passing value (inclusive).")
-
-
 METRICS_EXTRA: dict[str, Any] = {
     "x-kubernetes-list-type": "map",
     "x-kubernetes-list-map-keys": ["name"],
 }
 
 
+@cel(at_least_one("metrics", "templates"), NO_ARGS_INLINE, REFS_UNIQUE)
 class Analysis(ApiModel):
-    """Prometheus analysis: each metric is measured every interval; a measurement out of
-    bounds is a failure, and more than failureLimit failures roll back. No data pauses the
-    analysis (no promotion without evidence) but does not by itself roll back."""
+    """Analysis: each metric is measured every interval; a measurement out of bounds is a
+    failure, and more than failureLimit failures roll back. No data or an error pauses the
+    analysis (no promotion without evidence) but does not by itself roll back. Dry-run
+    metrics are measured and recorded, never acted on."""
 
     interval: Duration = Field("30s", description="Time between measurements, e.g. 30s.")
     failure_limit: int = Field(2, ge=0, le=100, description="Failed measurements tolerated; one more rolls back.")
@@ -279,14 +263,17 @@ class Analysis(ApiModel):
             "pre-promotion analysis) needs to pass. Background analysis runs until the end."
         ),
     )
-    metrics: list[AnalysisMetric] = Field(
+    metrics: list[AnalysisMetric] | None = Field(
+        None,
         min_length=1,
         max_length=16,
         json_schema_extra=METRICS_EXTRA,
-        description="Metrics to measure.",
+        description="Metrics to measure (with templates, besides theirs).",
     )
+    templates: list[TemplateRef] | None = Field(None, min_length=1, max_length=8, description=TEMPLATES_DESCRIPTION)
 
 
+@cel(NO_ARGS_INLINE, REFS_UNIQUE)
 class AnalysisStep(ApiModel):
     """A blocking analysis step: hold the current weight until the analysis passes.
     Unset fields come from strategy.canary.analysis."""
@@ -296,7 +283,13 @@ class AnalysisStep(ApiModel):
         min_length=1,
         max_length=16,
         json_schema_extra=METRICS_EXTRA,
-        description="Metrics to measure. Default: those of strategy.canary.analysis.",
+        description="Metrics to measure. Default (neither metrics nor templates): those of strategy.canary.analysis.",
+    )
+    templates: list[TemplateRef] | None = Field(
+        None,
+        min_length=1,
+        max_length=8,
+        description=TEMPLATES_DESCRIPTION + " Default (neither metrics nor templates): strategy.canary.analysis's.",
     )
     count: int | None = Field(None, ge=1, le=100, description="Successful measurement rounds needed to pass.")
     interval: Duration | None = Field(None, description="Time between measurements.")
@@ -330,9 +323,7 @@ class CanaryStep(ApiModel):
         None, ge=0, le=100, description="Send this percent of traffic to the canary (0-100)."
     )
     pause: PauseStep | None = Field(None, description="Pause, for a duration or until promoted.")
-    analysis: AnalysisStep | None = Field(
-        None, description="Hold until a Prometheus analysis passes ({} uses canary.analysis)."
-    )
+    analysis: AnalysisStep | None = Field(None, description="Hold until an analysis passes ({} uses canary.analysis).")
     mirror: MirrorStep | None = Field(
         None, description="Mirror a percent of traffic to the canary (router gateway-api only)."
     )
@@ -344,7 +335,7 @@ def _weights_increasing(c: Canary) -> bool:
 
 
 def _analysis_steps_have_metrics(c: Canary) -> bool:
-    bare = any(s.analysis is not None and s.analysis.metrics is None for s in c.steps)
+    bare = any(s.analysis is not None and s.analysis.metrics is None and s.analysis.templates is None for s in c.steps)
     return not bare or c.analysis is not None
 
 
@@ -369,8 +360,11 @@ DEFAULT_STEPS = [
         check=_weights_increasing,
     ),
     Rule(
-        rule=("has(self.analysis) || !self.steps.exists(s, has(s.analysis) && !has(s.analysis.metrics))"),
-        message="steps[].analysis without metrics needs canary.analysis to take them from",
+        rule=(
+            "has(self.analysis) || "
+            "!self.steps.exists(s, has(s.analysis) && !has(s.analysis.metrics) && !has(s.analysis.templates))"
+        ),
+        message="steps[].analysis without metrics or templates needs canary.analysis to take them from",
         field_path=".steps",
         check=_analysis_steps_have_metrics,
     ),
@@ -737,6 +731,7 @@ class Measurement(ApiModel):
     phase: MeasurementPhase = Field(description="Successful, Failed (out of bounds), Inconclusive (no data) or Error.")
     measured_at: datetime = Field(description="When it was measured.")
     message: str | None = Field(None, description="Details, e.g. the query error.")
+    dry_run: bool | None = Field(None, description="true: a dry-run metric, recorded but never acted on.")
 
 
 class AnalysisStatus(ApiModel):
@@ -750,6 +745,29 @@ class AnalysisStatus(ApiModel):
     inconclusive: int = Field(0, ge=0, description="Measurements without data.")
     started_at: datetime | None = Field(None, description="When the analysis started.")
     measurements: list[Measurement] | None = Field(None, description="The latest measurement of each metric.")
+
+
+class ResolvedTemplate(ApiModel):
+    """One template reference as the running rollout resolved it (its metrics as they were then)."""
+
+    field: str = Field(description="Where the reference is, e.g. spec.strategy.canary.analysis.templates[0].")
+    ref: TemplateRef = Field(description="The reference as the spec gave it.")
+    kind: Literal["AnalysisTemplate", "ClusterAnalysisTemplate"] = Field(description="Kind of the template.")
+    resource_version: str | None = Field(None, description="The template's metadata.resourceVersion then.")
+    generation: int | None = Field(None, description="The template's metadata.generation then.")
+    args: dict[str, str] | None = Field(None, description="Argument values used (given, else defaults).")
+    metrics: list[AnalysisMetric] = Field(max_length=16, description="The template's metrics, arguments filled in.")
+
+
+class FrozenAnalysis(ApiModel):
+    """The template metrics a rollout uses: resolved when it started, kept until it ends."""
+
+    version: str = Field(description="The version whose rollout they belong to.")
+    rollout_started_at: datetime | None = Field(None, description="When that rollout started.")
+    message: str | None = Field(None, description="What this means, in words.")
+    templates: list[ResolvedTemplate] = Field(
+        max_length=64, description="Every template reference of the spec, resolved."
+    )
 
 
 class VariantResult(ApiModel):
@@ -852,6 +870,13 @@ class ModelDeploymentStatus(ApiModel):
     rollout_started_at: datetime | None = Field(None, description="When the rollout started.")
     promoted_at: datetime | None = Field(None, description="When the last promotion finished.")
     analysis: AnalysisStatus | None = Field(None, description="The running analysis.")
+    analysis_templates: FrozenAnalysis | None = Field(
+        None,
+        description=(
+            "The analysis templates' metrics the running rollout uses, as they were when it started: "
+            "a template changed or deleted meanwhile does not alter it (the next rollout reads it anew)."
+        ),
+    )
     comparison: Comparison | None = Field(
         None, description="The A/B comparison of the last A/B test (kept after it is decided)."
     )

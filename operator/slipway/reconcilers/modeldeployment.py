@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,16 +13,17 @@ from slipway.api.modeldeployment import ModelDeployment
 from slipway.api.names import ACTION_ANNOTATION, API_VERSION, LABEL_MODEL, LABEL_VERSION, sanitise_model_name
 from slipway.builders.router import router_for
 from slipway.clients.kube import Kube, NotOwned, error_message
-from slipway.clients.prometheus import NoData, Prometheus, PrometheusError
+from slipway.clients.prometheus import Prometheus
 from slipway.rollout import machine
-from slipway.rollout.analysis import AnalysisConfig, Measurement, judge, render_query
+from slipway.rollout.analysis import AnalysisConfig, Measurement
 from slipway.rollout.budget import Split, unsplittable
 from slipway.rollout.phases import conditions_for
 from slipway.rollout.state import ACTIONS, Action, Decision, Observations, RolloutState
+from slipway.rollout.templates import TemplateError
 from slipway.storage_uris import refusal
 from slipway.tenancy import Tenancy
 
-from . import budget, requirements, rollout_metrics, routing
+from . import analysis_providers, analysis_templates, budget, requirements, rollout_metrics, routing
 from .ab_comparison import compare
 from .gateway_support import mirror_refusal
 from .rollout_status import state_from_status, state_to_status
@@ -103,21 +104,22 @@ def observe_children(kube: Kube, md: ModelDeployment) -> tuple[frozenset[str], f
 
 
 def measure(
-    prom: Prometheus, md: ModelDeployment, config: AnalysisConfig, version: str, now: datetime
+    prom: Prometheus,
+    md: ModelDeployment,
+    config: AnalysisConfig,
+    version: str,
+    now: datetime,
+    kube: Kube | None = None,
 ) -> tuple[Measurement, ...]:
-    """One analysis round: each metric's query, filled in and judged (no data or errors are inconclusive)."""
-    out = []
-    for metric in config.metrics:
-        query = render_query(
-            metric.query, namespace=md.metadata.namespace or "", name=md.metadata.name or "", version=version
-        )
-        try:
-            out.append(judge(metric, version, prom.query(query), now))
-        except NoData as exc:
-            out.append(replace(judge(metric, version, None, now), message=str(exc)))
-        except PrometheusError as exc:
-            out.append(judge(metric, version, None, now, error=str(exc)))
-    return tuple(out)
+    """One analysis round: each metric measured by its provider and judged (no data or errors are inconclusive).
+
+    ``kube`` reads the Secrets web metrics take headers from. The round is exported as metrics
+    (``slipway_analysis_*``, dry-run ones labelled so).
+    """
+    ns, name = md.metadata.namespace or "", md.metadata.name or ""
+    out = tuple(analysis_providers.measure_one(prom, kube, m, ns, name, version, now) for m in config.metrics)
+    rollout_metrics.record_measurements(ns, name, out)
+    return out
 
 
 def apply_children(
@@ -205,6 +207,11 @@ def reconcile(
         forbidden = tenancy.forbids_model(md.metadata.namespace or "", md.spec.model.name, "spec.model.name")
         if forbidden is not None:
             return _invalid(old, body, forbidden, reason="Forbidden")
+    try:  # template metrics inline: as the running rollout froze them, else read now
+        templated = analysis_templates.resolve(kube, md, old)
+    except TemplateError as exc:
+        return _invalid(old, body, str(exc))
+    md = templated.md
     resolved = resolve(kube, md, storage_prefixes)
     live, ready = observe_children(kube, md)
     action, bad_action = _action(md)
@@ -216,7 +223,7 @@ def reconcile(
     config = machine.measurement_due(state, md.spec, now)
     measurements = None
     if config is not None and state.canary_version is not None:
-        measurements = measure(prom, md, config, state.canary_version, now)
+        measurements = measure(prom, md, config, state.canary_version, now, kube)
     comparison = compare(prom, md, state, now) if machine.comparison_due(state, md.spec, now) else None
     obs = Observations(
         now=now,
@@ -251,6 +258,7 @@ def reconcile(
         requeue = min(requeue if requeue is not None else verdict.retry_after, max(verdict.retry_after, 0.5))
     stable_ready = decision.state.stable_version in ready
     status = status_of(md, old, decision.state, resolved.version, stable_ready=stable_ready)
+    status[analysis_templates.STATUS_FIELD] = analysis_templates.record(templated, old, status)
     events += requirements.record(old, status, verdict, md.metadata.generation)
     if entered_rollback(old, status):
         with_pending(body.get("spec") or {}, old, status, now)

@@ -1,4 +1,4 @@
-"""Operator metrics of rollouts: phase, canary weight, rollouts and rollbacks counted (served on /metrics)."""
+"""Operator metrics of rollouts: phase, canary weight, rollouts, rollbacks and analysis measurements (on /metrics)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
+from slipway.rollout.analysis import Measurement
 from slipway.rollout.phases import Phase
 from slipway.rollout.state import Decision
 
@@ -20,6 +21,16 @@ ROLLOUT_PHASE = Gauge(
 CANARY_WEIGHT = Gauge("slipway_canary_weight", "Percent of traffic on the canary.", ["namespace", "name"])
 ROLLOUTS = Counter("slipway_rollouts", "Rollouts started.", ["namespace", "name", "strategy"])
 ROLLBACKS = Counter("slipway_rollbacks", "Rollbacks, by reason.", ["namespace", "name", "reason"])
+MEASUREMENT_VALUE = Gauge(
+    "slipway_analysis_measurement_value",
+    'Last value an analysis metric measured (NaN: no data or an error); dry_run="true": never acted on.',
+    ["namespace", "name", "metric", "dry_run"],
+)
+MEASUREMENTS = Counter(
+    "slipway_analysis_measurements",
+    "Analysis measurements, by metric and phase (Successful, Failed, Inconclusive, Error); dry-run ones labelled.",
+    ["namespace", "name", "metric", "phase", "dry_run"],
+)
 PASS_ERRORS = Counter("slipway_reconcile_errors", "ModelDeployment passes that failed (retried with a back-off).")
 
 
@@ -45,10 +56,18 @@ def record(namespace: str, name: str, strategy: str, decision: Decision) -> None
         ROLLBACKS.labels(namespace, name, arrow.reason).inc()
 
 
+def record_measurements(namespace: str, name: str, round_: tuple[Measurement, ...]) -> None:
+    """Export one analysis round: each metric's value and its phase counted, dry-run metrics labelled so."""
+    for m in round_:
+        dry = "true" if m.dry_run else "false"
+        MEASUREMENT_VALUE.labels(namespace, name, m.metric, dry).set(m.value if m.value is not None else float("nan"))
+        MEASUREMENTS.labels(namespace, name, m.metric, m.phase, dry).inc()
+
+
 def forget(namespace: str, name: str) -> int:
     """Drop every series of a deleted ModelDeployment (labels namespace, name first); returns how many."""
     dropped = 0
-    for metric in (ROLLOUT_PHASE, CANARY_WEIGHT, ROLLOUTS, ROLLBACKS):
+    for metric in (ROLLOUT_PHASE, CANARY_WEIGHT, ROLLOUTS, ROLLBACKS, MEASUREMENT_VALUE, MEASUREMENTS):
         for labels in [v for v in list(metric._metrics) if v[:2] == (namespace, name)]:
             metric.remove(*labels)
             dropped += 1

@@ -29,7 +29,13 @@ def _analysis(raw: dict[str, Any] | None) -> AnalysisState | None:
         return None
     measurements = tuple(
         Measurement(
-            m["metric"], m.get("version") or "", m.get("value"), m["phase"], _time(m["measuredAt"]) or datetime.min
+            m["metric"],
+            m.get("version") or "",
+            m.get("value"),
+            m["phase"],
+            _time(m["measuredAt"]) or datetime.min,
+            m.get("message") or "",
+            bool(m.get("dryRun")),
         )
         for m in raw.get("measurements") or []
     )
@@ -167,6 +173,7 @@ def analysis_to_status(a: AnalysisState | None) -> dict[str, Any] | None:
                         "phase": m.phase,
                         "measuredAt": _iso(m.measured_at),
                         "message": m.message,
+                        "dryRun": True if m.dry_run else None,
                     }
                 )
                 for m in a.measurements

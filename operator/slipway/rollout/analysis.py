@@ -7,8 +7,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
+from slipway.api.analysis import AnalysisMetric
 from slipway.api.common import parse_duration
-from slipway.api.modeldeployment import Analysis, AnalysisMetric, AnalysisStep
+from slipway.api.modeldeployment import Analysis, AnalysisStep
 
 MeasurementPhase = Literal["Successful", "Failed", "Inconclusive", "Error"]
 AnalysisPhase = Literal["Pending", "Running", "Successful", "Failed", "Inconclusive"]
@@ -49,7 +50,7 @@ def resolve(step: AnalysisStep | None, base: Analysis | None) -> AnalysisConfig:
         defaults = Analysis(metrics=step.metrics)
     else:
         raise ValueError("an analysis needs metrics: on the step or in the strategy's analysis")
-    metrics = (step.metrics if step and step.metrics else None) or defaults.metrics
+    metrics = (step.metrics if step and step.metrics else None) or defaults.metrics or ()
     interval = (step.interval if step and step.interval else None) or defaults.interval
     failure_limit = step.failure_limit if step and step.failure_limit is not None else defaults.failure_limit
     count = step.count if step and step.count is not None else defaults.count
@@ -66,21 +67,26 @@ class Measurement:
     phase: MeasurementPhase
     measured_at: datetime
     message: str = ""
+    dry_run: bool = False
 
 
 def judge(
     metric: AnalysisMetric, version: str, value: float | None, at: datetime, error: str | None = None
 ) -> Measurement:
-    """Judge one value: out of [min, max] fails; no value (or NaN) is Inconclusive; a query error is Error."""
+    """Judge one value: out of [min, max] fails; no value (or NaN) is Inconclusive; a query error is Error.
+
+    The measurement keeps the metric's dryRun: ``fold`` records it but never acts on it.
+    """
+    dry = metric.dry_run
     if error is not None:
-        return Measurement(metric.name, version, None, "Error", at, error)
+        return Measurement(metric.name, version, None, "Error", at, error, dry)
     if value is None or math.isnan(value):
-        return Measurement(metric.name, version, None, "Inconclusive", at, "no data: the query returned nothing")
+        return Measurement(metric.name, version, None, "Inconclusive", at, "no data: the query returned nothing", dry)
     if metric.min is not None and value < metric.min:
-        return Measurement(metric.name, version, value, "Failed", at, f"{value:g} < min {metric.min:g}")
+        return Measurement(metric.name, version, value, "Failed", at, f"{value:g} < min {metric.min:g}", dry)
     if metric.max is not None and value > metric.max:
-        return Measurement(metric.name, version, value, "Failed", at, f"{value:g} > max {metric.max:g}")
-    return Measurement(metric.name, version, value, "Successful", at, "")
+        return Measurement(metric.name, version, value, "Failed", at, f"{value:g} > max {metric.max:g}", dry)
+    return Measurement(metric.name, version, value, "Successful", at, "", dry)
 
 
 @dataclass(frozen=True)
@@ -113,15 +119,23 @@ def until_due(state: AnalysisState, config: AnalysisConfig, now: datetime) -> fl
 
 
 def fold(state: AnalysisState, round_: tuple[Measurement, ...], config: AnalysisConfig) -> AnalysisState:
-    """Add one round. Any metric out of bounds: a failed round; else any without data: inconclusive
-    (never counts as a pass: no promotion without evidence); else a successful round."""
+    """Add one round. Any metric out of bounds: a failed round; else any without data or in error:
+    inconclusive (never counts as a pass: no promotion without evidence); else a successful round.
+
+    Dry-run measurements are kept (status shows them) but left out of the verdict. A round of
+    dry-run metrics only acts on nothing: it passes, whatever they measured (dryRun never holds
+    a rollout). A round with no measurement at all is inconclusive.
+    """
     started = state.started_at or (round_[0].measured_at if round_ else None)
-    phases = {m.phase for m in round_}
+    acted = [m for m in round_ if not m.dry_run]
+    phases = {m.phase for m in acted}
+    if not round_:
+        phases = {"Inconclusive"}
     if "Failed" in phases:
         failed = state.failed + 1
         phase: AnalysisPhase = "Failed" if failed > config.failure_limit else "Running"
         return replace(state, phase=phase, failed=failed, started_at=started, measurements=round_)
-    if phases & {"Inconclusive", "Error"} or not round_:
+    if phases & {"Inconclusive", "Error"}:
         return replace(
             state, phase="Inconclusive", inconclusive=state.inconclusive + 1, started_at=started, measurements=round_
         )
@@ -136,5 +150,5 @@ def explain(state: AnalysisState, config: AnalysisConfig) -> str:
         f"analysis {state.phase}: {state.successful}/{config.count} successful, "
         f"{state.failed} failed (limit {config.failure_limit}), {state.inconclusive} inconclusive"
     )
-    notes = [f"{m.metric}: {m.message}" for m in state.measurements if m.message]
+    notes = [f"{m.metric}{' (dry run)' if m.dry_run else ''}: {m.message}" for m in state.measurements if m.message]
     return head + (f" ({'; '.join(notes)})" if notes else "")
