@@ -9,6 +9,7 @@ import kopf
 
 from slipway.builders.names import LABEL_DEPLOYMENT, LABEL_MODEL, sanitise_model_name
 from slipway.reconcilers.modeldeployment import Driver
+from slipway.reconcilers.notifier import notify
 from slipway.reconcilers.status import Outcome
 
 GROUP, VERSION = "ml.slipway.dev", "v1alpha1"
@@ -34,6 +35,7 @@ def _driver(memo: Any) -> Driver:
 def _post(body: dict[str, Any] | None, outcome: Outcome | None) -> None:
     if body is None or outcome is None:
         return
+    notify(body, outcome.events, outcome.status)
     for event in outcome.events:
         kopf.event(kopf.Body(cast(Any, body)), type=event.type, reason=event.reason, message=event.message)
 

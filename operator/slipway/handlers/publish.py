@@ -6,6 +6,7 @@ from typing import Any
 
 import kopf
 
+from slipway.reconcilers.notifier import notify
 from slipway.reconcilers.status import Outcome, status_changed
 
 
@@ -14,5 +15,6 @@ def publish(outcome: Outcome, body: kopf.Body, patch: kopf.Patch) -> None:
     current: dict[str, Any] = dict(body.get("status") or {})
     if status_changed(current, outcome.status):
         patch["status"] = outcome.status
+    notify(body, outcome.events, outcome.status)
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)

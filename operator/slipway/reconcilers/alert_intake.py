@@ -181,17 +181,17 @@ class AlertIntake:
             for e in reaction.outcome.events
         ]
         strategy = "blueGreen" if ((body.get("spec") or {}).get("strategy") or {}).get("blueGreen") else "canary"
-        rollout_metrics.record(ns, name, strategy, reaction.decision)
+        rollout_metrics.record(ns, name, strategy, reaction.decision, alert.name)
 
     async def _follow_up(self, driver: Driver, body: dict[str, Any], reaction: Reaction, alert: Alert) -> None:
         """Events, and the full pass that finishes the rollback (and starts the registry write-back)."""
         assert reaction.outcome is not None
         ns, name = body["metadata"].get("namespace", ""), body["metadata"].get("name", "")
-        await post_events(driver.kube, body, reaction.outcome.events)
+        await post_events(driver.kube, body, reaction.outcome.events, reaction.outcome.status)
         try:
             after, outcome = await driver.drive(ns, name)
             if after is not None and outcome is not None:
-                await post_events(driver.kube, after, outcome.events)
+                await post_events(driver.kube, after, outcome.events, outcome.status)
         except Exception as exc:  # the timer's pass will try again
             log.warning("%s/%s: pass after the alert failed: %s", ns, name, exc)
         # the registry write-back the rollback owes is in status.pendingWriteBacks: the pass drains it
