@@ -74,7 +74,7 @@ class Notifications(ApiModel):
     """Targets and the events they get; a ModelDeployment's or TrainingRun's section adds to the operator's defaults."""
 
     targets: list[NotificationTarget] = Field(
-        default_factory=list,
+        [],
         max_length=8,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
         description="Where to send. Secrets are read from the object's own namespace.",
