@@ -202,7 +202,7 @@ def test_every_rollout_event_reaches_its_targets_once_per_id_through_500s_withou
             predictor(kubectl, version)
         deployment(
             kubectl,
-            {"canary": {"steps": [{"setWeight": 20}, {"pause": {}}]}},
+            {"canary": {"steps": [{"setWeight": 20}, {"pause": {}}], "scaleDownDelaySeconds": 0}},
             notifications={"targets": [WEBHOOK, TEAMS]},
             rollback={"alerts": {"alertNames": [ALERT]}},
         )
@@ -234,7 +234,7 @@ def test_every_rollout_event_reaches_its_targets_once_per_id_through_500s_withou
 
         # v3 rolls out, and an alert through Alertmanager rolls it back
         move_alias(kubectl, "2", "3")
-        wait_until(lambda: md_status(kubectl).get("phase") == "Paused", timeout=60, what="v3 paused")
+        wait_until(lambda: md_status(kubectl).get("phase") == "Paused", timeout=90, what="v3 paused")
         fire(testbed, namespace, "3")
         try:
             wait_until(lambda: md_status(kubectl).get("phase") == "RolledBack", timeout=60, what="v3 rolled back")

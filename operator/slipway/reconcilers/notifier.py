@@ -66,6 +66,7 @@ class Notifier:
 
     async def start(self) -> None:
         """Start the worker tasks (on the running loop)."""
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry the URL: a credential here
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=TIMEOUT_SECONDS)
         self._workers = [asyncio.create_task(self._work(), name=f"notifier-{i}") for i in range(WORKERS)]
