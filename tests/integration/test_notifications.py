@@ -164,7 +164,7 @@ TEAMS = {"name": "team", "type": "teams", "urlSecretRef": ref("teams-url")}
 SLACK_DEFAULT = {"name": "ops", "type": "slack", "urlSecretRef": ref("slack-url")}
 
 
-def metric(op: OperatorProcess, name: str, **labels: str) -> float:
+def metric(op: OperatorProcess, name: str, /, **labels: str) -> float:
     """A sample of the operator's /metrics with exactly these labels (0 if absent)."""
     text = httpx.get(f"{op.url}/metrics", timeout=5).text
     for family in text_string_to_metric_families(text):
