@@ -20,11 +20,12 @@ from slipway.reconcilers.notifications import (
     rollback_cause,
     targets_for,
 )
-from slipway.reconcilers.notifier import backoff
+from slipway.reconcilers.notifier import Notifier, backoff
 from slipway.reconcilers.status import Event
 from slipway.rollout.analysis import AnalysisState, Measurement
 from slipway.rollout.phases import TRANSITIONS
 from slipway.rollout.state import Observations, RolloutState, rollback
+from slipway.settings import Settings
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 BODY = {
@@ -242,3 +243,45 @@ def test_every_rollback_posts_a_warning_and_counts_an_abort_by_cause():
         assert REGISTRY.get_sample_value("slipway_rollout_aborts_total", labels) == before + 1
     assert rollout_metrics.forget("ns-abort", "md") > 0
     assert REGISTRY.get_sample_value("slipway_rollout_aborts_total", labels) is None
+
+
+def _notifier(queue_size: int) -> Notifier:
+    defaults = {"targets": [{"name": "ops", "type": "slack", "urlSecretRef": ref("u")}]}
+    settings = Settings.model_validate({"notifications": defaults, "notification_queue_size": queue_size})
+    return Notifier(None, settings)  # type: ignore[arg-type]  # no worker runs: nothing reads a Secret
+
+
+def test_a_full_queue_drops_and_counts_instead_of_waiting_and_an_occurrence_is_queued_once():
+    notifier = _notifier(queue_size=3)
+    labels = {"type": "slack", "outcome": "dropped"}
+    before = REGISTRY.get_sample_value("slipway_notifications_total", labels) or 0.0
+    started = Event("RolloutStarted", "rolling out v2 (stable v1)")
+    for step in range(5):
+        notifier.notify(BODY, [started], {**STATUS, "currentStep": step})
+    assert notifier.pending == 3
+    assert REGISTRY.get_sample_value("slipway_notifications_total", labels) == before + 2
+    again = _notifier(queue_size=10)
+    for _ in range(3):  # the same occurrence handed over again (a second pass posting the same event)
+        again.notify(BODY, [started], STATUS)
+    assert again.pending == 1
+    again.notify(BODY, [Event("ActionIgnored", "action pause does nothing in phase Succeeded", "Warning")], STATUS)
+    assert again.pending == 1, "not a notification event"
+
+
+def test_an_analysis_inconclusive_past_the_bound_is_notified_once_per_step(monkeypatch: pytest.MonkeyPatch):
+    notifier = _notifier(queue_size=10)
+    clock = [1000.0]
+    monkeypatch.setattr("slipway.reconcilers.notifier.time.monotonic", lambda: clock[0])
+    body = {**BODY, "spec": {"notifications": {"inconclusiveAfter": "60s"}}}
+    status = {**STATUS, "phase": "Progressing", "analysis": {"phase": "Inconclusive", "inconclusive": 3}}
+    notifier.notify(body, [], status)
+    clock[0] += 59
+    notifier.notify(body, [], status)
+    assert notifier.pending == 0
+    clock[0] += 2
+    notifier.notify(body, [], status)
+    notifier.notify(body, [], status)
+    assert notifier.pending == 1
+    clock[0] += 120
+    notifier.notify(body, [], {**status, "currentStep": 2})  # the next step starts its own clock
+    assert notifier.pending == 1
