@@ -282,6 +282,63 @@ def test_every_rollout_event_reaches_its_targets_once_per_id_through_500s_withou
         print(op.log_tail(150))
 
 
+def test_inconclusive_analysis_abort_and_a_candidate_never_ready_are_notified_with_their_causes(
+    kubectl, namespace, testbed, slipway_crds, tmp_path, receiver
+):
+    make_secret(kubectl, receiver)
+    env = {"SLIPWAY_NOTIFICATION_MAX_BACKOFF_SECONDS": "1"}
+    op = OperatorProcess(testbed.kubeconfig, namespace, tmp_path, testbed.prometheus_url, env=env).start()
+    try:
+        for version, aliases in (("1", ["champion"]), ("2", []), ("3", [])):
+            model_version(kubectl, version, aliases)
+        for version in ("1", "2"):  # v3 never gets a predictor
+            predictor(kubectl, version)
+        analysis = {
+            "interval": "1s",
+            "count": 2,
+            "metrics": [
+                {"name": "error-rate", "query": 'max(slipway_metric_nobody_exports{version="{{version}}"})', "max": 0.1}
+            ],
+        }
+        steps = [{"setWeight": 20}, {"analysis": {}}, {"setWeight": 60}]
+        events = ["AnalysisInconclusive", "RolledBack", "ProgressDeadlineExceeded"]
+        deployment(
+            kubectl,
+            {"canary": {"steps": steps, "analysis": analysis, "progressDeadline": "3s"}},
+            notifications={"targets": [WEBHOOK], "events": events, "inconclusiveAfter": "2s"},
+        )
+        first_version_up(kubectl)
+        move_alias(kubectl, "1", "2")
+        wait_until(lambda: "AnalysisInconclusive" in receiver.events("/webhook"), timeout=60, what="inconclusive")
+        time.sleep(3)  # more inconclusive rounds: no second notification for the same step
+        assert receiver.events("/webhook") == ["AnalysisInconclusive"]
+        assert md_status(kubectl)["phase"] == "Progressing"
+
+        action(kubectl, "abort")
+        wait_until(lambda: "RolledBack" in receiver.events("/webhook"), timeout=30, what="the abort")
+        move_alias(kubectl, "2", "3")
+        wait_until(
+            lambda: "ProgressDeadlineExceeded" in receiver.events("/webhook"), timeout=60, what="the progress deadline"
+        )
+        time.sleep(2)
+        bodies = [g.body for g in receiver.accepted("/webhook")]
+        assert [(b["event"], b["reason"], b["details"].get("Cause")) for b in bodies] == [
+            ("AnalysisInconclusive", "AnalysisInconclusive", None),
+            ("RolledBack", "Aborted", "manual-abort"),
+            ("ProgressDeadlineExceeded", "ProgressDeadlineExceeded", "progress-deadline"),
+        ]
+        assert all(g.signed_ok for g in receiver.all("/webhook"))
+        for reason, cause in (("Aborted", "manual-abort"), ("ProgressDeadlineExceeded", "progress-deadline")):
+            labels = {"namespace": namespace, "name": MODEL, "reason": reason, "cause": cause}
+            assert metric(op, "slipway_rollout_aborts_total", **labels) == 1
+            found = kubectl("get", "events", "--field-selector", f"reason={reason}", "-o", "json").stdout
+            assert [e["type"] for e in json.loads(found)["items"]] == ["Warning"]
+    finally:
+        print(json.dumps(md_status(kubectl), indent=1))
+        stop_after_deleting_deployments(kubectl, op)
+        print(op.log_tail(100))
+
+
 def test_a_failed_training_run_is_notified_once_to_its_target_and_the_defaults(
     start_operator: StartOperator, namespace, kubectl, receiver
 ):
