@@ -6,6 +6,7 @@ import os
 
 from pydantic import BaseModel, Field, model_validator
 
+from slipway.api.notifications import Notifications
 from slipway.storage_uris import DEFAULT_PREFIXES, parse_prefixes
 from slipway.tenancy import Tenancy
 
@@ -132,6 +133,41 @@ class Settings(BaseModel):
         ),
     )
 
+    notifications: Notifications = Field(
+        default_factory=Notifications,
+        description=(
+            "Default notification targets and events for every ModelDeployment and TrainingRun, as JSON in "
+            "the shape of spec.notifications; their Secrets are read in each object's namespace "
+            "(SLIPWAY_NOTIFICATIONS; empty: none). See docs/notifications.md."
+        ),
+    )
+    notification_queue_size: int = Field(
+        1000,
+        ge=1,
+        description=(
+            "Deliveries waiting or retrying at most; a notification beyond is dropped and counted, never "
+            "waited for (SLIPWAY_NOTIFICATION_QUEUE_SIZE)."
+        ),
+    )
+    notification_max_backoff_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Longest wait between two tries of a delivery (SLIPWAY_NOTIFICATION_MAX_BACKOFF_SECONDS).",
+    )
+    notification_retry_seconds: float = Field(
+        86400.0,
+        gt=0,
+        description="Give a delivery up when it has failed for this long (SLIPWAY_NOTIFICATION_RETRY_SECONDS).",
+    )
+    notification_inconclusive_seconds: float = Field(
+        600.0,
+        gt=0,
+        description=(
+            "Default bound for AnalysisInconclusive: an analysis inconclusive this long is notified "
+            "(SLIPWAY_NOTIFICATION_INCONCLUSIVE_SECONDS; spec.notifications.inconclusiveAfter wins)."
+        ),
+    )
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         """Read the settings from environment variables; unset ones keep their defaults."""
@@ -157,8 +193,13 @@ class Settings(BaseModel):
             "lease_retry_period_seconds": e.get("SLIPWAY_LEASE_RETRY_PERIOD_SECONDS", ""),
             "pod_name": e.get("SLIPWAY_POD_NAME", ""),
             "pod_namespace": e.get("SLIPWAY_POD_NAMESPACE", ""),
+            "notification_queue_size": e.get("SLIPWAY_NOTIFICATION_QUEUE_SIZE", ""),
+            "notification_max_backoff_seconds": e.get("SLIPWAY_NOTIFICATION_MAX_BACKOFF_SECONDS", ""),
+            "notification_retry_seconds": e.get("SLIPWAY_NOTIFICATION_RETRY_SECONDS", ""),
+            "notification_inconclusive_seconds": e.get("SLIPWAY_NOTIFICATION_INCONCLUSIVE_SECONDS", ""),
         }
         values: dict[str, object] = {k: v for k, v in raw.items() if v != ""}
         values["tenancy"] = Tenancy.parse(e.get("SLIPWAY_TENANCY", ""))
+        values["notifications"] = Notifications.model_validate_json(e.get("SLIPWAY_NOTIFICATIONS") or "{}")
         values["storage_uri_prefixes"] = parse_prefixes(e.get("SLIPWAY_STORAGE_URI_PREFIXES", ""))
         return cls.model_validate(values)

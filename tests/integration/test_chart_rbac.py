@@ -64,6 +64,10 @@ def test_operator_with_only_the_charts_permissions_completes_a_rollout(
         assert not can("create", "analysistemplates.ml.slipway.dev", namespace), "templates are read only"
         assert can("list", "clusteranalysistemplates.ml.slipway.dev", "default")
         assert not can("get", "secrets", namespace), "no Secrets without analysis.secretAccess"
+        # notification Secrets: the ones named in notifications.secretNames, by name, and no other
+        assert can("get", "secrets/slipway-notifications", namespace)
+        assert not can("get", "secrets/mlflow-credentials", namespace)
+        assert not can("list", "secrets", namespace)
         elsewhere = [("create", "inferenceservices.serving.kserve.io"), ("list", "modeldeployments.ml.slipway.dev"),
                      ("create", "jobs.batch"), ("delete", "httproutes.gateway.networking.k8s.io")]  # fmt: skip
         granted = [(verb, what) for verb, what in elsewhere if can(verb, what, "default")]

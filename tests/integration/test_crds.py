@@ -537,6 +537,26 @@ INVALID = [
         {"spec": {"model": {"name": DELETE}}},
         ("spec.model.name", "Required"),
     ),
+    Bad(
+        "md-notifications-webhook-unsigned",
+        MD,
+        md_spec(
+            notifications={"targets": [{"name": "a", "type": "webhook", "urlSecretRef": {"name": "s", "key": "u"}}]}
+        ),
+        ("spec.notifications.targets[0].signingSecretRef", "needs signingSecretRef"),
+    ),
+    Bad(
+        "md-notifications-url-in-spec",
+        MD,
+        md_spec(notifications={"targets": [{"name": "a", "type": "slack", "url": "https://hooks.example/x"}]}),
+        ("spec.notifications.targets[0]", "url"),
+    ),
+    Bad(
+        "tr-notifications-unknown-event",
+        TR,
+        {"spec": {"notifications": {"events": ["Exploded"]}}},
+        ("spec.notifications.events[0]", "Exploded"),
+    ),
 ]
 
 

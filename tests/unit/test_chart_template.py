@@ -26,6 +26,10 @@ CASES = {
         "--set", "analysis.secretAccess=true",
         "--set-json", "storage.allowedUriPrefixes=[\"s3://models/\",\"gs://ml/\"]",
         "--set-json", "tenancy=[{\"namespaces\":[\"team-a*\"],\"models\":[\"team-a.*\"],\"experiments\":[\"team-a\"]}]",
+        "--set", "notifications.targets[0].name=ml-alerts", "--set", "notifications.targets[0].type=slack",
+        "--set", "notifications.targets[0].urlSecretRef.name=slipway-notifications",
+        "--set", "notifications.targets[0].urlSecretRef.key=slack-url",
+        "--set-json", "notifications.events=[\"RolledBack\",\"TrainingFailed\"]",
     ],
 }  # fmt: skip
 

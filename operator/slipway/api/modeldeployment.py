@@ -36,6 +36,7 @@ from .common import (
     exactly_one,
     name_rule,
 )
+from .notifications import Notifications
 from .requirements import Requirements
 
 Phase = Literal["Idle", "Progressing", "Paused", "Promoting", "Succeeded", "RollingBack", "RolledBack"]
@@ -715,6 +716,13 @@ class ModelDeploymentSpec(ApiModel):
             "What a version must show before it is rolled out, whatever moves the alias: run metrics, "
             "tags, a signature, a passed TrainingRun gate, a minimum age. A version failing them is not "
             "rolled out (condition RequirementsMet False); it starts by itself once it meets them."
+        ),
+    )
+    notifications: Notifications | None = Field(
+        None,
+        description=(
+            "Messages to Slack, Teams or a signed JSON webhook when a rollout starts, reaches a step, pauses, "
+            "is promoted or rolled back, and on errors; adds to the operator's defaults (docs/notifications.md)."
         ),
     )
 

@@ -32,6 +32,7 @@ from .common import (
     name_rule,
     ordered_bounds,
 )
+from .notifications import Notifications
 
 Framework = Literal["pytorch", "tensorflow", "custom"]
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Rejected"]
@@ -219,6 +220,13 @@ class TrainingRunSpec(ApiModel):
         None,
         alias="register",
         description="Register the trained model in MLflow if it passes its gates.",
+    )
+    notifications: Notifications | None = Field(
+        None,
+        description=(
+            "Messages to Slack, Teams or a signed JSON webhook when the run fails or a gate fails; adds to the "
+            "operator's defaults (docs/notifications.md)."
+        ),
     )
 
 

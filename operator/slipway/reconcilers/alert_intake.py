@@ -181,12 +181,14 @@ class AlertIntake:
             Event(e.reason, f"{e.message} ({note})", e.type) if e.reason == "AlertFiring" else e
             for e in reaction.outcome.events
         ]
-        rollout_metrics.record(ns, name, rollout_metrics.strategy_of(body.get("spec") or {}), reaction.decision)
+        rollout_metrics.record(
+            ns, name, rollout_metrics.strategy_of(body.get("spec") or {}), reaction.decision, alert.name
+        )
 
     async def _follow_up(self, driver: Driver, body: dict[str, Any], reaction: Reaction, alert: Alert) -> None:
         """Events, and the full pass that finishes the rollback (and starts the registry write-back), queued."""
         assert reaction.outcome is not None
         ns, name = body["metadata"].get("namespace", ""), body["metadata"].get("name", "")
         driver.enqueue(ns, name)
-        await post_events(driver.kube, body, reaction.outcome.events)
+        await post_events(driver.kube, body, reaction.outcome.events, reaction.outcome.status)
         # the registry write-back the rollback owes is in status.pendingWriteBacks: the pass drains it

@@ -142,11 +142,11 @@ class Driver:
             body, outcome = await self._drive(namespace, name)
         except PassFailed as exc:
             if exc.body is not None and exc.outcome is not None:
-                await post_events(self.kube, exc.body, exc.outcome.events)
+                await post_events(self.kube, exc.body, exc.outcome.events, exc.outcome.status)
             raise
         if body is None or outcome is None:
             return None
-        await post_events(self.kube, body, outcome.events)
+        await post_events(self.kube, body, outcome.events, outcome.status)
         return outcome.requeue_after if outcome.requeue_after is not None else RESYNC_SECONDS
 
     async def drive(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, Outcome | None]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from slipway.clients.kube import Kube, off_loop
 
+from .notifier import notify
 from .status import Event, now_iso
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,11 @@ def event_manifest(body: Mapping[str, Any], event: Event, now: datetime | None =
     }
 
 
-async def post_events(kube: Kube, body: Mapping[str, Any], events: list[Event]) -> None:
-    """Post each event; a failure is logged, never raised (events are a courtesy, status is the record)."""
+async def post_events(
+    kube: Kube, body: Mapping[str, Any], events: list[Event], status: Mapping[str, Any] | None = None
+) -> None:
+    """Post each event (and notify them; ``status``: the one just written); a failure is logged, never raised."""
+    notify(body, events, status)
     for event in events:
         manifest = event_manifest(body, event)
         namespace = manifest["metadata"]["namespace"]

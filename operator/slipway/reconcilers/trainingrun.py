@@ -241,7 +241,7 @@ class TrainingRunReconciler:
         outcome = await self.reconcile(body, jobs_of(key))
         if status_changed(body.get("status"), outcome.status):
             await off_loop(self.kube.patch_status, GROUP_VERSION, "TrainingRun", name, namespace, outcome.status)
-        await post_events(self.kube, body, outcome.events)
+        await post_events(self.kube, body, outcome.events, outcome.status)
         return None if outcome.status.get("phase") in TERMINAL_PHASES else FOLLOW_SECONDS
 
     def forbidden(self, tr: TrainingRun) -> str | None:
