@@ -36,7 +36,7 @@ from .common import (
     name_rule,
     ordered_bounds,
 )
-from .requirements import Requirements
+from .requirements import TAG_KEY_PATTERN, Requirements
 
 Phase = Literal["Idle", "Progressing", "Paused", "Promoting", "Succeeded", "RollingBack", "RolledBack"]
 MeasurementPhase = Literal["Successful", "Failed", "Inconclusive", "Error"]
@@ -308,11 +308,44 @@ class AnalysisStep(ApiModel):
 # --- strategies ---------------------------------------------------------------------------
 
 
+class Approval(ApiModel):
+    """An approval given in the model registry: a tag on the candidate MLflow model version."""
+
+    tag: str = Field(
+        min_length=1,
+        max_length=250,
+        pattern=TAG_KEY_PATTERN,
+        description="Tag key on the candidate model version, e.g. approved_by or validation_status.",
+    )
+    value: ShortText | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "Value the tag must have, e.g. approved. Unset: any non-empty value approves "
+            "(e.g. approved_by: the reviewer's name)."
+        ),
+    )
+
+
+@cel(
+    Rule(
+        rule="!has(self.duration) || !has(self.untilApproved)",
+        message="pause: set at most one of duration or untilApproved",
+        check=lambda p: p.duration is None or p.until_approved is None,
+    )
+)
 class PauseStep(ApiModel):
-    """Hold the current weight for a while, or until promoted by hand."""
+    """Hold the current weight for a while, until approved in the registry, or until promoted by hand."""
 
     duration: Duration | None = Field(
-        None, description="How long to pause, e.g. 60s. Unset: until `kubectl slipway promote`."
+        None,
+        description=("How long to pause, e.g. 60s. Unset (and no untilApproved): until `kubectl slipway promote`."),
+    )
+    until_approved: Approval | None = Field(
+        None,
+        description=(
+            "Pause until the candidate model version carries this MLflow tag (or until `kubectl slipway promote`)."
+        ),
     )
 
 
@@ -329,7 +362,9 @@ class CanaryStep(ApiModel):
     set_weight: int | None = Field(
         None, ge=0, le=100, description="Send this percent of traffic to the canary (0-100)."
     )
-    pause: PauseStep | None = Field(None, description="Pause, for a duration or until promoted.")
+    pause: PauseStep | None = Field(
+        None, description="Pause, for a duration, until approved in the registry, or until promoted."
+    )
     analysis: AnalysisStep | None = Field(
         None, description="Hold until a Prometheus analysis passes ({} uses canary.analysis)."
     )
@@ -450,6 +485,13 @@ class BlueGreen(ApiModel):
     )
     pre_promotion_analysis: Analysis | None = Field(
         None, description="Analysis of the preview that must pass before the switch."
+    )
+    approval: Approval | None = Field(
+        None,
+        description=(
+            "Before the switch, wait until the preview's model version carries this MLflow tag "
+            "(or `kubectl slipway promote`); then switch (after autoPromotionSeconds if set)."
+        ),
     )
     post_promotion_analysis: Analysis | None = Field(
         None,
