@@ -14,10 +14,12 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kube_objects import ModelDeploymentReader, wait_for
 from operator_fixture import StartOperator, start_operator
 
@@ -80,7 +82,7 @@ class Cluster(ModelDeploymentReader):
             },
         )
 
-    def deploy(self, model: str) -> None:
+    def body(self, model: str) -> dict[str, Any]:
         steps = [
             {"setWeight": 20},
             {"pause": {"untilApproved": {"tag": "validation_status", "value": "approved"}}},
@@ -100,6 +102,10 @@ class Cluster(ModelDeploymentReader):
                 "gateway": {"parentRefs": [{"name": "ml-gateway"}]},
             },
         }
+        return body
+
+    def deploy(self, model: str) -> None:
+        body = self.body(model)
         self.custom.create_namespaced_custom_object("ml.slipway.dev", "v1alpha1", self.ns, "modeldeployments", body)
 
     def waiting(self) -> dict[str, Any] | None:
@@ -124,8 +130,26 @@ def registry(mlflow_uri: str, logged_model: str) -> Iterator[tuple[Any, str]]:
         client.delete_registered_model(name)
 
 
+@pytest.fixture
+def cli(testbed: Any, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """`slipway` run in-process against the test bed, on a console wide enough not to wrap."""
+    from typer.testing import CliRunner
+
+    from slipway.cli.main import app
+
+    monkeypatch.setenv("KUBECONFIG", str(testbed.kubeconfig))
+    monkeypatch.setenv("COLUMNS", "400")
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, list(args))
+
+
 def test_a_pause_waits_for_the_registry_tag_and_goes_on_when_a_reviewer_sets_it(
-    start_operator: StartOperator, namespace: str, kube_api: Any, registry: tuple[Any, str]
+    start_operator: StartOperator,
+    namespace: str,
+    kube_api: Any,
+    registry: tuple[Any, str],
+    cli: Callable[..., Any],
+    tmp_path: Path,
 ):
     client, name = registry
     cluster = Cluster(kube_api, namespace)
@@ -144,6 +168,14 @@ def test_a_pause_waits_for_the_registry_tag_and_goes_on_when_a_reviewer_sets_it(
         assert "validation_status=approved" in message and f"model {name} version 2" in message, message
         assert "slipway promote" in message
         assert cluster.events("WaitingForApproval") == [message]
+        shown = cli("status", MD, "-n", namespace)
+        assert shown.exit_code == 0 and "Paused (WaitingForApproval)" in shown.output, shown.output
+        assert "validation_status=approved" in shown.output
+        path = tmp_path / "md.yaml"
+        path.write_text(yaml.safe_dump(cluster.body(name)))
+        planned = cli("plan", str(path), "-n", namespace)
+        assert planned.exit_code == 0, planned.output
+        assert "1: pause until approved (MLflow tag validation_status=approved on v2)" in planned.output
 
         client.set_model_version_tag(name, "2", "validation_status", "pending")  # not the wanted value
         wait_for("the mirror shows the tag", lambda: cluster.version_tags("2").get("validation_status") == "pending")
