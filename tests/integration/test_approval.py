@@ -7,6 +7,10 @@ the alias to v2 with the MLflow client; the rollout reaches the first pause and 
 while the tag has another value (the mirror has copied it: the ModelVersion shows it). The test
 sets the tags with ``MlflowClient().set_model_version_tag`` as a reviewer would, and the rollout
 goes on, through the second pause, to the promotion of v2.
+
+Twice: with the registry polled every second and every version re-read on each poll, and with
+the operator's defaults (versions re-read every 60 s, here a 30 s poll) plus MLflow's webhook,
+which must deliver the tag long before any poll would.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 from kube_objects import ModelDeploymentReader, wait_for
-from operator_fixture import StartOperator, start_operator
+from operator_fixture import WEBHOOK_SECRET, StartOperator, start_operator
 
 pytestmark = pytest.mark.integration
 __all__ = ["start_operator"]  # a fixture, imported for pytest
@@ -143,7 +147,9 @@ def cli(testbed: Any, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
     return lambda *args: runner.invoke(app, list(args))
 
 
+@pytest.mark.parametrize("mode", ["poll", "webhook"])
 def test_a_pause_waits_for_the_registry_tag_and_goes_on_when_a_reviewer_sets_it(
+    mode: str,
     start_operator: StartOperator,
     namespace: str,
     kube_api: Any,
@@ -153,8 +159,20 @@ def test_a_pause_waits_for_the_registry_tag_and_goes_on_when_a_reviewer_sets_it(
 ):
     client, name = registry
     cluster = Cluster(kube_api, namespace)
-    # Every poll re-reads the versions, so a tag change shows within about a second (no webhook here).
-    start_operator(namespace, poll_seconds=1.0, env={"SLIPWAY_MLFLOW_RESYNC_SECONDS": "0"})
+    hook = None
+    if mode == "poll":  # every poll re-reads the versions: a tag change shows within about a second
+        start_operator(namespace, poll_seconds=1.0, env={"SLIPWAY_MLFLOW_RESYNC_SECONDS": "0"})
+        bound = 30.0
+    else:  # versions re-read every 60 s by the poll: only the webhook can be this fast
+        op = start_operator(namespace, poll_seconds=30.0, env={"SLIPWAY_MLFLOW_RESYNC_SECONDS": "60"})
+        hook = client.create_webhook(
+            name=f"slipway-{namespace}",
+            url=f"{op.url}/webhooks/mlflow",
+            events=["model_version_alias.created", "model_version_tag.set"],
+            secret=WEBHOOK_SECRET,
+        )
+        time.sleep(1.5)  # the test bed's MLflow caches its webhook list for 1 s
+        bound = 10.0
     cluster.predictor("1")
     cluster.predictor("2")
     cluster.deploy(name)
@@ -178,7 +196,12 @@ def test_a_pause_waits_for_the_registry_tag_and_goes_on_when_a_reviewer_sets_it(
         assert "1: pause until approved (MLflow tag validation_status=approved on v2)" in planned.output
 
         client.set_model_version_tag(name, "2", "validation_status", "pending")  # not the wanted value
-        wait_for("the mirror shows the tag", lambda: cluster.version_tags("2").get("validation_status") == "pending")
+        wait_for(
+            "the mirror shows the tag",
+            lambda: cluster.version_tags("2").get("validation_status") == "pending",
+            bound,
+            0.1,
+        )
         time.sleep(3)  # several passes, one at least after the ModelVersion changed: still waiting
         status = cluster.status()
         assert cluster.waiting() is not None and status["currentStep"] == 1, status
@@ -186,7 +209,7 @@ def test_a_pause_waits_for_the_registry_tag_and_goes_on_when_a_reviewer_sets_it(
 
         asked = time.monotonic()
         client.set_model_version_tag(name, "2", "validation_status", "approved")
-        wait_for("the first approval seen", lambda: cluster.events("Approved"), 30, 0.1)
+        wait_for("the first approval seen", lambda: cluster.events("Approved"), bound, 0.1)
         first = time.monotonic() - asked
         assert "validation_status=approved" in cluster.events("Approved")[0]
         wait_for("v2 at 50 %", lambda: cluster.weights() == {"1": 50, "2": 50}, 60, 0.2)
@@ -197,11 +220,13 @@ def test_a_pause_waits_for_the_registry_tag_and_goes_on_when_a_reviewer_sets_it(
 
         asked = time.monotonic()
         client.set_model_version_tag(name, "2", "approved_by", "alice")
-        wait_for("v2 promoted", lambda: cluster.status().get("stableVersion") == "2", 60, 0.2)
+        wait_for("v2 promoted", lambda: cluster.status().get("stableVersion") == "2", bound + 10, 0.2)
         second = time.monotonic() - asked
         assert any("approved by alice" in m for m in cluster.events("Approved")), cluster.events("Approved")
         wait_for("v2 serving all traffic", lambda: cluster.status().get("phase") == "Succeeded", 60, 0.2)
         assert cluster.weights() == {"2": 100}
-        print(f"tag set -> Approved event {first:.1f}s; tag set -> v2 stable {second:.1f}s (1 s poll, resync 0)")
+        print(f"\n{mode}: tag set -> Approved event {first:.1f}s; tag set -> v2 stable {second:.1f}s")
     finally:
         cluster.delete()
+        if hook is not None:
+            client.delete_webhook(hook.webhook_id)
