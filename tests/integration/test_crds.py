@@ -316,6 +316,21 @@ INVALID = [
         ("spec.strategy.canary.steps[0].pause.untilApproved.tag",),
     ),
     Bad(
+        "md-abtest-approval-and-criterion",
+        MD,
+        md_spec(
+            strategy={
+                "abTest": {
+                    "weight": 50,
+                    "duration": "1h",
+                    "approval": {"tag": "approved_by"},
+                    "criterion": {"metric": "accuracy", "query": "q"},
+                }
+            }
+        ),
+        ("spec.strategy.abTest.approval", "approval or criterion, not both"),
+    ),
+    Bad(
         "md-mirror-percent",
         MD,
         canary(steps=[{"mirror": {"percent": 150}}]),

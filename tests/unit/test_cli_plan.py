@@ -45,6 +45,10 @@ def test_approval_steps_name_the_tag_and_whether_it_is_there():
     bg = [what for what, _ in traffic_steps(md({"blueGreen": {"approval": {"tag": "approved_by"}}}), "1", "2")]
     assert "wait until approved (MLflow tag approved_by set on v2) or promoted" in bg
     assert "switch when approved or promoted, in one route write" in bg
+    ab = md({"abTest": {"weight": 50, "duration": "1h", "approval": {"tag": "validation_status", "value": "ok"}}})
+    assert traffic_steps(ab, "1", "2")[-1][0] == (
+        "compare, then wait until approved (MLflow tag validation_status=ok on v2) or promoted (B), or abort (A)"
+    )
 
 
 def test_first_version_and_children():

@@ -180,3 +180,47 @@ def test_bluegreen_promote_still_switches_without_the_tag():
     paused = next(state(2, canary_weight=0), obs(), bg()).state
     d = next(paused, obs(action="promote"), bg())
     assert d.state.phase == "Promoting" and d.state.reason == "PromotedByUser"
+
+
+# --- A/B test without a criterion ------------------------------------------------------------
+
+
+def ab(**extra: Any) -> ModelDeploymentSpec:
+    return spec(abTest={"weight": 50, "duration": "60s", "approval": {"tag": "approved_by"}, **extra})
+
+
+def comparison() -> Any:
+    from slipway.rollout.comparison import Comparison, VariantResult
+
+    return Comparison(T0, "60s", VariantResult("1", "A"), VariantResult("2", "B"), None, None)
+
+
+def test_ab_test_over_waits_for_the_approval_of_b_then_promotes_it():
+    over = state(3, canary_weight=50)  # stage DECIDE
+    paused = next(over, obs(seconds=61, comparison=comparison()), ab())
+    assert paused.state.phase == "Paused" and paused.state.reason == "WaitingForApproval"
+    assert "approved_by" in paused.state.message and "abort" in paused.state.message
+    assert [e.reason for e in paused.events] == ["WaitingForApproval", "ABTestCompared"]
+    assert dict(paused.weights) == {"1": 50, "2": 50}  # the split stays while it waits
+    held = next(paused.state, obs(seconds=120), ab())
+    assert held.transition is None
+    approved = next(paused.state, obs(seconds=130, tags={"approved_by": "erin"}), ab())
+    assert approved.state.phase == "Promoting" and approved.state.reason == "Approved"
+    assert "approved by erin" in approved.events[0].message and approved.state.stable_version == "2"
+
+
+def test_ab_approval_already_given_promotes_when_the_test_is_over():
+    d = next(state(3, canary_weight=50), obs(seconds=61, comparison=comparison(), tags={"approved_by": "x"}), ab())
+    assert d.state.phase == "Promoting" and d.state.reason == "Approved"
+
+
+def test_ab_promote_and_abort_still_decide_while_waiting():
+    paused = next(state(3, canary_weight=50), obs(seconds=61, comparison=comparison()), ab()).state
+    assert next(paused, obs(action="promote"), ab()).state.reason == "PromotedByUser"
+    assert next(paused, obs(action="abort"), ab()).state.reason == "Aborted"
+
+
+def test_ab_approval_and_criterion_exclude_each_other():
+    criterion = {"metric": "accuracy", "query": "q"}
+    with pytest.raises(ValidationError, match="approval or criterion, not both"):
+        ab(criterion=criterion)

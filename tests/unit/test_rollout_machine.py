@@ -125,6 +125,11 @@ SCENARIOS: dict[tuple[str, str, str], Callable[[], Decision]] = {
     ("Progressing", "Promoting", "Approved"): lambda: next(
         canary_state(2, canary_weight=0), obs(candidate_tags=APPROVED), bg_spec(approval={"tag": "approved_by"})
     ),
+    ("Paused", "Promoting", "Approved"): lambda: next(
+        replace(ab_decide_state(), phase="Paused", reason="WaitingForApproval"),
+        obs(now=61, candidate_tags=APPROVED),
+        spec(abTest={"weight": 50, "duration": "60s", "approval": {"tag": "approved_by"}}),
+    ),
     ("Progressing", "Paused", "PausedByUser"): lambda: next(canary_state(1), obs(action="pause"), spec()),
     ("Progressing", "Paused", "PausedBySpec"): lambda: next(
         canary_state(1), obs(), spec().model_copy(update={"paused": True})

@@ -575,6 +575,12 @@ class AbCriterion(ApiModel):
         field_path=".weight",
         check=lambda t: t.match is not None or t.weight is None or t.weight > 0,
     ),
+    Rule(
+        rule="!has(self.approval) || !has(self.criterion)",
+        message="approval decides an A/B test without a criterion: set approval or criterion, not both",
+        field_path=".approval",
+        check=lambda t: t.approval is None or t.criterion is None,
+    ),
 )
 class AbTest(ApiModel):
     """A/B test: serve the new version (B) beside the current one (A) to a fixed share or
@@ -587,6 +593,13 @@ class AbTest(ApiModel):
     duration: Duration = Field(description="How long the test runs before it is decided, e.g. 24h.")
     criterion: AbCriterion | None = Field(
         None, description="How to decide. Unset: wait for `kubectl slipway promote` or abort."
+    )
+    approval: Approval | None = Field(
+        None,
+        description=(
+            "Without a criterion: when the test is over, promote B once its model version carries this "
+            "MLflow tag (or on `kubectl slipway promote`; abort keeps A)."
+        ),
     )
     analysis: Analysis | None = Field(None, description="Guard-rail analysis during the test; failures roll back.")
     shadow: Shadow | None = Field(

@@ -124,6 +124,8 @@ def traffic_steps(
         if ab.criterion is not None:
             c = ab.criterion
             decide = f"{c.goal} {c.metric}: B promoted if better by {c.min_improvement:.0%}+, else A kept"
+        elif ab.approval is not None:
+            decide = f"compare, then wait {_approval(ab.approval, target, tags)} (B), or abort (A)"
         else:
             decide = "compare, then wait for promote (B) or abort (A)"
         steps.append((decide, f"v{target} 100% or v{stable} 100%"))

@@ -60,6 +60,9 @@ def waiting_for(state: RolloutState, spec: ModelDeploymentSpec) -> Approval | No
     bg = spec.strategy.blue_green
     if bg is not None and (state.current_step or bluegreen.PREVIEW) == bluegreen.AWAITING:
         return bg.approval
+    ab = spec.strategy.ab_test
+    if ab is not None and abtest.stage(state) == abtest.DECIDE:
+        return ab.approval
     return None
 
 
@@ -218,7 +221,10 @@ def _paused(state: RolloutState, obs: Observations, spec: ModelDeploymentSpec) -
 
 
 def _awaiting_approval(state: RolloutState, obs: Observations, spec: ModelDeploymentSpec) -> Decision:
-    """Paused for an approval: go on (at the same step, which completes) once the candidate's tags approve."""
+    """Paused for an approval: go on (at the same step, which completes) once the candidate's tags approve.
+
+    An A/B test over is promoted at once (its comparison is measured and kept already).
+    """
     approval = waiting_for(state, spec)
     if approval is not None and not given(approval, obs.candidate_tags):
         return hold(state, state.message or "waiting for approval", None)
@@ -226,6 +232,8 @@ def _awaiting_approval(state: RolloutState, obs: Observations, spec: ModelDeploy
         message = "the spec no longer asks for an approval here: going on"
     else:
         message = by_whom(approval, obs.candidate_tags, state.canary_version)
+    if approval is not None and spec.strategy.ab_test is not None:
+        return promote(state, obs, "Approved", f"A/B test over, B {message}: v{state.canary_version} promoted")
     return go(state, "Progressing", "Approved", message, step_started_at=None)
 
 
@@ -241,7 +249,7 @@ def _progressing(state: RolloutState, obs: Observations, spec: ModelDeploymentSp
     if spec.strategy.canary is not None:
         return canary.advance(state, obs, spec.strategy.canary, spec.model.name)
     if spec.strategy.ab_test is not None:
-        return abtest.advance(state, obs, spec.strategy.ab_test)
+        return abtest.advance(state, obs, spec.strategy.ab_test, spec.model.name)
     return hold(state, "strategy not supported", WAIT_SECONDS)
 
 
