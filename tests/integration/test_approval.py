@@ -185,6 +185,8 @@ def test_a_pause_waits_for_the_registry_tag_and_goes_on_when_a_reviewer_sets_it(
         assert status["canaryVersion"] == "2" and status["currentStep"] == 1, status
         assert "validation_status=approved" in message and f"model {name} version 2" in message, message
         assert "slipway promote" in message
+        # The pass posts its events after its status write: wait for the event, then check there is one.
+        wait_for("the WaitingForApproval event", lambda: cluster.events("WaitingForApproval"), 10, 0.1)
         assert cluster.events("WaitingForApproval") == [message]
         shown = cli("status", MD, "-n", namespace)
         assert shown.exit_code == 0 and "Paused (WaitingForApproval)" in shown.output, shown.output
