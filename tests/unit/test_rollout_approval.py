@@ -224,3 +224,12 @@ def test_ab_approval_and_criterion_exclude_each_other():
     criterion = {"metric": "accuracy", "query": "q"}
     with pytest.raises(ValidationError, match="approval or criterion, not both"):
         ab(criterion=criterion)
+
+
+def test_the_reconciler_feeds_the_candidates_mirrored_tags_only():
+    from slipway.reconcilers.modeldeployment import Resolved, candidate_tags
+
+    resolved = Resolved("3", "", {}, {"2": {"tags": {"approved_by": "alice"}}, "3": {"tags": {}}, "4": {}})
+    assert candidate_tags(resolved, "2") == {"approved_by": "alice"}
+    assert candidate_tags(resolved, "3") == {} and candidate_tags(resolved, "4") == {}
+    assert candidate_tags(resolved, "5") is None and candidate_tags(resolved, None) is None
