@@ -298,6 +298,39 @@ INVALID = [
         ("spec.strategy.canary.steps[0].pause.duration",),
     ),
     Bad(
+        "md-pause-duration-and-approval",
+        MD,
+        canary(steps=[{"pause": {"duration": "1m", "untilApproved": {"tag": "approved_by"}}}]),
+        ("spec.strategy.canary.steps[0].pause", "at most one of duration or untilApproved"),
+    ),
+    Bad(
+        "md-pause-approval-empty-tag",
+        MD,
+        canary(steps=[{"pause": {"untilApproved": {"tag": ""}}}]),
+        ("spec.strategy.canary.steps[0].pause.untilApproved.tag",),
+    ),
+    Bad(
+        "md-pause-approval-no-tag",
+        MD,
+        canary(steps=[{"pause": {"untilApproved": {"value": "approved"}}}]),
+        ("spec.strategy.canary.steps[0].pause.untilApproved.tag",),
+    ),
+    Bad(
+        "md-abtest-approval-and-criterion",
+        MD,
+        md_spec(
+            strategy={
+                "abTest": {
+                    "weight": 50,
+                    "duration": "1h",
+                    "approval": {"tag": "approved_by"},
+                    "criterion": {"metric": "accuracy", "query": "q"},
+                }
+            }
+        ),
+        ("spec.strategy.abTest.approval", "approval or criterion, not both"),
+    ),
+    Bad(
         "md-mirror-percent",
         MD,
         canary(steps=[{"mirror": {"percent": 150}}]),

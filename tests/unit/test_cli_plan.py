@@ -31,6 +31,26 @@ def test_blue_green_switches_in_one_write():
     assert steps[1] == ("switch when promoted, in one route write", "v2 100%")
 
 
+def test_approval_steps_name_the_tag_and_whether_it_is_there():
+    m = md({"canary": {"steps": [
+        {"setWeight": 10},
+        {"pause": {"untilApproved": {"tag": "approved_by"}}},
+        {"pause": {"untilApproved": {"tag": "validation_status", "value": "approved"}}},
+    ]}})  # fmt: skip
+    steps = [what for what, _ in traffic_steps(m, "1", "2", {"approved_by": "alice"})]
+    assert (
+        steps[1] == "1: pause approval (MLflow tag approved_by set): already approved by alice (tag approved_by on v2)"
+    )
+    assert steps[2] == "2: pause until approved (MLflow tag validation_status=approved on v2) or promoted"
+    bg = [what for what, _ in traffic_steps(md({"blueGreen": {"approval": {"tag": "approved_by"}}}), "1", "2")]
+    assert "wait until approved (MLflow tag approved_by set on v2) or promoted" in bg
+    assert "switch when approved or promoted, in one route write" in bg
+    ab = md({"abTest": {"weight": 50, "duration": "1h", "approval": {"tag": "validation_status", "value": "ok"}}})
+    assert traffic_steps(ab, "1", "2")[-1][0] == (
+        "compare, then wait until approved (MLflow tag validation_status=ok on v2) or promoted (B), or abort (A)"
+    )
+
+
 def test_first_version_and_children():
     result = plan(md({"canary": {"steps": [{"setWeight": 50}]}}), None, None, "1", "", {"1": "s3://m/1"})
     assert result.traffic == [("first version", "v1 100%")]

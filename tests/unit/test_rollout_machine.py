@@ -95,6 +95,13 @@ def succeeded_after_promotion() -> RolloutState:
     return replace(promoting(), phase="Succeeded", reason="ScaledDown")
 
 
+def approval_spec() -> ModelDeploymentSpec:
+    return spec(canary={"steps": [{"setWeight": 10}, {"pause": {"untilApproved": {"tag": "approved_by"}}}]})
+
+
+APPROVED = {"approved_by": "alice"}
+
+
 SCENARIOS: dict[tuple[str, str, str], Callable[[], Decision]] = {
     ("Idle", "Succeeded", "FirstVersion"): lambda: next(RolloutState(), obs(tracked="1"), spec()),
     ("Succeeded", "Progressing", "RolloutStarted"): lambda: next(
@@ -111,6 +118,18 @@ SCENARIOS: dict[tuple[str, str, str], Callable[[], Decision]] = {
         canary_state(2, phase="Paused", reason="PausedByStep"), obs(tracked="3"), spec()
     ),
     ("Progressing", "Paused", "PausedByStep"): lambda: next(canary_state(2), obs(), spec()),
+    ("Progressing", "Paused", "WaitingForApproval"): lambda: next(canary_state(1), obs(), approval_spec()),
+    ("Paused", "Progressing", "Approved"): lambda: next(
+        canary_state(1, phase="Paused", reason="WaitingForApproval"), obs(candidate_tags=APPROVED), approval_spec()
+    ),
+    ("Progressing", "Promoting", "Approved"): lambda: next(
+        canary_state(2, canary_weight=0), obs(candidate_tags=APPROVED), bg_spec(approval={"tag": "approved_by"})
+    ),
+    ("Paused", "Promoting", "Approved"): lambda: next(
+        replace(ab_decide_state(), phase="Paused", reason="WaitingForApproval"),
+        obs(now=61, candidate_tags=APPROVED),
+        spec(abTest={"weight": 50, "duration": "60s", "approval": {"tag": "approved_by"}}),
+    ),
     ("Progressing", "Paused", "PausedByUser"): lambda: next(canary_state(1), obs(action="pause"), spec()),
     ("Progressing", "Paused", "PausedBySpec"): lambda: next(
         canary_state(1), obs(), spec().model_copy(update={"paused": True})

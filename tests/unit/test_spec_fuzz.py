@@ -32,6 +32,7 @@ from hypothesis import HealthCheck, example, given, note, settings, target
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from slipway.api.analysis import AnalysisMetric
 from slipway.api.common import DURATION_PATTERN
 from slipway.api.modeldeployment import ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus
 from slipway.builders.hpa import build_hpa
@@ -47,6 +48,7 @@ from slipway.rollout import machine
 from slipway.rollout.analysis import Measurement
 from slipway.rollout.phases import TRANSITIONS
 from slipway.rollout.state import ACTIONS, Decision, Observations, RolloutState, desired_versions
+from slipway.rollout.templates import expand, references
 
 Json = Any
 SCHEMA: dict[str, Any] = ModelDeploymentSpec.model_json_schema(by_alias=True)
@@ -200,12 +202,22 @@ def _object(node: dict[str, Any]) -> st.SearchStrategy[dict[str, Json]]:
 
 
 def _accepted(raw: dict[str, Any]) -> ModelDeploymentSpec | None:
+    """A spec the schema takes, its template references expanded as the operator does before the machine.
+
+    Each referenced template gives one metric named after its reference (so names never clash).
+    """
     try:
-        return ModelDeploymentSpec.model_validate(raw)
+        spec = ModelDeploymentSpec.model_validate(raw)
+        resolved = {
+            field: (AnalysisMetric.model_validate({**TEMPLATE_METRIC, "name": f"t{i}"}),)
+            for i, (field, _, _) in enumerate(references(spec))
+        }
+        return expand(spec, resolved)
     except (ValidationError, ValueError):
         return None
 
 
+TEMPLATE_METRIC = {"query": 'max(errors{version="{{version}}"})', "max": 1.0}
 SPECS: st.SearchStrategy[ModelDeploymentSpec] = (
     from_schema(SCHEMA).map(_accepted).filter(lambda s: s is not None).map(lambda s: cast(ModelDeploymentSpec, s))
 )

@@ -37,7 +37,7 @@ from .common import (
     name_rule,
 )
 from .notifications import Notifications
-from .requirements import Requirements
+from .requirements import TAG_KEY_PATTERN, Requirements
 
 Phase = Literal["Idle", "Progressing", "Paused", "Promoting", "Succeeded", "RollingBack", "RolledBack"]
 MeasurementPhase = Literal["Successful", "Failed", "Inconclusive", "Error"]
@@ -302,11 +302,44 @@ class AnalysisStep(ApiModel):
 # --- strategies ---------------------------------------------------------------------------
 
 
+class Approval(ApiModel):
+    """An approval given in the model registry: a tag on the candidate MLflow model version."""
+
+    tag: str = Field(
+        min_length=1,
+        max_length=250,
+        pattern=TAG_KEY_PATTERN,
+        description="Tag key on the candidate model version, e.g. approved_by or validation_status.",
+    )
+    value: ShortText | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "Value the tag must have, e.g. approved. Unset: any non-empty value approves "
+            "(e.g. approved_by: the reviewer's name)."
+        ),
+    )
+
+
+@cel(
+    Rule(
+        rule="!has(self.duration) || !has(self.untilApproved)",
+        message="pause: set at most one of duration or untilApproved",
+        check=lambda p: p.duration is None or p.until_approved is None,
+    )
+)
 class PauseStep(ApiModel):
-    """Hold the current weight for a while, or until promoted by hand."""
+    """Hold the current weight for a while, until approved in the registry, or until promoted by hand."""
 
     duration: Duration | None = Field(
-        None, description="How long to pause, e.g. 60s. Unset: until `kubectl slipway promote`."
+        None,
+        description=("How long to pause, e.g. 60s. Unset (and no untilApproved): until `kubectl slipway promote`."),
+    )
+    until_approved: Approval | None = Field(
+        None,
+        description=(
+            "Pause until the candidate model version carries this MLflow tag (or until `kubectl slipway promote`)."
+        ),
     )
 
 
@@ -323,7 +356,9 @@ class CanaryStep(ApiModel):
     set_weight: int | None = Field(
         None, ge=0, le=100, description="Send this percent of traffic to the canary (0-100)."
     )
-    pause: PauseStep | None = Field(None, description="Pause, for a duration or until promoted.")
+    pause: PauseStep | None = Field(
+        None, description="Pause, for a duration, until approved in the registry, or until promoted."
+    )
     analysis: AnalysisStep | None = Field(None, description="Hold until an analysis passes ({} uses canary.analysis).")
     mirror: MirrorStep | None = Field(
         None, description="Mirror a percent of traffic to the canary (router gateway-api only)."
@@ -446,6 +481,13 @@ class BlueGreen(ApiModel):
     pre_promotion_analysis: Analysis | None = Field(
         None, description="Analysis of the preview that must pass before the switch."
     )
+    approval: Approval | None = Field(
+        None,
+        description=(
+            "Before the switch, wait until the preview's model version carries this MLflow tag "
+            "(or `kubectl slipway promote`); then switch (after autoPromotionSeconds if set)."
+        ),
+    )
     post_promotion_analysis: Analysis | None = Field(
         None,
         description=(
@@ -528,6 +570,12 @@ class AbCriterion(ApiModel):
         field_path=".weight",
         check=lambda t: t.match is not None or t.weight is None or t.weight > 0,
     ),
+    Rule(
+        rule="!has(self.approval) || !has(self.criterion)",
+        message="approval decides an A/B test without a criterion: set approval or criterion, not both",
+        field_path=".approval",
+        check=lambda t: t.approval is None or t.criterion is None,
+    ),
 )
 class AbTest(ApiModel):
     """A/B test: serve the new version (B) beside the current one (A) to a fixed share or
@@ -540,6 +588,13 @@ class AbTest(ApiModel):
     duration: Duration = Field(description="How long the test runs before it is decided, e.g. 24h.")
     criterion: AbCriterion | None = Field(
         None, description="How to decide. Unset: wait for `kubectl slipway promote` or abort."
+    )
+    approval: Approval | None = Field(
+        None,
+        description=(
+            "Without a criterion: when the test is over, promote B once its model version carries this "
+            "MLflow tag (or on `kubectl slipway promote`; abort keeps A)."
+        ),
     )
     analysis: Analysis | None = Field(None, description="Guard-rail analysis during the test; failures roll back.")
     shadow: Shadow | None = Field(

@@ -176,7 +176,9 @@ def status(
     st = md.get("status") or {}
     summary = Table(show_header=False, box=None)
     summary.add_row("Model", f"{md['spec']['model']['name']} ({_track(md['spec'])})")
-    summary.add_row("Phase", f"[{_phase_style(st.get('phase'))}]{st.get('phase') or 'Pending'}[/]")
+    why = next((c.get("reason") for c in st.get("conditions") or [] if c.get("type") == "Progressing"), None)
+    shown = f" ({why})" if st.get("phase") == "Paused" and why else ""  # e.g. Paused (WaitingForApproval)
+    summary.add_row("Phase", f"[{_phase_style(st.get('phase'))}]{st.get('phase') or 'Pending'}[/]{shown}")
     summary.add_row("Stable", st.get("stableVersion") or "-")
     summary.add_row("Canary", f"{st.get('canaryVersion') or '-'}  weight {st.get('canaryWeight') or 0}%")
     if st.get("currentStep") is not None:
@@ -320,7 +322,7 @@ def plan_command(
 
     from slipway.api.modeldeployment import ModelDeployment
     from slipway.cli.plan import plan
-    from slipway.reconcilers.modeldeployment import resolve, unhonourable
+    from slipway.reconcilers.modeldeployment import candidate_tags, resolve, unhonourable
     from slipway.reconcilers.requirements import check
 
     try:
@@ -342,7 +344,10 @@ def plan_command(
     except KindNotServed as exc:
         fail(str(exc))
     stable = ((current or {}).get("status") or {}).get("stableVersion")
-    result = plan(md, unhonourable(md), stable, resolved.version, resolved.message, resolved.storage_uris, verdict)
+    tags = candidate_tags(resolved, resolved.version)
+    result = plan(
+        md, unhonourable(md), stable, resolved.version, resolved.message, resolved.storage_uris, verdict, tags
+    )
     out.print(f"modeldeployment/{name} in {ns}: {'update' if current else 'create'}")
     if result.invalid:
         out.print(f"  InvalidSpec: {result.invalid} — the operator would touch nothing")

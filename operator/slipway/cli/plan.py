@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from slipway.api.modeldeployment import ModelDeployment
+from slipway.api.modeldeployment import Approval, ModelDeployment
 from slipway.builders.router import router_for
+from slipway.rollout.approval import by_whom, given
 from slipway.rollout.budget import replica_budget, shares
 from slipway.rollout.requirements import Verdict
 from slipway.rollout.state import Decision, RolloutState
@@ -57,8 +58,18 @@ def _split(stable: str | None, target: str, weight: int) -> str:
     return f"v{stable} {100 - weight}% · v{target} {weight}%"
 
 
-def traffic_steps(md: ModelDeployment, stable: str | None, target: str) -> list[tuple[str, str]]:
-    """Each step of the strategy with the traffic split it leaves behind."""
+def _approval(approval: Approval, target: str, tags: dict[str, str] | None) -> str:
+    """An approval step: the tag it waits for, and whether the target version carries it already."""
+    want = f"{approval.tag}={approval.value}" if approval.value is not None else f"{approval.tag} set"
+    if given(approval, tags):
+        return f"approval (MLflow tag {want}): already {by_whom(approval, tags, target)}"
+    return f"until approved (MLflow tag {want} on v{target}) or promoted"
+
+
+def traffic_steps(
+    md: ModelDeployment, stable: str | None, target: str, tags: dict[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """Each step of the strategy with the traffic split it leaves behind (``tags``: the target version's)."""
     strategy = md.spec.strategy
     if stable is None or stable == target:
         return [("first version" if stable is None else "no change", f"v{target} 100%")]
@@ -69,6 +80,8 @@ def traffic_steps(md: ModelDeployment, stable: str | None, target: str) -> list[
             if step.set_weight is not None:
                 weight = step.set_weight
                 what = f"{i}: setWeight {weight} (once v{target} is ready)"
+            elif step.pause is not None and step.pause.until_approved is not None:
+                what = f"{i}: pause {_approval(step.pause.until_approved, target, tags)}"
             elif step.pause is not None:
                 what = f"{i}: pause {step.pause.duration}" if step.pause.duration else f"{i}: pause until promoted"
             elif step.analysis is not None:
@@ -87,7 +100,11 @@ def traffic_steps(md: ModelDeployment, stable: str | None, target: str) -> list[
             steps.append((shadow, _split(stable, target, 0)))
         if bg.pre_promotion_analysis is not None:
             steps.append(("pre-promotion analysis", _split(stable, target, 0)))
+        if bg.approval is not None:
+            steps.append((f"wait {_approval(bg.approval, target, tags)}", _split(stable, target, 0)))
         when = f"after {bg.auto_promotion_seconds}s" if bg.auto_promotion_seconds else "when promoted"
+        if bg.approval is not None and not bg.auto_promotion_seconds:
+            when = "when approved or promoted"
         steps.append((f"switch {when}, in one route write", f"v{target} 100%"))
         steps.append((f"remove v{stable} after {bg.scale_down_delay_seconds}s", f"v{target} 100%"))
     elif strategy.ab_test is not None:
@@ -105,6 +122,8 @@ def traffic_steps(md: ModelDeployment, stable: str | None, target: str) -> list[
         if ab.criterion is not None:
             c = ab.criterion
             decide = f"{c.goal} {c.metric}: B promoted if better by {c.min_improvement:.0%}+, else A kept"
+        elif ab.approval is not None:
+            decide = f"compare, then wait {_approval(ab.approval, target, tags)} (B), or abort (A)"
         else:
             decide = "compare, then wait for promote (B) or abort (A)"
         steps.append((decide, f"v{target} 100% or v{stable} 100%"))
@@ -133,15 +152,19 @@ def plan(
     waiting: str,
     storage_uris: dict[str, str],
     verdict: Verdict | None = None,
+    tags: dict[str, str] | None = None,
 ) -> Plan:
-    """Put the pieces together (pure): the caller resolved the versions and judged the requirements."""
+    """Put the pieces together (pure): the caller resolved the versions and judged the requirements.
+
+    ``tags``: the tracked version's MLflow tags (an approval step says whether they approve already).
+    """
     result = Plan(invalid=invalid, stable=stable, target=target, waiting=waiting)
     if verdict is not None:
         result.requirements, result.requirements_met = verdict.message, verdict.met
     if invalid or target is None:
         return result
     result.budget = budget_split(md, stable, target)
-    result.traffic = traffic_steps(md, stable, target)
+    result.traffic = traffic_steps(md, stable, target, tags)
     live = {v: storage_uris.get(v, "<unresolved>") for v in {stable, target} if v is not None}
     result.children = children(md, live, stable, target)
     return result

@@ -87,6 +87,14 @@ def resolve(kube: Kube, md: ModelDeployment, prefixes: tuple[str, ...] | None = 
     return Resolved(want, "", uris, by_version)
 
 
+def candidate_tags(resolved: Resolved, version: str | None) -> dict[str, str] | None:
+    """The MLflow tags the registry mirror copied into the candidate's ModelVersion (None: no such version)."""
+    status = resolved.statuses.get(version) if version is not None else None
+    if status is None:
+        return None
+    return {str(k): str(v) for k, v in (status.get("tags") or {}).items()}
+
+
 def unhonourable(md: ModelDeployment) -> str | None:
     """Why a spec that passed the schema cannot be carried out (None: it can)."""
     strategy = md.spec.strategy
@@ -235,6 +243,7 @@ def reconcile(
         measurements=measurements,
         spec_changed=old.get("observedGeneration") not in (None, md.metadata.generation),
         comparison=comparison,
+        candidate_tags=candidate_tags(resolved, state.canary_version),
     )
     decision = machine.next(state, obs, md.spec)
     shares = budget.plan(kube, md, decision.state)

@@ -24,6 +24,8 @@ MD_EVENTS: Mapping[str, tuple[str, ...]] = {
     "PausedByStep": ("Paused",),
     "PausedByUser": ("Paused",),
     "PausedBySpec": ("Paused",),
+    "WaitingForApproval": ("Paused",),
+    "Approved": ("StepReached",),
     "FirstVersion": ("Promoted",),
     "StepsCompleted": ("Promoted",),
     "AutoPromoted": ("Promoted",),

@@ -11,6 +11,7 @@ from slipway.api.modeldeployment import AbMatch, AbTest
 
 from . import shadow
 from .analysis import AnalysisConfig, explain, fold, resolve, until_due
+from .approval import by_whom, given, how_to
 from .canary import fresh
 from .comparison import summary
 from .state import (
@@ -100,8 +101,8 @@ def _start_test(state: RolloutState, ab: AbTest, what: str) -> Decision:
     )
 
 
-def advance(state: RolloutState, obs: Observations, ab: AbTest) -> Decision:
-    """Drive the A/B test one move."""
+def advance(state: RolloutState, obs: Observations, ab: AbTest, model: str = "") -> Decision:
+    """Drive the A/B test one move (``model``: the registered model's name, for messages)."""
     version = state.canary_version
     at = stage(state)
     started = state.step_started_at
@@ -143,7 +144,7 @@ def advance(state: RolloutState, obs: Observations, ab: AbTest) -> Decision:
             )
         left = (end - obs.now).total_seconds()
         return hold(state, f"A/B test: {left:.0f}s left{_guard_note(state, ab)}", _wait(state, ab, obs.now, left))
-    return _decide(state, obs, ab)
+    return _decide(state, obs, ab, model)
 
 
 def _guard_rails(state: RolloutState, obs: Observations, ab: AbTest, started: datetime) -> RolloutState | Decision:
@@ -177,7 +178,7 @@ def _wait(state: RolloutState, ab: AbTest, now: datetime, left: float) -> float:
     return max(min(due, left), 0.5)
 
 
-def _decide(state: RolloutState, obs: Observations, ab: AbTest) -> Decision:
+def _decide(state: RolloutState, obs: Observations, ab: AbTest, model: str = "") -> Decision:
     """The test is over: with a comparison, promote B, keep A, or wait for a person."""
     version = state.canary_version
     comparison = obs.comparison
@@ -191,6 +192,15 @@ def _decide(state: RolloutState, obs: Observations, ab: AbTest) -> Decision:
     note = Note("ABTestCompared", summary(comparison))
     if obs.action == "promote":
         decision = promote(state, obs, "PromotedByUser", f"B v{version} promoted by the user", action_used=True)
+        return replace(decision, events=(*decision.events, note))
+    if ab.criterion is None and ab.approval is not None:
+        if given(ab.approval, obs.candidate_tags):
+            who = by_whom(ab.approval, obs.candidate_tags, version)
+            decision = promote(state, obs, "Approved", f"A/B test over, B {who}: v{version} promoted")
+        else:
+            keep = f"or abort (keep A v{state.stable_version})"
+            message = f"A/B test over: {how_to(ab.approval, model, version)} to promote B, {keep}"
+            decision = go(state, "Paused", "WaitingForApproval", message, requeue=None)
         return replace(decision, events=(*decision.events, note))
     if ab.criterion is None:
         decision = go(

@@ -1,4 +1,4 @@
-"""Blue-green: the preview at full size, shadow traffic, its pre-promotion analysis, then one atomic switch."""
+"""Blue-green: the preview at full size, shadow traffic, pre-promotion analysis, approval, then one atomic switch."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from slipway.api.modeldeployment import BlueGreen
 
 from . import shadow
 from .analysis import AnalysisConfig, explain, fold, resolve, until_due
+from .approval import by_whom, given, how_to
 from .canary import fresh
 from .state import WAIT_SECONDS, Decision, Observations, RolloutState, go, hold, promote, rollback
 
@@ -39,8 +40,8 @@ def _next_stage(state: RolloutState, bg: BlueGreen, what: str) -> Decision:
     )
 
 
-def advance(state: RolloutState, obs: Observations, bg: BlueGreen) -> Decision:
-    """Drive the blue-green rollout one move."""
+def advance(state: RolloutState, obs: Observations, bg: BlueGreen, model: str = "") -> Decision:
+    """Drive the blue-green rollout one move (``model``: the registered model's name, for messages)."""
     version = state.canary_version
     stage = state.current_step or PREVIEW
     started = state.step_started_at
@@ -74,7 +75,13 @@ def advance(state: RolloutState, obs: Observations, bg: BlueGreen) -> Decision:
         return hold(state, f"pre-promotion {explain(analysis, config)}", max(until_due(analysis, config, obs.now), 0.5))
     if obs.action == "promote":
         return promote(state, obs, "PromotedByUser", f"switched all traffic to v{version}", action_used=True)
+    if bg.approval is not None and not given(bg.approval, obs.candidate_tags):
+        message = f"preview v{version} ready: {how_to(bg.approval, model, version)}"
+        return go(state, "Paused", "WaitingForApproval", message, requeue=None)
     if bg.auto_promotion_seconds is None:
+        if bg.approval is not None:
+            who = by_whom(bg.approval, obs.candidate_tags, version)
+            return promote(state, obs, "Approved", f"{who}: switched all traffic to v{version}")
         return go(state, "Paused", "PausedByStep", f"preview v{version} ready: waiting for promote", requeue=None)
     left = bg.auto_promotion_seconds - (obs.now - started).total_seconds()
     if left <= 0:

@@ -1,4 +1,4 @@
-"""Canary steps: setWeight (once the canary is ready), pause (for a duration or until promoted), mirror, analysis."""
+"""Canary steps: setWeight (once ready), pause (for a duration, until approved or promoted), mirror, analysis."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from slipway.api.common import parse_duration
 from slipway.api.modeldeployment import Canary, CanaryStep
 
 from .analysis import AnalysisConfig, AnalysisState, explain, fold, resolve, until_due
+from .approval import by_whom, given, how_to
 from .state import WAIT_SECONDS, Decision, Observations, RolloutState, go, hold, promote, rollback
 
 
@@ -58,8 +59,11 @@ def complete(
     )
 
 
-def advance(state: RolloutState, obs: Observations, canary: Canary) -> Decision:
-    """Drive the canary one move: the current step either completes, waits, pauses or rolls back."""
+def advance(state: RolloutState, obs: Observations, canary: Canary, model: str = "") -> Decision:
+    """Drive the canary one move: the current step either completes, waits, pauses or rolls back.
+
+    ``model`` is the registered model's name, for the message of a pause waiting for approval.
+    """
     step = current_step(state, canary)
     version = state.canary_version
     if step is None:
@@ -85,6 +89,12 @@ def advance(state: RolloutState, obs: Observations, canary: Canary) -> Decision:
     if step.pause is not None:
         if skip:
             return complete(state, "pause skipped by promote", action_used=True)
+        approval = step.pause.until_approved
+        if approval is not None:
+            if given(approval, obs.candidate_tags):
+                return complete(state, by_whom(approval, obs.candidate_tags, version))
+            message = f"step {i}: {how_to(approval, model, version)}"
+            return go(state, "Paused", "WaitingForApproval", message, requeue=None)
         if step.pause.duration is None:
             return go(state, "Paused", "PausedByStep", f"step {i}: paused until promoted", requeue=None)
         end = started + parse_duration(step.pause.duration)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 
-from slipway.api.modeldeployment import ModelDeploymentSpec
+from slipway.api.modeldeployment import Approval, ModelDeploymentSpec
 
 from . import abtest, bluegreen, canary
 from .alerts import promoted_within_window
 from .analysis import AnalysisConfig, due, until_due
+from .approval import by_whom, given
 from .phases import AT_REST, LIVE
 from .state import (
     CANARY_SCALE_DOWN_SECONDS,
@@ -46,6 +47,22 @@ def analysis_config(state: RolloutState, spec: ModelDeploymentSpec) -> AnalysisC
         return bluegreen.analysis_config(state, spec.strategy.blue_green)
     if spec.strategy.ab_test is not None:
         return abtest.analysis_config(state, spec.strategy.ab_test)
+    return None
+
+
+def waiting_for(state: RolloutState, spec: ModelDeploymentSpec) -> Approval | None:
+    """The approval the rollout's current step (a canary pause, the blue-green switch) asks for, if any."""
+    if state.canary_version is None:
+        return None
+    if spec.strategy.canary is not None:
+        step = canary.current_step(state, spec.strategy.canary)
+        return step.pause.until_approved if step is not None and step.pause is not None else None
+    bg = spec.strategy.blue_green
+    if bg is not None and (state.current_step or bluegreen.PREVIEW) == bluegreen.AWAITING:
+        return bg.approval
+    ab = spec.strategy.ab_test
+    if ab is not None and abtest.stage(state) == abtest.DECIDE:
+        return ab.approval
     return None
 
 
@@ -173,24 +190,23 @@ def _superseded(state: RolloutState, obs: Observations) -> Decision | None:
 
 
 def _paused(state: RolloutState, obs: Observations, spec: ModelDeploymentSpec) -> Decision:
+    by_step = state.reason in ("PausedByStep", "WaitingForApproval")
     if (
         obs.action == "promote-full"
-        or (
-            obs.action in ("promote", "resume")
-            and state.reason == "PausedByStep"
-            and spec.strategy.blue_green is not None
-        )
-        or (obs.action == "promote" and state.reason == "PausedByStep" and spec.strategy.ab_test is not None)
+        or (obs.action in ("promote", "resume") and by_step and spec.strategy.blue_green is not None)
+        or (obs.action == "promote" and by_step and spec.strategy.ab_test is not None)
     ):
         return promote(state, obs, "PromotedByUser", f"v{state.canary_version} promoted by the user", action_used=True)
-    if obs.action == "resume" and state.reason == "PausedByStep" and spec.strategy.ab_test is not None:
+    if obs.action == "resume" and by_step and spec.strategy.ab_test is not None:
         return hold(state, state.message or "A/B test over: promote or abort", None)
-    if spec.paused and state.reason != "PausedByStep":
+    if spec.paused and not by_step:
         return hold(state, "paused: spec.paused is true", None, action_used=obs.action is not None)
     by_user = obs.action in ("promote", "resume")
+    if state.reason == "WaitingForApproval" and not by_user:
+        return _awaiting_approval(state, obs, spec)
     if by_user or (state.reason == "PausedBySpec" and not spec.paused):
         step = state.current_step or 0
-        if state.reason == "PausedByStep":
+        if by_step:
             step += 1
         return go(
             state,
@@ -204,6 +220,23 @@ def _paused(state: RolloutState, obs: Observations, spec: ModelDeploymentSpec) -
     return hold(state, state.message or "paused", None)
 
 
+def _awaiting_approval(state: RolloutState, obs: Observations, spec: ModelDeploymentSpec) -> Decision:
+    """Paused for an approval: go on (at the same step, which completes) once the candidate's tags approve.
+
+    An A/B test over is promoted at once (its comparison is measured and kept already).
+    """
+    approval = waiting_for(state, spec)
+    if approval is not None and not given(approval, obs.candidate_tags):
+        return hold(state, state.message or "waiting for approval", None)
+    if approval is None:
+        message = "the spec no longer asks for an approval here: going on"
+    else:
+        message = by_whom(approval, obs.candidate_tags, state.canary_version)
+    if approval is not None and spec.strategy.ab_test is not None:
+        return promote(state, obs, "Approved", f"A/B test over, B {message}: v{state.canary_version} promoted")
+    return go(state, "Progressing", "Approved", message, step_started_at=None)
+
+
 def _progressing(state: RolloutState, obs: Observations, spec: ModelDeploymentSpec) -> Decision:
     if spec.paused:
         return go(state, "Paused", "PausedBySpec", "paused: spec.paused is true", requeue=None)
@@ -212,11 +245,11 @@ def _progressing(state: RolloutState, obs: Observations, spec: ModelDeploymentSp
     if obs.action == "promote-full":
         return promote(state, obs, "PromotedByUser", f"v{state.canary_version} promoted by the user", action_used=True)
     if spec.strategy.blue_green is not None:
-        return bluegreen.advance(state, obs, spec.strategy.blue_green)
+        return bluegreen.advance(state, obs, spec.strategy.blue_green, spec.model.name)
     if spec.strategy.canary is not None:
-        return canary.advance(state, obs, spec.strategy.canary)
+        return canary.advance(state, obs, spec.strategy.canary, spec.model.name)
     if spec.strategy.ab_test is not None:
-        return abtest.advance(state, obs, spec.strategy.ab_test)
+        return abtest.advance(state, obs, spec.strategy.ab_test, spec.model.name)
     return hold(state, "strategy not supported", WAIT_SECONDS)
 
 

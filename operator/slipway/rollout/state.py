@@ -89,7 +89,7 @@ class RolloutState:
 
 @dataclass(frozen=True)
 class Observations:
-    """What one reconcile pass saw: time, the tracked version, readiness, children, actions, measurements."""
+    """What one reconcile pass saw: time, the tracked version, readiness, children, actions, measurements, tags."""
 
     now: datetime
     tracked_version: str | None = None
@@ -101,6 +101,8 @@ class Observations:
     alert: str | None = None
     spec_changed: bool = False
     comparison: Comparison | None = None
+    candidate_tags: Mapping[str, str] | None = None
+    """The MLflow tags of the candidate (state.canary_version), from its ModelVersion's status."""
 
 
 @dataclass(frozen=True)
