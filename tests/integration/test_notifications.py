@@ -50,7 +50,8 @@ KEY = b"hmac-" + uuid.uuid4().hex.encode()
 TOKEN = "notify-" + uuid.uuid4().hex
 ALERT = "SlipwayNotifyTestAlert"
 SECRET = "slipway-notifications"
-FAIL_SECONDS = 30.0
+FAIL_SECONDS = 60.0
+"""How long every target answers 500 while v2 rolls out: the issue's minute."""
 
 
 @dataclass
@@ -225,7 +226,7 @@ def test_every_rollout_event_reaches_its_targets_once_per_id_through_500s_withou
             )
         by_id = collections.Counter(g.id for g in receiver.all("/webhook"))
         late = [g for g in receiver.accepted("/webhook") if event_of(g) in ("RolloutStarted", "StepReached", "Paused")]
-        assert all(by_id[g.id] >= 3 for g in late), "each was tried again after 500s (back-off ≤ 1 s over 30 s)"
+        assert all(by_id[g.id] >= 3 for g in late), "each was tried again after 500s (back-off ≤ 1 s over a minute)"
         assert all(g.at >= receiver.fail_until for g in late)
 
         action(kubectl, "promote")

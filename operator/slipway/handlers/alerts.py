@@ -9,6 +9,7 @@ from typing import Any
 
 import kopf
 
+from slipway.api.names import GROUP, VERSION
 from slipway.clients.kube_fast import FastKube
 from slipway.reconcilers.alert_intake import AlertIntake
 from slipway.reconcilers.alert_poller import AlertPoller
@@ -58,7 +59,7 @@ def _start_poller(memo: Any, intake: AlertIntake, logger: logging.Logger | loggi
     memo.alert_poller_task = asyncio.create_task(poller.run(), name="alert poller")
 
 
-@kopf.on.event("ml.slipway.dev", "v1alpha1", "modeldeployments")
+@kopf.on.event(GROUP, VERSION, "modeldeployments")
 async def remember_for_alerts(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     """Keep the latest object the watch delivered, so an alert's rollback need not read it first."""
     intake: AlertIntake | None = getattr(memo, "alert_intake", None)

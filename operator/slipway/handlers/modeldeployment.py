@@ -11,10 +11,10 @@ from typing import Any
 
 import kopf
 
+from slipway.api.names import GROUP, VERSION
 from slipway.builders.names import LABEL_DEPLOYMENT, LABEL_MODEL, sanitise_model_name
 from slipway.reconcilers.driver import Driver
 
-GROUP, VERSION = "ml.slipway.dev", "v1alpha1"
 ModelKey = tuple[str, str]
 """(namespace, sanitised model name): how ModelVersions and the ModelDeployments tracking them meet."""
 

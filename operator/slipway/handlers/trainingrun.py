@@ -11,12 +11,12 @@ from typing import Any
 
 import kopf
 
+from slipway.api.names import GROUP, VERSION
 from slipway.builders.job import LABEL_TRAININGRUN
 from slipway.clients.mlflow_runs import MlflowRuns
 from slipway.reconcilers.trainingrun import Key, TrainingRunReconciler
 from slipway.reconcilers.workqueue import WorkQueue
 
-GROUP, VERSION = "ml.slipway.dev", "v1alpha1"
 WORKERS = 2
 
 
