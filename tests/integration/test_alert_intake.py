@@ -208,7 +208,6 @@ async def test_the_alert_path_never_acts_on_a_stale_copy(testbed, kube_api, name
     from kubernetes import client
 
     from slipway.clients.kube import Kube
-    from slipway.clients.kube_fast import FastKube
     from slipway.reconcilers.alert_intake import AlertIntake
     from slipway.reconcilers.driver import Driver
 
@@ -233,11 +232,9 @@ async def test_the_alert_path_never_acts_on_a_stale_copy(testbed, kube_api, name
         labels = {"alertname": "SlipwayModelDrift", "namespace": namespace, "modeldeployment": name}
         return Alert(name="SlipwayModelDrift", labels=labels | {"model_version": "2"}, fingerprint=name)
 
-    fast = FastKube(kube_api)
-    await fast.start()
     driver = Driver(Kube(kube_api), "")
     intake = AlertIntake()
-    intake.bind(driver, None, fast)
+    intake.bind(driver, None)
     try:
         # The watch's copy is older than the object: the conditional status write gets 409 and
         # nothing is written from it; read afresh, the rollback keeps what the newer status has.
@@ -267,7 +264,6 @@ async def test_the_alert_path_never_acts_on_a_stale_copy(testbed, kube_api, name
         intake.remember(current)
         assert await intake.handle(fire("early")) == "ignored", "RollingBack: nothing under watch any more"
     finally:
-        await fast.close()
         for name in ("stale", "early"):
             with contextlib.suppress(Exception):
                 custom.delete_namespaced_custom_object(*group, name)

@@ -12,7 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from slipway.api.modeldeployment import ModelDeploymentSpec
+from slipway.api.modeldeployment import ModelDeployment, ModelDeploymentSpec
+from slipway.api.names import LABEL_MODEL, LABEL_VERSION
+from slipway.builders.router import router_for, traffic_version
 from slipway.clients.alerts import AlertsUnavailable
 from slipway.clients.applied import AppliedCache
 from slipway.clients.mlflow import ModelSnapshot, RegistryUnavailable
@@ -21,14 +23,14 @@ from slipway.receivers.http import HttpServer
 from slipway.reconcilers import alert_poller
 from slipway.reconcilers.alert_intake import AlertDeferred, AlertIntake
 from slipway.reconcilers.alert_poller import AlertPoller
-from slipway.reconcilers.alert_rollback import react
 from slipway.reconcilers.driver import Driver
-from slipway.reconcilers.modeldeployment import entered_rollback
+from slipway.reconcilers.modeldeployment import entered_rollback, reconcile
 from slipway.reconcilers.rollout_status import state_to_status
+from slipway.reconcilers.status import Outcome
 from slipway.reconcilers.writeback import TAG, RolledBack, WriteBack, rolled_back, with_pending
 from slipway.rollout.alerts import Alert, matches, promoted_within_window, watched_versions
 from slipway.rollout.machine import next
-from slipway.rollout.state import Blocked, Finished, Observations, RolloutState
+from slipway.rollout.state import Blocked, Decision, Finished, Observations, RolloutState
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 NS, MD = "ml", "digits"
@@ -217,7 +219,15 @@ class FakeKube:
         self.calls.append(("list", kind))
         return [o for (k, _), o in self.objects.items() if k == kind]
 
-    def patch_status(self, api_version: str, kind: str, name: str, namespace: str | None, status: dict[str, Any]):
+    def patch_status(
+        self,
+        api_version: str,
+        kind: str,
+        name: str,
+        namespace: str | None,
+        status: dict[str, Any],
+        resource_version: str | None = None,
+    ):
         self.calls.append(("patch_status", copy.deepcopy(status)))
         merged = {**(self.md.get("status") or {}), **status}
         self.md["status"] = {k: v for k, v in merged.items() if v is not None}
@@ -229,6 +239,8 @@ class FakeKube:
         return manifest
 
     def ensure(self, manifest: dict[str, Any]) -> bool:
+        if self.objects.get((manifest["kind"], manifest["metadata"]["name"])) == manifest:
+            return False  # applied as it is and unchanged since: Kube.ensure's cache skips it
         self.apply(manifest)
         return True
 
@@ -268,11 +280,48 @@ def md_body(state: RolloutState, **spec_extra: Any) -> dict[str, Any]:
     }
 
 
-def test_alert_pass_writes_status_then_the_route_once():
-    kube = FakeKube(md_body(canary()))
-    r = react(kube, kube.get("", "ModelDeployment", MD), alert(), at(1))  # type: ignore[arg-type]
-    assert r.rolled_back and r.status_written is not None and r.route_written is not None
-    assert kube.writes() == ["patch_status", "apply HTTPRoute"], "status first, then one route write, nothing else"
+def world(state: RolloutState, live: tuple[str, ...] = ("1", "2"), **spec_extra: Any) -> FakeKube:
+    """The deployment in ``state``, ModelVersions 1 and 2 (v2 the champion), and the children of ``live`` applied."""
+    kube = FakeKube(md_body(state, **spec_extra))
+    for v in ("1", "2"):
+        labels = {LABEL_MODEL: "digits", LABEL_VERSION: v}
+        kube.objects[("ModelVersion", f"digits-v{v}")] = {
+            "apiVersion": "ml.slipway.dev/v1alpha1",
+            "kind": "ModelVersion",
+            "metadata": {"name": f"digits-v{v}", "namespace": NS, "labels": labels},
+            "spec": {"model": "digits", "version": v},
+            "status": {"storageUri": f"s3://models/{v}", "aliases": ["champion"] if v == "2" else []},
+        }
+    md = ModelDeployment.model_validate(kube.md)
+    decision = Decision(state)
+    for manifest in router_for(md.spec).children(md, decision, {v: f"s3://models/{v}" for v in live}):
+        kube.apply(manifest)
+    for v in live:
+        ready = {
+            "kind": "Deployment",
+            "metadata": {"name": f"digits-v{v}-predictor"},
+            "status": {"availableReplicas": 9},
+        }
+        kube.objects[("Deployment", f"digits-v{v}-predictor")] = ready
+    kube.calls.clear()
+    return kube
+
+
+def fire(kube: FakeKube, a: Alert, now: datetime) -> Outcome:
+    """The one reconcile pass, with ``a`` observed, on the object as it is now (read first, not recorded)."""
+    body = copy.deepcopy(kube.md)
+    return reconcile(kube, None, body, now, alert=a)  # type: ignore[arg-type]
+
+
+def test_alert_pass_writes_status_then_the_route_then_the_other_children():
+    kube = world(canary())
+    r = fire(kube, alert(), at(1))
+    assert r.ignored is None and r.status_written is not None and r.traffic_written is not None
+    assert r.started is not None and r.started <= r.status_written <= r.traffic_written
+    writes = kube.writes()
+    assert writes[:2] == ["patch_status", "apply HTTPRoute"], "status first, then the traffic, before any other write"
+    assert writes.count("apply HTTPRoute") == 1 and "apply InferenceService" not in writes
+    assert writes[2:] == ["delete", "delete"], "then the failed version's HPA and InferenceService go"
     route = kube.objects[("HTTPRoute", MD)]
     backends = route["spec"]["rules"][0]["backendRefs"]
     assert [(b["name"], b["weight"]) for b in backends] == [("digits-v1-predictor", 100)]
@@ -282,16 +331,17 @@ def test_alert_pass_writes_status_then_the_route_once():
     degraded = {c["type"]: c for c in status["conditions"]}["Degraded"]
     assert degraded["status"] == "True" and degraded["reason"] == "AlertFiring"
     assert "SlipwayModelDrift" in degraded["message"] and "SlipwayModelDrift" in status["history"][-1]["message"]
+    assert status["pendingWriteBacks"][0]["reason"].startswith("AlertFiring: SlipwayModelDrift")
 
 
 def test_alert_pass_is_idempotent():
-    kube = FakeKube(md_body(canary()))
-    assert react(kube, kube.get("", "ModelDeployment", MD), alert(), at(1)).rolled_back  # type: ignore[arg-type]
+    kube = world(canary())
+    assert fire(kube, alert(), at(1)).ignored is None
     kube.calls.clear()
-    again = react(kube, kube.get("", "ModelDeployment", MD), alert(), at(2))  # type: ignore[arg-type]
-    other = react(kube, kube.get("", "ModelDeployment", MD), alert(name="SlipwayModelDrift", version=None), at(2))  # type: ignore[arg-type]
-    assert not again.rolled_back and not other.rolled_back and kube.writes() == []
-    assert "RollingBack" in again.why
+    again = fire(kube, alert(), at(2))
+    other = fire(kube, alert(name="SlipwayModelDrift", version=None), at(2))
+    assert again.ignored is not None and other.ignored is not None and kube.writes() == []
+    assert "RollingBack" in again.ignored
 
 
 @pytest.mark.parametrize(
@@ -304,16 +354,33 @@ def test_alert_pass_is_idempotent():
     ],
 )
 def test_alert_pass_ignores_what_does_not_match(a):
-    kube = FakeKube(md_body(canary()))
-    r = react(kube, kube.get("", "ModelDeployment", MD), a, at(1))  # type: ignore[arg-type]
-    assert not r.rolled_back and kube.writes() == []
+    kube = world(canary())
+    r = fire(kube, a, at(1))
+    assert r.ignored is not None and kube.writes() == [] and kube.calls == [], "not even a read"
 
 
-def test_alert_pass_after_the_window_scale_down_keeps_traffic_until_the_old_version_is_back():
-    kube = FakeKube(md_body(promoted(seconds_ago=120)))
-    r = react(kube, kube.get("", "ModelDeployment", MD), alert("2"), T0)  # type: ignore[arg-type]
-    assert r.rolled_back and r.route_written is None and kube.writes() == ["patch_status"]
+def test_alert_pass_after_the_window_scale_down_recreates_the_old_backend_before_the_route_names_it():
+    kube = world(promoted(seconds_ago=120), live=("2",))
+    r = fire(kube, alert("2"), T0)
+    assert r.ignored is None and r.decision is not None and traffic_version(r.decision) is None
+    writes = kube.writes()
+    assert writes[0] == "patch_status", "progress in status before anything moves"
+    assert writes.index("apply InferenceService") < writes.index("apply HTTPRoute"), "no route to a missing backend"
+    backends = kube.objects[("HTTPRoute", MD)]["spec"]["rules"][0]["backendRefs"]
+    assert {b["name"]: b["weight"] for b in backends} == {"digits-v1-predictor": 0, "digits-v2-predictor": 100}
     assert kube.md["status"]["stableVersion"] == "1" and kube.md["status"]["canaryWeight"] == 100
+
+
+def test_a_pass_without_an_alert_writes_in_the_same_order():
+    """A new version: status first, then its backends, then the route that names them."""
+    kube = world(RolloutState(phase="Succeeded", stable_version="1"), live=("1",))
+    r = reconcile(kube, None, kube.get("", "ModelDeployment", MD), at(1))  # type: ignore[arg-type]
+    assert r.decision is not None and r.decision.state.canary_version == "2"
+    writes = kube.writes()
+    assert writes[0] == "patch_status", "the new rollout is in status before any child moves"
+    assert writes.index("apply InferenceService") < writes.index("apply HTTPRoute")
+    assert writes.index("apply HorizontalPodAutoscaler") < writes.index("apply HTTPRoute")
+    assert r.status_written is not None and r.traffic_written is not None and r.status_written <= r.traffic_written
 
 
 # --- the intake ---------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from slipway.clients.kube import Kube
 from slipway.clients.prometheus import NoData, Prometheus, QueryFailed, Unreachable
 from slipway.reconcilers.modeldeployment import reconcile
 from slipway.reconcilers.rollout_status import state_from_status, state_to_status
+from slipway.reconcilers.status import status_changed
 from slipway.rollout import machine
 from slipway.rollout.analysis import Measurement
 from slipway.rollout.phases import TRANSITIONS
@@ -407,6 +408,7 @@ class FakeKube:
 
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.status_writes: list[dict[str, Any]] = []
 
     def _matches(self, obj: dict[str, Any], selector: str | None) -> bool:
         if not selector:
@@ -440,6 +442,13 @@ class FakeKube:
 
     def delete_owned(self, api_version: str, kind: str, name: str, namespace: str | None, uid: str | None) -> bool:
         return self.delete(api_version, kind, name, namespace)
+
+    def patch_status(
+        self, api_version: str, kind: str, name: str, namespace: str | None, status: dict[str, Any]
+    ) -> Any:
+        json.dumps(status)
+        self.status_writes.append(copy.deepcopy(status))
+        return status
 
 
 class FakePrometheus:
@@ -536,7 +545,12 @@ def test_a_reconcile_pass_never_crashes_and_writes_a_status_the_crd_accepts(
         if step.spec_changed:
             body["metadata"]["generation"] += 1
         prom.answers = list(answers)
+        writes = len(kube.status_writes)
         outcome = reconcile(cast(Kube, kube), cast(Prometheus, prom), copy.deepcopy(body), now)
+        if status_changed(body.get("status"), outcome.status):  # the pass wrote it, once
+            assert kube.status_writes[writes:] == [outcome.status]
+        else:
+            assert len(kube.status_writes) == writes
         note(f"{outcome.status.get('phase')}: {outcome.status.get('message')}")
         written = merge_patch(body.get("status") or {}, outcome.status)
         ModelDeploymentStatus.model_validate(_drop_none(written))

@@ -184,12 +184,25 @@ class Kube:
         return True
 
     def patch_status(
-        self, api_version: str, kind: str, name: str, namespace: str | None, status: dict[str, Any]
+        self,
+        api_version: str,
+        kind: str,
+        name: str,
+        namespace: str | None,
+        status: dict[str, Any],
+        resource_version: str | None = None,
     ) -> Manifest:
-        """Merge-patch the status subresource."""
+        """Merge-patch the status subresource.
+
+        With ``resource_version``, only if the object is still at that version: otherwise the API
+        server answers 409 (``ConflictError``) and nothing is written.
+        """
         res = self.resource(api_version, kind).subresources["status"]
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         out = res.patch(
-            body={"status": status},
+            body=body,
             name=name,
             namespace=namespace,
             content_type="application/merge-patch+json",

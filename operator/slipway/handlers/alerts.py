@@ -1,22 +1,17 @@
-"""kopf glue of alert-driven rollback: bind the alert intake to the Driver (with its on-loop client), run the poller."""
+"""kopf glue of alert-driven rollback: bind the alert intake to the Driver, run the poller."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 import kopf
 
 from slipway.api.names import GROUP, VERSION
-from slipway.clients.kube_fast import FastKube
 from slipway.reconcilers.alert_intake import AlertIntake
 from slipway.reconcilers.alert_poller import AlertPoller
 from slipway.reconcilers.writeback import WriteBack
-
-ALERT_KUBE_ENV = "SLIPWAY_ALERT_KUBE"
-"""``thread``: make the alert path's calls with the kubernetes client in worker threads (default ``loop``)."""
 
 
 @kopf.on.startup()
@@ -31,19 +26,7 @@ async def start_alert_intake(memo: Any, logger: logging.Logger | logging.LoggerA
     write_back = WriteBack(memo.kube, sync.registry if sync else None, sync.trigger if sync else None)
     memo.md_driver.write_back = write_back  # drains status.pendingWriteBacks after passes
     intake: AlertIntake = memo.alert_intake
-    if os.environ.get(ALERT_KUBE_ENV, "loop") == "thread":  # the earlier path, for comparisons (bench)
-        intake.bind(memo.md_driver, write_back)
-        logger.info("alert path: kubernetes client in the Driver's urgent threads (%s=thread)", ALERT_KUBE_ENV)
-        _start_poller(memo, intake, logger)
-        return
-    fast = FastKube(memo.kube.api_client)
-    try:
-        await fast.start()  # the connection the first alert uses is open before it comes
-    except Exception as exc:
-        await fast.close()
-        raise kopf.TemporaryError(f"the API server did not answer: {exc}", delay=1) from exc
-    memo.alert_kube = fast
-    intake.bind(memo.md_driver, write_back, fast)
+    intake.bind(memo.md_driver, write_back)
     _start_poller(memo, intake, logger)
 
 
@@ -70,10 +53,7 @@ async def remember_for_alerts(event: kopf.RawEvent, memo: Any, **_: Any) -> None
 
 @kopf.on.cleanup()
 async def stop_alert_poller(memo: Any, **_: Any) -> None:
-    """Stop polling; close the alert path's connections."""
+    """Stop polling."""
     task: asyncio.Task[None] | None = getattr(memo, "alert_poller_task", None)
     if task is not None:
         task.cancel()
-    fast: FastKube | None = getattr(memo, "alert_kube", None)
-    if fast is not None:
-        await fast.close()

@@ -1,18 +1,21 @@
-"""Where firing alerts go: straight to the in-process Driver, which rolls the named ModelDeployment back at once.
+"""Where firing alerts go: to the in-process Driver, which runs the deployment's pass at once, the alert observed.
 
 Both sources — Alertmanager's webhook (pushed) and the Prometheus poller (the fallback) — call
 :meth:`AlertIntake.handle`. It finds the deployment the alert names (``namespace`` and
-``modeldeployment`` labels) and runs the alert pass (:mod:`.alert_rollback`) holding the deployment's
-key in the Driver's work queue: read, match, decide, write status, write the route. Then it
-posts the events and queues one full pass (which removes the failed version's children and ends
-in ``RolledBack``) and writes the rollback back to MLflow.
+``modeldeployment`` labels) and, holding the deployment's key in the Driver's work queue (at once,
+not behind other deployments' queued passes), runs the one reconcile pass with the alert as one
+more observation (:meth:`.driver.Driver.alerted`): observe, ``machine.next``, write status, then
+the traffic, then the children — the order of every pass. A pass with an alert skips what cannot
+change a rollback (measuring, the A/B comparison). Then it posts the events, queues the next
+pass (which ends the rollback in ``RolledBack``) and the registry write-back is drained.
+
+The pass starts from the object as the watch last delivered it, without reading it: its status
+write is then conditional on that resourceVersion. A newer object (409, nothing written), or an
+alert that copy says to ignore, is tried again on the object read afresh ("nothing to do" is
+never the answer on a copy that may be stale).
 
 Why in-process and not an annotation that kopf picks up: the annotation costs a write, a
-watch event and a full reconcile pass (resolve, list children, re-apply each InferenceService
-and HPA) before the route moves — kopf itself adds no delay (its time-based batching is gone:
-``settings.batching.batch_window`` is deprecated and does nothing in kopf 1.45) — while the
-alert pass costs one read and two writes. bench/rollback_latency.py measures both. Progress
-still lives only in status: the alert pass writes status before traffic, like every pass.
+watch event and a queued pass before the route moves. bench/rollback_latency.py measures both.
 
 Scope: the operator acts only on deployments kopf has handed it (the namespaces it watches).
 An alert about any other deployment — another namespace, another operator's — changes
@@ -34,15 +37,13 @@ from typing import Any, Literal
 
 import prometheus_client
 
-from slipway.clients.kube_fast import FastKube, KubeCallFailed, plural_path
+from slipway.builders.router import traffic_version
+from slipway.clients.kube import error_message
 from slipway.rollout.alerts import Alert, target
 
-from . import rollout_metrics
-from .alert_rollback import Reaction, react, react_fast
-from .driver import Driver
+from .driver import Driver, PassFailed
 from .events import post_events
-from .modeldeployment import GROUP_VERSION
-from .status import Event
+from .status import Event, Outcome
 from .writeback import WriteBack
 
 log = logging.getLogger(__name__)
@@ -77,13 +78,12 @@ class AlertIntake:
     def __init__(self) -> None:
         self.driver: Driver | None = None
         self.write_back: WriteBack | None = None
-        self.fast: FastKube | None = None
         self.bound_at = 0.0
         self._latest: dict[tuple[str, str], dict[str, Any]] = {}
 
-    def bind(self, driver: Driver, write_back: WriteBack | None, fast: FastKube | None = None) -> None:
-        """Start acting on alerts (before this, :meth:`handle` defers them); ``fast``: the on-loop client."""
-        self.driver, self.write_back, self.fast = driver, write_back, fast
+    def bind(self, driver: Driver, write_back: WriteBack | None) -> None:
+        """Start acting on alerts (before this, :meth:`handle` defers them)."""
+        self.driver, self.write_back = driver, write_back
         self.bound_at = time.monotonic()
 
     async def handle(self, alert: Alert) -> Result:
@@ -105,26 +105,26 @@ class AlertIntake:
             return "not_watched"
         now = datetime.now(UTC)
         try:
-            if self.fast is None:
-                body, reaction = await driver.exclusive(ns, name, lambda b: react(driver.kube, b, alert, now))
-            else:
-                body, reaction = await self._react_fast(driver, self.fast, ns, name, alert, now)
+            body, outcome = await self._alert_pass(driver, ns, name, alert, now)
         except Exception as exc:
-            if _status_code(exc) in (401, 403, 404):  # not ours to see (e.g. another namespace): not a retry
-                log.info("alert %s for %s/%s: cannot read the ModelDeployment: %s", alert.name, ns, name, exc)
+            cause = exc.__cause__ if isinstance(exc, PassFailed) and exc.__cause__ is not None else exc
+            if _status_code(cause) in (401, 403, 404):  # not ours to see (e.g. another namespace): not a retry
+                log.info("alert %s for %s/%s: cannot read the ModelDeployment: %s", alert.name, ns, name, cause)
                 ALERTS.labels(alert.source, "not_found").inc()
                 return "not_found"
-            raise AlertDeferred(f"alert {alert.name} for {ns}/{name}: {exc}") from exc
-        if body is None or reaction is None:
+            raise AlertDeferred(f"alert {alert.name} for {ns}/{name}: {error_message(cause)}") from exc
+        if body is None or outcome is None:
             ALERTS.labels(alert.source, "not_found").inc()
             return "not_found"
-        if not reaction.rolled_back:
-            log.info("alert %s for %s/%s changes nothing: %s", alert.describe(), ns, name, reaction.why)
+        if outcome.ignored is not None:
+            log.info("alert %s for %s/%s changes nothing: %s", alert.describe(), ns, name, outcome.ignored)
             ALERTS.labels(alert.source, "ignored").inc()
+            if outcome.decision is not None:  # the pass ran (and wrote what it found to do): its events, its next
+                driver.spawn(self._follow_up(driver, body, outcome), f"after alert {ns}/{name}")
             return "ignored"
         ALERTS.labels(alert.source, "rolled_back").inc()
-        self._report(alert, body, reaction, received)
-        driver.spawn(self._follow_up(driver, body, reaction, alert), f"after alert {ns}/{name}")
+        self._report(alert, body, outcome, received)
+        driver.spawn(self._follow_up(driver, body, outcome), f"after alert {ns}/{name}")
         return "rolled_back"
 
     def remember(self, obj: dict[str, Any], deleted: bool = False) -> None:
@@ -136,59 +136,44 @@ class AlertIntake:
         else:
             self._latest[key] = obj
 
-    async def _react_fast(
-        self, driver: Driver, fast: FastKube, ns: str, name: str, alert: Alert, now: datetime
-    ) -> tuple[dict[str, Any] | None, Reaction | None]:
-        """Under the object's lock, react on the event loop (no thread hop, no pool to queue in).
-
-        First on the object as the watch last delivered it, without reading it: a rollback's
-        status write is then conditional on that resourceVersion. Read afresh and decide again
-        when the watch had not caught up (409), or when that object called for no rollback (the
-        answer "nothing to do" is never given on an object that may be stale).
-        """
+    async def _alert_pass(
+        self, driver: Driver, ns: str, name: str, alert: Alert, now: datetime
+    ) -> tuple[dict[str, Any] | None, Outcome | None]:
+        """Holding the object's key, the pass with the alert observed: on the watch's copy first, else read afresh."""
         async with driver.lock(ns, name):
             latest = self._latest.get((ns, name))
             if latest is not None and not latest["metadata"].get("deletionTimestamp"):
                 try:
-                    reaction = await react_fast(fast, driver.kube, latest, alert, now, unread=True)
-                except KubeCallFailed as exc:
-                    if exc.status != 409:
+                    body, outcome = await driver.alerted(ns, name, alert, latest)
+                except Exception as exc:
+                    if _status_code(exc) != 409:
                         raise
                     log.debug("%s/%s changed since the watch saw it: reading it", ns, name)
                 else:
-                    if reaction.rolled_back:
-                        return latest, reaction
-            body = await fast.get(plural_path(GROUP_VERSION, "modeldeployments", ns, name))
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                return body, None
-            return body, await react_fast(fast, driver.kube, body, alert, now)
+                    if outcome is not None and outcome.ignored is None:
+                        return body, outcome
+            return await driver.alerted(ns, name, alert)
 
-    def _report(self, alert: Alert, body: dict[str, Any], reaction: Reaction, received: float) -> None:
+    def _report(self, alert: Alert, body: dict[str, Any], outcome: Outcome, received: float) -> None:
         """Log and export the latency from the alert's arrival to the writes; note it in the rollback's event."""
         ns, name = body["metadata"].get("namespace", ""), body["metadata"].get("name", "")
-        assert reaction.outcome is not None and reaction.decision is not None
-        assert reaction.read is not None and reaction.status_written is not None
-        read_ms, status_ms = (reaction.read - received) * 1000, (reaction.status_written - received) * 1000
-        if reaction.route_written is None:
+        assert outcome.decision is not None and outcome.started is not None
+        read_ms = (outcome.started - received) * 1000
+        status_ms = ((outcome.status_written or outcome.started) - received) * 1000
+        if traffic_version(outcome.decision) is None or outcome.traffic_written is None:
             note = f"status written {status_ms:.0f} ms after the alert arrived; traffic moves once the version is ready"
         else:
-            route_ms = (reaction.route_written - received) * 1000
+            route_ms = (outcome.traffic_written - received) * 1000
             ALERT_TO_ROUTE.observe(route_ms / 1000)
             note = f"route written {route_ms:.0f} ms after the alert arrived"
-            note += f" (read at {read_ms:.0f}, status at {status_ms:.0f})"
+            note += f" (pass began at {read_ms:.0f}, status at {status_ms:.0f})"
         log.info("%s/%s: alert %s via %s rolled back: %s", ns, name, alert.describe(), alert.source, note)
-        reaction.outcome.events[:] = [
-            Event(e.reason, f"{e.message} ({note})", e.type) if e.reason == "AlertFiring" else e
-            for e in reaction.outcome.events
+        outcome.events[:] = [
+            Event(e.reason, f"{e.message} ({note})", e.type) if e.reason == "AlertFiring" else e for e in outcome.events
         ]
-        rollout_metrics.record(
-            ns, name, rollout_metrics.strategy_of(body.get("spec") or {}), reaction.decision, alert.name
-        )
 
-    async def _follow_up(self, driver: Driver, body: dict[str, Any], reaction: Reaction, alert: Alert) -> None:
-        """Events, and the full pass that finishes the rollback (and starts the registry write-back), queued."""
-        assert reaction.outcome is not None
+    async def _follow_up(self, driver: Driver, body: dict[str, Any], outcome: Outcome) -> None:
+        """The pass's events, and the next pass (which ends the rollback and drains the registry write-back), queued."""
         ns, name = body["metadata"].get("namespace", ""), body["metadata"].get("name", "")
         driver.enqueue(ns, name)
-        await post_events(driver.kube, body, reaction.outcome.events, reaction.outcome.status)
-        # the registry write-back the rollback owes is in status.pendingWriteBacks: the pass drains it
+        await post_events(driver.kube, body, outcome.events, outcome.status)

@@ -1,9 +1,11 @@
 """The ModelDeployment Driver: runs the reconcile pass on each object from a work queue, one pass per object at a time.
 
 kopf's handlers only put objects in the queue (:meth:`Driver.enqueue`); the queue's workers run
-:meth:`Driver.run`: read the object, run :func:`~.modeldeployment.reconcile`, write its status
-once (if it changed), clear a handled action annotation, post the events, and ask for the next
-pass after the pass's ``requeue_after`` (or RESYNC_SECONDS). A pass that raises is recorded in a
+:meth:`Driver.run`: read the object, run :func:`~.modeldeployment.reconcile` (which writes its
+status once, if it changed, then the traffic and the children), clear a handled action
+annotation, post the events, and ask for the next pass after the pass's ``requeue_after`` (or
+RESYNC_SECONDS). An alert runs the same pass (:meth:`Driver.alerted`) at once, holding the
+object's key (:meth:`Driver.lock`), not behind other objects' queued passes. A pass that raises is recorded in a
 ``ReconcileError`` condition and retried with the queue's back-off. Registry write-backs owed
 after a rollback are drained in the background, holding the object's key while they write.
 """
@@ -15,12 +17,12 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 from slipway.builders.names import ACTION_ANNOTATION
 from slipway.clients.kube import KUBE_ERRORS, Kube, error_message, off_loop
 from slipway.clients.prometheus import Prometheus
+from slipway.rollout.alerts import Alert
 from slipway.storage_uris import DEFAULT_PREFIXES
 from slipway.tenancy import Tenancy
 
@@ -40,7 +42,12 @@ queue's back-off); reset by a pass that works."""
 WORKERS = 4
 """Passes on different ModelDeployments at once (the work queue's workers; one pass per object at a time)."""
 Key = tuple[str, str]
-T = TypeVar("T")
+
+
+def _status_of(exc: BaseException) -> int | None:
+    """The HTTP status the API server answered with, if that is what ``exc`` is."""
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
 
 
 class PassFailed(Exception):
@@ -79,7 +86,6 @@ class Driver:
             "modeldeployment", self.run, workers=workers, base_delay=RETRY_SECONDS[0], max_delay=RETRY_SECONDS[-1]
         )
         self._draining: set[Key] = set()
-        self._urgent = ThreadPoolExecutor(max_workers=2, thread_name_prefix="urgent")
         self._watched: set[Key] = set()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -104,26 +110,6 @@ class Driver:
     def lock(self, namespace: str, name: str) -> contextlib.AbstractAsyncContextManager[None]:
         """Hold the object's key in the work queue: no pass runs on it meanwhile (waits for one that runs)."""
         return self.queue.exclusive((namespace, name))
-
-    async def exclusive(
-        self, namespace: str, name: str, work: Callable[[dict[str, Any]], T]
-    ) -> tuple[dict[str, Any] | None, T | None]:
-        """Holding the object's key, read it fresh and run ``work(body)`` on it, all in one worker thread.
-
-        Returns the object as read and what ``work`` returned (None, None when the object is gone
-        or being deleted). The alert path uses this: one thread hop for read, decide and write, on
-        threads of its own, so that it never queues behind reconcile passes in the default pool
-        (measured: a resync of 32 deployments at once held an alert up to 150 ms without this).
-        """
-
-        def read_and_work() -> tuple[dict[str, Any] | None, T | None]:
-            body = self.kube.get(GROUP_VERSION, "ModelDeployment", name, namespace)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                return body, None
-            return body, work(body)
-
-        async with self.lock(namespace, name):
-            return await asyncio.get_running_loop().run_in_executor(self._urgent, read_and_work)
 
     def forget(self, namespace: str, name: str) -> None:
         """The object is gone: stop tracking it (its children's deletion by the garbage collector is no news).
@@ -160,22 +146,47 @@ class Driver:
         except PassFailed as exc:
             return exc.body, exc.outcome
 
-    async def _drive(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, Outcome | None]:
-        body: dict[str, Any] | None = None
+    async def alerted(
+        self, namespace: str, name: str, alert: Alert, body: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any] | None, Outcome | None]:
+        """The same pass, with a firing alert observed; the caller holds the object (:meth:`lock`).
+
+        ``body``: the object as the watch last delivered it, not read now (its status write is
+        then conditional on its resourceVersion); None: read it. Raises :class:`PassFailed`
+        (the error recorded on the object, as for any pass) for the caller to answer.
+        """
+        return await self._drive(namespace, name, alert, body)
+
+    async def _drive(
+        self, namespace: str, name: str, alert: Alert | None = None, unread: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any] | None, Outcome | None]:
+        body: dict[str, Any] | None = unread
         try:
-            body = await off_loop(self.kube.get, GROUP_VERSION, "ModelDeployment", name, namespace)
+            if body is None:
+                body = await off_loop(self.kube.get, GROUP_VERSION, "ModelDeployment", name, namespace)
             if body is None or body["metadata"].get("deletionTimestamp"):
-                self.forget(namespace, name)
+                if unread is None:
+                    self.forget(namespace, name)
                 return body, None
-            return body, await self._pass(namespace, name, body)
+            return body, await self._pass(namespace, name, body, alert, unread is not None)
         except Exception as exc:
+            if unread is not None and _status_of(exc) == 409:  # the watch's copy was stale: nothing written
+                raise
             raise PassFailed(body, await self._failed(namespace, name, body, exc), exc) from exc
 
-    async def _pass(self, namespace: str, name: str, body: dict[str, Any]) -> Outcome:
+    async def _pass(
+        self, namespace: str, name: str, body: dict[str, Any], alert: Alert | None = None, unread: bool = False
+    ) -> Outcome:
         outcome = await off_loop(
-            reconcile, self.kube, self.prom, body, tenancy=self.tenancy, storage_prefixes=self.storage_prefixes
+            reconcile,
+            self.kube,
+            self.prom,
+            body,
+            tenancy=self.tenancy,
+            storage_prefixes=self.storage_prefixes,
+            alert=alert,
+            if_unchanged=unread,
         )
-        await self._write_status(namespace, name, body, outcome)
         pending = outcome.status.get(PENDING, (body.get("status") or {}).get(PENDING))
         if pending:
             self.drain_write_backs(namespace, name)

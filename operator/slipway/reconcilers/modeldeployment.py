@@ -1,8 +1,26 @@
-"""ModelDeployment reconciler: resolve the tracked version, observe children, decide, apply, write status once."""
+"""ModelDeployment reconciler: the one pass for every reason (a change, a resync, an alert): observe, decide, write.
+
+Observe (the tracked version, the children and their readiness, the analysis; a firing alert
+is one more observation) → ``machine.next`` → write, in this order (:func:`.routing.carry_out`):
+
+1. status, once, only if it changed: the decision (a rollback, a step) is recorded before
+   anything moves, so an operator killed at any later point finds it and finishes it on restart,
+   and never re-exposes a version it blocked;
+2. the backends of versions that have none yet (a new version's InferenceService and HPA):
+   the traffic write names them, and a route never points at a backend that does not exist;
+3. the traffic, in one write (:func:`.routing.set_traffic`: the HTTPRoute, or the Knative
+   InferenceService): an alert's rollback is this write, right after the status write;
+4. the other children (backends that exist), then the removals of the versions not kept, which
+   the traffic no longer names.
+
+A kill between any two writes leaves status ahead of the children, never behind: the next pass
+observes the children and writes what is missing.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +33,7 @@ from slipway.builders.router import router_for
 from slipway.clients.kube import Kube, NotOwned, error_message
 from slipway.clients.prometheus import Prometheus
 from slipway.rollout import machine
+from slipway.rollout.alerts import Alert
 from slipway.rollout.analysis import AnalysisConfig, Measurement
 from slipway.rollout.budget import Split, unsplittable
 from slipway.rollout.phases import conditions_for
@@ -23,7 +42,7 @@ from slipway.rollout.templates import TemplateError
 from slipway.storage_uris import refusal
 from slipway.tenancy import Tenancy
 
-from . import analysis_providers, analysis_templates, budget, requirements, rollout_metrics, routing
+from . import alert_rollback, analysis_providers, analysis_templates, budget, requirements, rollout_metrics, routing
 from .ab_comparison import compare
 from .gateway_support import mirror_refusal
 from .rollout_status import state_from_status, state_to_status
@@ -130,26 +149,6 @@ def measure(
     return out
 
 
-def apply_children(
-    kube: Kube,
-    md: ModelDeployment,
-    decision: Decision,
-    uris: dict[str, str],
-    live: frozenset[str],
-    shares: Split | None = None,
-) -> None:
-    """New backends first, then the route (one write carries the weights), then remove the live versions not kept.
-
-    Children already applied as they are and unchanged since are not applied again (``Kube.ensure``).
-    Before any apply, each child about to be applied is looked up: one of that name that this
-    deployment does not own stops the pass with :class:`NotOwned` before anything is written.
-
-    ``live`` is the versions with an InferenceService as this pass observed them (no second list).
-    ``shares``: see :func:`children_to_apply`.
-    """
-    routing.reconcile_children(kube, md, router_for(md.spec), decision, uris, live, shares)
-
-
 def children_to_apply(
     md: ModelDeployment, decision: Decision, uris: dict[str, str], shares: Split | None = None
 ) -> list[dict[str, Any]]:
@@ -200,39 +199,115 @@ def reconcile(
     now: datetime | None = None,
     tenancy: Tenancy | None = None,
     storage_prefixes: tuple[str, ...] | None = None,
+    *,
+    alert: Alert | None = None,
+    if_unchanged: bool = False,
 ) -> Outcome:
-    """One pass: observe, decide, apply children, and return the status to write and the events to post."""
+    """One pass, for every reason it runs: observe, decide, then write status, the traffic, the children.
+
+    The writes (see :func:`.routing.carry_out`): status (only if it changed) before anything
+    moves, then the backends a new version needs, the traffic, the other children. ``alert``: a
+    firing alert is one more observation (``Observations.alert``); one that concerns no version
+    under watch ends the pass with nothing written (``Outcome.ignored``), and the pass skips what
+    cannot change a rollback (measuring, the A/B comparison). ``if_unchanged``: ``body`` is the
+    watch's copy, not read now: the status write is conditional on its resourceVersion (a newer
+    object: the API server answers 409, nothing is written).
+    """
+    started = time.monotonic()
     now = now or datetime.now(UTC)
     old: dict[str, Any] = dict(body.get("status") or {})
+    name, namespace = body["metadata"].get("name", ""), body["metadata"].get("namespace")
+    version = body["metadata"].get("resourceVersion") if if_unchanged else None
+
+    def write_status(outcome: Outcome) -> None:
+        if status_changed(old, outcome.status):
+            patch = (GROUP_VERSION, "ModelDeployment", name, namespace, outcome.status)
+            if version is None:
+                kube.patch_status(*patch)
+            else:
+                kube.patch_status(*patch, resource_version=version)
+            outcome.status_written = time.monotonic()
+
+    planned = _plan(kube, prom, body, old, now, tenancy, storage_prefixes, alert)
+    if isinstance(planned, Outcome):  # nothing to carry out: invalid, or the alert concerns no version
+        planned.started = started
+        if planned.ignored is None or alert is None:
+            write_status(planned)
+        return planned
+    outcome = planned.outcome
+    outcome.started = started
+    if if_unchanged and outcome.ignored is not None:  # on a copy that may be stale: no write, the caller reads
+        return outcome
+    outcome.traffic_written = routing.carry_out(
+        kube,
+        planned.md,
+        router_for(planned.md.spec),
+        planned.decision,
+        planned.uris,
+        planned.live,
+        lambda: write_status(outcome),
+        planned.shares,
+    )
+    return outcome
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a pass decided and must carry out."""
+
+    md: ModelDeployment
+    decision: Decision
+    uris: dict[str, str]
+    live: frozenset[str]
+    shares: Split | None
+    outcome: Outcome
+
+
+def _plan(
+    kube: Kube,
+    prom: Prometheus,
+    body: dict[str, Any],
+    old: dict[str, Any],
+    now: datetime,
+    tenancy: Tenancy | None,
+    storage_prefixes: tuple[str, ...] | None,
+    alert: Alert | None,
+) -> _Plan | Outcome:
+    """Observe and decide (reads only); an Outcome when the pass stops before deciding."""
     try:
         md = ModelDeployment.model_validate(body)
     except ValidationError as exc:
-        return _invalid(old, body, f"spec does not validate: {exc.errors()[0].get('msg')}")
+        return _invalid(old, body, f"spec does not validate: {exc.errors()[0].get('msg')}", alerted=alert)
+    state = state_from_status(old)
+    if alert is not None and unhonourable(md) is None:  # before any read: an alert about nothing under watch
+        ignored = alert_rollback.why_not(md, state, alert, now)  # costs no round trip
+        if ignored is not None:
+            return Outcome(old, ignored=ignored)
     why = unhonourable(md) or mirror_refusal(kube, md)
     if why is not None:
-        return _invalid(old, body, why)
+        return _invalid(old, body, why, alerted=alert)
     if tenancy is not None:
         forbidden = tenancy.forbids_model(md.metadata.namespace or "", md.spec.model.name, "spec.model.name")
         if forbidden is not None:
-            return _invalid(old, body, forbidden, reason="Forbidden")
+            return _invalid(old, body, forbidden, reason="Forbidden", alerted=alert)
     try:  # template metrics inline: as the running rollout froze them, else read now
         templated = analysis_templates.resolve(kube, md, old)
     except TemplateError as exc:
-        return _invalid(old, body, str(exc))
+        return _invalid(old, body, str(exc), alerted=alert)
     md = templated.md
     resolved = resolve(kube, md, storage_prefixes)
     live, ready = observe_children(kube, md)
     action, bad_action = _action(md)
-    state = state_from_status(old)
     verdict = requirements.check(kube, md, resolved.version, resolved.statuses, now)
     tracked, tracked_message = resolved.version, resolved.message
     if verdict is not None and not verdict.met:  # whoever moved the alias, this version does not roll out
         tracked, tracked_message = requirements.held_version(state), verdict.message
-    config = machine.measurement_due(state, md.spec, now)
-    measurements = None
-    if config is not None and state.canary_version is not None:
-        measurements = measure(prom, md, config, state.canary_version, now, kube)
-    comparison = compare(prom, md, state, now) if machine.comparison_due(state, md.spec, now) else None
+    measurements, comparison = None, None
+    if alert is None:  # neither can change a rollback: an alert's pass does not wait for Prometheus
+        config = machine.measurement_due(state, md.spec, now)
+        if config is not None and state.canary_version is not None:
+            measurements = measure(prom, md, config, state.canary_version, now, kube)
+        comparison = compare(prom, md, state, now) if machine.comparison_due(state, md.spec, now) else None
     obs = Observations(
         now=now,
         tracked_version=tracked,
@@ -244,12 +319,14 @@ def reconcile(
         spec_changed=old.get("observedGeneration") not in (None, md.metadata.generation),
         comparison=comparison,
         candidate_tags=candidate_tags(resolved, state.canary_version),
+        alert=alert.describe() if alert is not None else None,
     )
     decision = machine.next(state, obs, md.spec)
+    alerted = alert is not None and decision.transition is not None and decision.transition.reason == "AlertFiring"
     shares = budget.plan(kube, md, decision.state)
-    apply_children(kube, md, decision, resolved.storage_uris, live, shares)
     strategy = rollout_metrics.strategy_of(body.get("spec") or {})
-    rollout_metrics.record(md.metadata.namespace or "", md.metadata.name or "", strategy, decision)
+    ns, name = md.metadata.namespace or "", md.metadata.name or ""
+    rollout_metrics.record(ns, name, strategy, decision, alert.name if alerted and alert is not None else None)
     events = [Event(n.reason, n.message, "Warning" if n.warning else "Normal") for n in decision.events]
     if action is not None and not decision.action_used:
         events.append(Event("ActionIgnored", f"action {action} does nothing in phase {state.phase}", "Warning"))
@@ -269,9 +346,17 @@ def reconcile(
     status = status_of(md, old, decision.state, resolved.version, stable_ready=stable_ready)
     status[analysis_templates.STATUS_FIELD] = analysis_templates.record(templated, old, status)
     events += requirements.record(old, status, verdict, md.metadata.generation)
+    if alerted and alert is not None:
+        status["lastAlert"] = alert_rollback.last_alert(alert)
     if entered_rollback(old, status):
-        with_pending(body.get("spec") or {}, old, status, now)
-    return Outcome(status, events, requeue)
+        with_pending(
+            body.get("spec") or {}, old, status, now, f"AlertFiring: {alert.describe()}" if alerted and alert else None
+        )
+    ignored = None
+    if alert is not None and not alerted:
+        ignored = f"the machine took no rollback in phase {state.phase}"
+    outcome = Outcome(status, events, requeue, decision=decision, ignored=ignored)
+    return _Plan(md, decision, resolved.storage_uris, live, shares, outcome)
 
 
 def failed(old: dict[str, Any], body: dict[str, Any], exc: BaseException) -> Outcome:
@@ -291,12 +376,14 @@ def failed(old: dict[str, Any], body: dict[str, Any], exc: BaseException) -> Out
     return Outcome(status, events, None)
 
 
-def _invalid(old: dict[str, Any], body: dict[str, Any], why: str, *, reason: str = "InvalidSpec") -> Outcome:
+def _invalid(
+    old: dict[str, Any], body: dict[str, Any], why: str, *, reason: str = "InvalidSpec", alerted: Alert | None = None
+) -> Outcome:
     generation = (body.get("metadata") or {}).get("generation")
     conditions = set_condition(old.get("conditions"), "InvalidSpec", True, reason, why, generation=generation)
     status = {"conditions": conditions, "observedGeneration": generation, "message": why}
     events = [] if status_changed(old, status) is False else [Event(reason, why, "Warning")]
-    return Outcome(status, events, None)
+    return Outcome(status, events, None, ignored=f"its spec cannot be carried out: {why}" if alerted else None)
 
 
 def entered_rollback(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:

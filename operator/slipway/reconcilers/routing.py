@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from slipway.api.modeldeployment import ModelDeployment
 from slipway.api.names import LABEL_DEPLOYMENT, LABEL_VERSION
 from slipway.builders.router import Router
+from slipway.clients.applied import key_of
 from slipway.clients.kube import Kube
 from slipway.rollout.budget import Split
 from slipway.rollout.state import Decision
@@ -30,31 +33,55 @@ def observe(kube: Kube, md: ModelDeployment, router: Router) -> tuple[frozenset[
     return frozenset(live), frozenset(ready)
 
 
-def reconcile_children(
+def carry_out(
     kube: Kube,
     md: ModelDeployment,
     router: Router,
     decision: Decision,
     uris: Mapping[str, str],
     live: frozenset[str],
+    write_status: Callable[[], None],
     shares: Split | None = None,
-) -> None:
-    """Apply the children the decision asks for (ownership checked first), then remove those it no longer keeps."""
+) -> float | None:
+    """Write what a decision asks for, in the one order every pass uses; the time of the traffic write (None: none).
+
+    1. ownership: each child about to be applied is looked up (those applied by this process and
+       unchanged since are known to be ours); one this deployment does not own stops the pass
+       with :class:`~slipway.clients.kube.NotOwned` before anything is written;
+    2. ``write_status()``: the decision is in status before anything moves;
+    3. the backends of versions that have none yet (InferenceService, HPA): the traffic write
+       may name them, and a route never points at a backend that does not exist;
+    4. the traffic: the one manifest that moves it (:func:`set_traffic`);
+    5. the other children (backends that exist, re-asserted or resized), then the removals of
+       the live versions the decision no longer keeps (no longer named by the traffic).
+
+    Children applied as they are and unchanged since are not applied again (``Kube.ensure``).
+    """
     ns, uid = md.metadata.namespace, md.metadata.uid
     manifests = router.children(md, decision, uris, shares)
+    traffic = router.traffic(md, decision, uris)
+    traffic_key = key_of(traffic) if traffic is not None else None
     kube.check_owned(manifests, uid)
-    for manifest in manifests:
+    write_status()
+    backends = [m for m in manifests if key_of(m) != traffic_key]
+    new = [m for m in backends if _version_of(m) not in live]
+    for manifest in new:
         kube.ensure(manifest)
+    written = time.monotonic() if set_traffic(kube, traffic) else None
+    for manifest in backends:
+        if _version_of(manifest) in live:
+            kube.ensure(manifest)
     for ref in router.removals(md, decision, live):
         kube.delete_owned(ref.api_version, ref.kind, ref.name, ns, uid)
+    return written
 
 
-def set_traffic(
-    kube: Kube, md: ModelDeployment, router: Router, decision: Decision, uris: Callable[[], Mapping[str, str]]
-) -> bool:
-    """Write the one manifest that moves the traffic; False when there is none (``uris`` is called only if needed)."""
-    manifest = router.traffic(md, decision, uris() if router.traffic_needs_storage else {})
-    if manifest is None:
+def _version_of(manifest: Mapping[str, Any]) -> str | None:
+    return ((manifest.get("metadata") or {}).get("labels") or {}).get(LABEL_VERSION)
+
+
+def set_traffic(kube: Kube, traffic: dict[str, Any] | None) -> bool:
+    """Write the one manifest that moves the traffic (route, or Knative InferenceService); False: none, or unchanged."""
+    if traffic is None:
         return False
-    kube.apply(manifest)
-    return True
+    return kube.ensure(traffic)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from slipway.rollout.state import Decision
+
 
 @dataclass(frozen=True)
 class Event:
@@ -18,11 +20,21 @@ class Event:
 
 @dataclass
 class Outcome:
-    """The result of one reconcile pass; the handler writes `status` once, and only if it changed."""
+    """The result of one reconcile pass: the status it wrote (once, only if it changed), events, when to look again."""
 
     status: dict[str, Any]
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
+    decision: Decision | None = None
+    """What the machine decided (None: the pass stopped before deciding: invalid spec, alert ignored)."""
+    ignored: str | None = None
+    """With an alert observed: why it changed nothing (None: it was acted on)."""
+    started: float | None = None
+    """time.monotonic() when the pass began (the object just read)."""
+    status_written: float | None = None
+    """time.monotonic() after the status write (None: status had not changed)."""
+    traffic_written: float | None = None
+    """time.monotonic() after the traffic write (None: the traffic manifest had not changed, or there is none)."""
 
 
 def now_iso(now: datetime | None = None) -> str:
