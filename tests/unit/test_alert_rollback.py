@@ -635,3 +635,41 @@ async def test_the_drivers_queue_work_requeues_backs_off_and_stops_for_a_gone_ob
     assert driver.queue.add_rate_limited((NS, MD)) == 1.0, "back-off starts at the first retry delay"
 
     assert await driver.run((NS, "gone")) is None, "a deleted object is not looked at again"
+
+
+class CountingPrometheus:
+    """Counts queries; answers each with a healthy value."""
+
+    def __init__(self) -> None:
+        self.queries = 0
+
+    def query(self, q: str) -> float:
+        self.queries += 1
+        return 0.0
+
+
+def test_an_alerts_pass_does_not_measure_but_the_same_pass_without_it_does():
+    analysed = {
+        "steps": [{"setWeight": 50}, {"analysis": {}}],
+        "analysis": {"interval": "10s", "metrics": [{"name": "e", "query": "q", "max": 1}]},
+    }
+    state = canary(phase="Progressing", reason="Analysing", current_step=1)
+    prom = CountingPrometheus()
+    quiet = world(state, strategy={"canary": analysed})
+    reconcile(quiet, prom, copy.deepcopy(quiet.md), at(60))  # type: ignore[arg-type]
+    assert prom.queries == 1, "a pass without an alert measures the due round"
+    alerted = world(state, strategy={"canary": analysed})
+    r = reconcile(alerted, prom, copy.deepcopy(alerted.md), at(60), alert=alert())  # type: ignore[arg-type]
+    assert r.ignored is None and alerted.md["status"]["phase"] == "RollingBack"
+    assert prom.queries == 1, "the alert's pass waits for no Prometheus query"
+
+
+async def test_an_ignored_alert_leaves_the_users_action_for_the_pass_that_handles_it():
+    kube = world(RolloutState(phase="RolledBack", stable_version="1", blocked=(Blocked("2", "AlertFiring", T0),)))
+    kube.md["metadata"]["annotations"] = {"ml.slipway.dev/action": "retry"}
+    driver = Driver(kube, "")  # type: ignore[arg-type]
+    body, outcome = await driver.alerted(NS, MD, alert(), copy.deepcopy(kube.md))
+    assert outcome is not None and outcome.ignored is not None
+    assert kube.writes() == [], "the action annotation stays (nothing handled it)"
+    await driver.drive(NS, MD)
+    assert "merge_patch" in kube.writes() and kube.md["status"]["phase"] == "Progressing", "the next pass retries"

@@ -190,7 +190,8 @@ class Driver:
         pending = outcome.status.get(PENDING, (body.get("status") or {}).get(PENDING))
         if pending:
             self.drain_write_backs(namespace, name)
-        if ACTION_ANNOTATION in ((body["metadata"].get("annotations")) or {}):
+        handled = outcome.ignored is None or (outcome.decision is not None and not unread)  # else nothing was done
+        if handled and ACTION_ANNOTATION in ((body["metadata"].get("annotations")) or {}):
             patch = {"metadata": {"annotations": {ACTION_ANNOTATION: None}}}
             await off_loop(self.kube.merge_patch, GROUP_VERSION, "ModelDeployment", name, namespace, patch)
         return outcome
