@@ -668,7 +668,7 @@ async def test_an_ignored_alert_leaves_the_users_action_for_the_pass_that_handle
     kube = world(RolloutState(phase="RolledBack", stable_version="1", blocked=(Blocked("2", "AlertFiring", T0),)))
     kube.md["metadata"]["annotations"] = {"ml.slipway.dev/action": "retry"}
     driver = Driver(kube, "")  # type: ignore[arg-type]
-    body, outcome = await driver.alerted(NS, MD, alert(), copy.deepcopy(kube.md))
+    _, outcome = await driver.alerted(NS, MD, alert(), copy.deepcopy(kube.md))
     assert outcome is not None and outcome.ignored is not None
     assert kube.writes() == [], "the action annotation stays (nothing handled it)"
     await driver.drive(NS, MD)
