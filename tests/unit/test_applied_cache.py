@@ -125,3 +125,18 @@ def test_the_kube_client_keeps_the_cache_it_is_given_even_an_empty_one() -> None
 
     cache = AppliedCache(reassert_seconds=0)  # SLIPWAY_REAPPLY_SECONDS=0
     assert len(cache) == 0 and Kube(client.ApiClient(), applied=cache).applied is cache
+
+
+def test_an_object_this_process_applied_is_known_until_seen_deleted_or_the_period_ends() -> None:
+    clock = Clock()
+    cache = AppliedCache(clock=clock)
+    desired = route({"1": 100})
+    assert not cache.known(key_of(desired)), "never applied: its owner must be read"
+    cache.record(desired, stored(1))
+    assert cache.known(key_of(route({"1": 0, "2": 100}))), "other weights, the same object: still ours"
+    cache.observed(key_of(desired), None)  # the watch saw it deleted: a same-named object may be someone else's
+    assert not cache.known(key_of(desired))
+    cache.record(desired, stored(1))
+    clock.now += 601
+    assert not cache.known(key_of(desired)), "after the reassert period, looked at again"
+    assert not AppliedCache(reassert_seconds=0).known(key_of(desired))

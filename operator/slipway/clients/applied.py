@@ -96,6 +96,17 @@ class AppliedCache:
             return False
         return entry.digest == digest_of(manifest)
 
+    def known(self, key: Key) -> bool:
+        """Whether this process applied the object (so it is ours) and has not seen it deleted or changed since.
+
+        Within the reassert period, as :meth:`unchanged`: after it, the caller looks again.
+        """
+        if self.reassert_seconds <= 0:
+            return False
+        with self._lock:
+            entry = self._entries.get(key)
+        return entry is not None and self._clock() - entry.at < self.reassert_seconds
+
     def record(self, manifest: dict[str, Any], stored: dict[str, Any]) -> None:
         """Remember an apply the server answered; ``stored`` is the object it returned."""
         generation = (stored.get("metadata") or {}).get("generation")

@@ -16,7 +16,7 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError, ResourceNotFoundError
 from kubernetes.dynamic.resource import Resource
 
-from slipway.clients.applied import APPLIES, AppliedCache
+from slipway.clients.applied import APPLIES, AppliedCache, key_of
 
 FIELD_MANAGER = "slipway"
 REQUEST_TIMEOUT = (5.0, 30.0)
@@ -131,10 +131,11 @@ class Kube:
 
         A forced server-side apply would otherwise take over an object of the same name that
         someone else made (and the garbage collector would delete it with the owner later).
-        Manifests applied by this process and unchanged since are known to be ours: no read.
+        Objects this process applied and has not seen deleted or changed since (whatever the new
+        manifest says) are known to be ours: no read.
         """
         for manifest in manifests:
-            if self.applied.unchanged(manifest):
+            if self.applied.known(key_of(manifest)):
                 continue
             meta = manifest["metadata"]
             live = self.get(manifest["apiVersion"], manifest["kind"], meta["name"], meta.get("namespace"))
