@@ -1,13 +1,12 @@
 """Alert-driven rollback: Alertmanager notification → HTTPRoute write, against Alertmanager → a bare receiver.
 
-    python bench/rollback_latency.py [--trials 24] [--annotation-trials 8] [--paths loop,thread]
+    python bench/rollback_latency.py [--trials 24] [--annotation-trials 8] [--paths here,main]
 
 Uses the running test bed (or brings one up with ``hack/testbed`` and takes it down after).
-For each alert path in ``--paths`` it makes a fresh namespace and starts the real operator there
-(``python -m slipway``, webhook token set, no MLflow, no Prometheus poller) with
-``SLIPWAY_ALERT_KUBE`` set to that path: ``loop`` (the default: the alert pass's read and two
-writes are made from the event loop over a kept-warm connection) or ``thread`` (the earlier
-path: the kubernetes client in the Driver's urgent worker threads). In this process, a bare
+For each operator in ``--paths`` it makes a fresh namespace and starts the real operator there
+(``python -m slipway``, webhook token set, no MLflow, no Prometheus poller): ``here`` is this
+checkout's operator; any other name is a git ref (``main``, a commit) whose ``operator/`` is
+extracted to a temporary directory and run the same way — a before/after in one run. In this process, a bare
 ``AlertmanagerReceiver`` whose handler only records the arrival time. Alertmanager routes each
 namespace's alerts to its operator and every alert to the bare receiver too (notified in
 parallel). ``trials`` ModelDeployments per path (plus ``annotation-trials`` for the first path)
@@ -167,15 +166,27 @@ class RouteWatch:
         self._watch.stop()
 
 
+def source_of(path: str) -> Path | None:
+    """None for ``here`` (this checkout's operator); else git ref ``path``'s ``operator/``, extracted to a temp dir."""
+    if path == "here":
+        return None
+    out = Path(tempfile.mkdtemp(prefix="slipway-bench-src-"))
+    archive = subprocess.run(["git", "archive", path, "operator"], cwd=REPO, check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive.stdout, check=True)
+    return out / "operator"
+
+
 # --- the cluster -----------------------------------------------------------------------------------------
 
 
 class Bench:
-    """One namespace of paused canaries and the operator watching it, with one alert path (loop or thread)."""
+    """One namespace of paused canaries and the operator watching it: this checkout's (``here``) or a git ref's."""
 
-    def __init__(self, state: State, trials: int, annotation_trials: int, path: str = "loop") -> None:
+    def __init__(self, state: State, trials: int, annotation_trials: int, path: str = "here") -> None:
         self.state = state
         self.path = path
+        self.receiver = re.sub(r"[^A-Za-z0-9_-]", "-", path)
+        self.src = source_of(path)
         self.api = config.new_client_from_config(config_file=state.kubeconfig)
         self.custom = client.CustomObjectsApi(self.api)
         self.apps = client.AppsV1Api(self.api)
@@ -271,8 +282,8 @@ class Bench:
         return {got.get(n, "") for n in wanted}
 
     def start_operator(self) -> None:
-        env = {"SLIPWAY_ALERTMANAGER_TOKEN": TOKEN, "SLIPWAY_ALERT_KUBE": self.path}
-        self.operator = spawn_operator(self.state.kubeconfig, self.ns, self.port, self.log, env)
+        env = {"SLIPWAY_ALERTMANAGER_TOKEN": TOKEN}
+        self.operator = spawn_operator(self.state.kubeconfig, self.ns, self.port, self.log, env, self.src)
         wait_operator_ready(self.operator, self.port, self.log, "start_alert_intake", 60)
 
     def teardown(self) -> None:
@@ -328,9 +339,9 @@ def alertmanager_routes(state: State, benches: list[Bench], bare_url: str) -> No
     def hook(url: str) -> str:
         return f"      - url: {url}\n        send_resolved: false\n" + auth
 
-    routes = "".join(f"    - matchers: ['namespace=\"{b.ns}\"']\n      receiver: {b.path}\n" for b in benches)
+    routes = "".join(f"    - matchers: ['namespace=\"{b.ns}\"']\n      receiver: {b.receiver}\n" for b in benches)
     receivers = "".join(
-        f"  - name: {b.path}\n    webhook_configs:\n" + hook(f"http://127.0.0.1:{b.port}{PATH}") + hook(bare_url)
+        f"  - name: {b.receiver}\n    webhook_configs:\n" + hook(f"http://127.0.0.1:{b.port}{PATH}") + hook(bare_url)
         for b in benches
     )
     config = (
@@ -374,9 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--annotation-trials", type=int, default=8, help="annotation → kopf trials, for comparison")
     parser.add_argument(
         "--paths",
-        default="loop,thread",
-        help="alert paths to compare, trials alternating (loop: on the event loop, the default; thread: the "
-        "kubernetes client in worker threads, the earlier path)",
+        default="here",
+        help="operators to compare, trials alternating: here (this checkout) or a git ref (e.g. here,main)",
     )
     parser.add_argument("--verbose", action="store_true", help="print every sample")
     args = parser.parse_args(argv)

@@ -166,7 +166,7 @@ class AlertIntake:
             route_ms = (outcome.traffic_written - received) * 1000
             ALERT_TO_ROUTE.observe(route_ms / 1000)
             note = f"route written {route_ms:.0f} ms after the alert arrived"
-            note += f" (pass began at {read_ms:.0f}, status at {status_ms:.0f})"
+            note += f" (read at {read_ms:.0f}, status at {status_ms:.0f})"
         log.info("%s/%s: alert %s via %s rolled back: %s", ns, name, alert.describe(), alert.source, note)
         outcome.events[:] = [
             Event(e.reason, f"{e.message} ({note})", e.type) if e.reason == "AlertFiring" else e for e in outcome.events
