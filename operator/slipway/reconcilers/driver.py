@@ -17,7 +17,8 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from slipway.builders.names import ACTION_ANNOTATION
 from slipway.clients.kube import KUBE_ERRORS, Kube, error_message, off_loop
@@ -42,6 +43,7 @@ queue's back-off); reset by a pass that works."""
 WORKERS = 4
 """Passes on different ModelDeployments at once (the work queue's workers; one pass per object at a time)."""
 Key = tuple[str, str]
+T = TypeVar("T")
 
 
 def _status_of(exc: BaseException) -> int | None:
@@ -86,6 +88,9 @@ class Driver:
             "modeldeployment", self.run, workers=workers, base_delay=RETRY_SECONDS[0], max_delay=RETRY_SECONDS[-1]
         )
         self._draining: set[Key] = set()
+        # One thread per worker, plus one for an alert's pass (it holds its key outside the workers):
+        # a pass never waits for a thread, in a pool no other work of the process queues in.
+        self._threads = ThreadPoolExecutor(max_workers=workers + 1, thread_name_prefix="pass")
         self._watched: set[Key] = set()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -163,7 +168,7 @@ class Driver:
         body: dict[str, Any] | None = unread
         try:
             if body is None:
-                body = await off_loop(self.kube.get, GROUP_VERSION, "ModelDeployment", name, namespace)
+                body = await self._on_threads(self.kube.get, GROUP_VERSION, "ModelDeployment", name, namespace)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 if unread is None:
                     self.forget(namespace, name)
@@ -177,7 +182,7 @@ class Driver:
     async def _pass(
         self, namespace: str, name: str, body: dict[str, Any], alert: Alert | None = None, unread: bool = False
     ) -> Outcome:
-        outcome = await off_loop(
+        outcome = await self._on_threads(
             reconcile,
             self.kube,
             self.prom,
@@ -195,6 +200,10 @@ class Driver:
             patch = {"metadata": {"annotations": {ACTION_ANNOTATION: None}}}
             await off_loop(self.kube.merge_patch, GROUP_VERSION, "ModelDeployment", name, namespace, patch)
         return outcome
+
+    async def _on_threads(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking part of a pass on the passes' own threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
 
     def drain_write_backs(self, namespace: str, name: str) -> None:
         """Work off the object's pending MLflow write-backs in the background (one drain per object at a time)."""
