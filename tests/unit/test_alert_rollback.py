@@ -673,3 +673,38 @@ async def test_an_ignored_alert_leaves_the_users_action_for_the_pass_that_handle
     assert kube.writes() == [], "the action annotation stays (nothing handled it)"
     await driver.drive(NS, MD)
     assert "merge_patch" in kube.writes() and kube.md["status"]["phase"] == "Progressing", "the next pass retries"
+
+
+class Conflict(RuntimeError):
+    status = 409
+
+
+class VersionedKube(FakeKube):
+    """A status write conditional on a resourceVersion the object has left is refused (409), as the API server does."""
+
+    def patch_status(self, api_version, kind, name, namespace, status, resource_version=None):  # type: ignore[no-untyped-def]
+        if resource_version is not None and resource_version != self.md["metadata"]["resourceVersion"]:
+            self.calls.append(("refused", resource_version))
+            raise Conflict("the object has been modified")
+        return super().patch_status(api_version, kind, name, namespace, status)
+
+
+async def test_the_watchs_stale_copy_writes_nothing_and_the_pass_runs_again_on_the_object_read():
+    kube = VersionedKube(world(canary()).md)
+    kube.objects = world(canary()).objects
+    stale = copy.deepcopy(kube.md) | {"metadata": {**kube.md["metadata"], "resourceVersion": "4"}}
+    kube.md["metadata"]["resourceVersion"] = "5"
+    kube.md["status"]["blockedVersions"] = [{"version": "9", "reason": "Aborted", "at": "2026-11-22T11:00:00Z"}]
+    driver = Driver(kube, "")  # type: ignore[arg-type]
+    intake = AlertIntake()
+    intake.bind(driver, None)
+    driver.watch(NS, MD)
+    intake.remember(stale)
+    assert await intake.handle(alert()) == "rolled_back"
+    writes = kube.writes()
+    assert writes[:3] == ["refused", "patch_status", "apply HTTPRoute"], "nothing written from the stale copy"
+    assert [b["version"] for b in kube.md["status"]["blockedVersions"]] == ["9", "2"], "written from the fresh one"
+    kube.calls.clear()
+    intake.remember(copy.deepcopy(kube.md) | {"metadata": {**kube.md["metadata"], "resourceVersion": "3"}})
+    assert await intake.handle(alert()) == "ignored" and kube.writes() == [], "ignored only once read afresh"
+    assert ("get", "ModelDeployment") in kube.calls
