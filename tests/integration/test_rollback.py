@@ -176,7 +176,8 @@ def first_version_then_canary(cluster: Cluster, registry: Registry, strategy: di
     cluster.predictor("1")
     cluster.predictor("2")
     cluster.deploy(registry.name, strategy, mode)
-    wait_for("v1 serving", lambda: cluster.status().get("phase") == "Succeeded", 120, 0.2)
+    # status first, then the route: the pass records a decision before it carries it out
+    wait_for("v1 serving", lambda: cluster.status().get("phase") == "Succeeded" and cluster.weights(), 120, 0.2)
     assert cluster.status()["stableVersion"] == "1" and cluster.weights() == {"1": 100}
     registry.alias("2")
 
