@@ -222,6 +222,8 @@ PLURALS = {
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "HTTPRoute": "httproutes",
 }
+POLL_SECONDS = 0.25
+"""How often steady state is checked (a list of the ModelDeployments; four times as seldom above 200)."""
 STORAGE_PREFIX = "pvc://bench-models"
 """Storage URIs of the bench's models: a PVC that does not exist (predictor pods stay Pending; see the module)."""
 
@@ -390,7 +392,7 @@ def run_size(api: Api, state: State, n: int, timeout: float, logs: Path, prefix:
                 if now - last_print > 30:
                     print(f"  … {result.done}/{n} at steady state after {now - started:.0f}s", flush=True)
                     last_print = now
-                time.sleep(1.0 if n <= 200 else 3.0)
+                time.sleep(POLL_SECONDS if n <= 200 else 4 * POLL_SECONDS)
             else:
                 result.note = f"timed out after {timeout:.0f}s"
         except KeyboardInterrupt:
