@@ -33,8 +33,8 @@ sampled every 0.2 s from ``/proc/<pid>/status`` (VmRSS; the kernel's high-water 
 read too before it is stopped). Prints, per size: both ceilings, the time to steady state,
 ModelDeployments/s and its ratio to the ceiling (in ModelDeployments/s: the target is ≥ 0.5 at
 1,000), the requests per ModelDeployment, the work queue, CPU and memory. Bounded: each size
-stops at ``--timeout`` seconds and reports how far it got. Cleans up its namespaces (the operator
-puts no finalizer on its objects: nothing to strip).
+stops at ``--timeout`` seconds and reports how far it got. Cleans up its namespaces and waits
+until each is gone (the operator puts no finalizer on its objects: nothing to strip).
 """
 
 from __future__ import annotations
@@ -408,7 +408,9 @@ def run_size(api: Api, state: State, n: int, timeout: float, logs: Path, prefix:
         result.hwm_kb = op.high_water_kb()
     finally:
         op.stop()
-        api.drop_namespace(ns)
+        started = time.monotonic()  # gone before the next size or bench: its deletion loads the API server
+        went = api.drop_namespace(ns, wait=300)
+        print(f"  namespace {'deleted' if went else 'NOT gone'} after {time.monotonic() - started:.0f}s", flush=True)
     return result
 
 
