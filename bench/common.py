@@ -1,10 +1,11 @@
-"""What the bench scripts share: the test bed, the CRDs, the operator as a subprocess, polling and percentiles."""
+"""What the bench scripts share: the test bed, the CRDs, the operator as a subprocess, polling, percentiles, metrics."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from bed import lifecycle  # noqa: E402
 from bed.state import State, testbed_dir  # noqa: E402
 
 GROUP, VERSION = "ml.slipway.dev", "v1alpha1"
+RequestKey = tuple[str, str, str, str]  # verb, group, resource, subresource
+LABELS = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 def free_port() -> int:
@@ -164,3 +168,54 @@ def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 20) -> Non
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def samples(text: str, metric: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of one metric in Prometheus text format: (labels, value)."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith(metric + "{"):
+            labels, value = line.rsplit(" ", 1)
+            out.append((dict(LABELS.findall(labels)), float(value)))
+    return out
+
+
+def apiserver_requests(api: client.ApiClient) -> Counter[RequestKey]:
+    """The kube-apiserver's ``apiserver_request_total`` summed over codes, scopes, versions; resource requests only."""
+    response = api.call_api(
+        "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False, _request_timeout=30
+    )[0]
+    counts: Counter[RequestKey] = Counter()
+    for labels, value in samples(response.data.decode(), "apiserver_request_total"):
+        if labels.get("resource"):
+            key = (labels["verb"], labels.get("group", ""), labels["resource"], labels.get("subresource", ""))
+            counts[key] += int(value)
+    return counts
+
+
+def request_name(key: RequestKey) -> str:
+    """``VERB resource/subresource (group)``."""
+    verb, group, resource, sub = key
+    return f"{verb} {resource}{'/' + sub if sub else ''}{' (' + group + ')' if group else ''}"
+
+
+def operator_metrics(port: int) -> str:
+    """The operator's own ``/metrics`` text."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def workqueue(text: str, name: str = "modeldeployment") -> dict[str, float]:
+    """The work queue's ``slipway_workqueue_*`` series of one queue: adds, retries, depth, work and wait sums/counts."""
+    out: dict[str, float] = {}
+    for metric, key in (
+        ("slipway_workqueue_adds_total", "adds"),
+        ("slipway_workqueue_retries_total", "retries"),
+        ("slipway_workqueue_depth", "depth"),
+        ("slipway_workqueue_work_duration_seconds_sum", "work_seconds"),
+        ("slipway_workqueue_work_duration_seconds_count", "passes"),
+        ("slipway_workqueue_queue_duration_seconds_sum", "wait_seconds"),
+        ("slipway_workqueue_queue_duration_seconds_count", "waits"),
+    ):
+        out[key] = sum(v for labels, v in samples(text, metric) if labels.get("name") == name)
+    return out

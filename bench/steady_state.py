@@ -1,12 +1,14 @@
 """Steady-state API load: N ModelDeployments at rest, with the applied-children cache off and on.
 
     python bench/steady_state.py [--size 100] [--window 65] [--settle 35] [--timeout 900] [--baseline-rev REV]
+                                 [--phases baseline,cache]
 
 Uses the running test bed (or brings one up with ``hack/testbed`` and takes it down after).
 Two phases on the same API server, each in a fresh namespace with a fresh operator process:
 ``baseline`` (``SLIPWAY_REAPPLY_SECONDS=0``: every pass applies every child, as before the cache)
 and ``cache`` (the default); ``--baseline-rev REV`` runs the baseline's operator from the
-``operator/`` tree of a git revision instead (e.g. the commit before the cache). In each phase:
+``operator/`` tree of a git revision instead (e.g. the commit before the cache); ``--phases cache``
+runs the default operator alone. In each phase:
 
 1. the operator is started and N ModelVersion + ModelDeployment pairs are created as
    ``bench/reconcile_scale.py`` creates them; the bench waits until all N are ``Succeeded`` with
@@ -16,7 +18,10 @@ and ``cache`` (the default); ``--baseline-rev REV`` runs the baseline's operator
    (``apiserver_request_total`` by verb, group, resource and subresource; non-resource requests
    such as this bench's two reads of ``/metrics`` are left out), the CPU seconds of the
    kube-apiserver, etcd and the operator (``/proc/<pid>/stat``), and the operator's
-   ``slipway_child_applies_total``. The bench sends nothing else to the API server meanwhile;
+   ``slipway_child_applies_total`` and ``slipway_workqueue_work_duration_seconds_count`` (the passes
+   its work queue ran; an operator from before the work queue has none, and the passes are then
+   counted as its reads of a ModelDeployment). The bench sends nothing else to the API server
+   meanwhile;
 3. the operator is stopped and a second window of the same length is measured with the same
    objects in place: what the rest of the test bed (the controller manager's HPA controller,
    kwok, KServe's controller) costs on its own. The operator's share is the difference.
@@ -24,8 +29,10 @@ and ``cache`` (the default); ``--baseline-rev REV`` runs the baseline's operator
 The API server counts every client alike (it has no per-client label), hence step 3. Request
 counts are exact; CPU seconds are noisy on a shared machine. Prints a table per phase and the
 ratios cache ÷ baseline of applies per minute, all requests per minute, API server CPU and
-operator CPU. Bounded: waiting for steady state stops at ``--timeout`` seconds per phase.
-Cleans up its namespaces (finalizers kopf left are stripped after the operator stops).
+operator CPU, and per pass: requests and reads (issue 17's target: a pass at rest makes none).
+Bounded: waiting for steady state stops at ``--timeout`` seconds per phase. Cleans up its
+namespaces (an operator from before issue 17, run by ``--baseline-rev``, left kopf's finalizers
+on its objects: those are stripped first; the current operator puts none).
 """
 
 from __future__ import annotations
@@ -33,12 +40,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,57 +52,37 @@ from common import (
     GROUP,
     REPO,
     VERSION,
+    RequestKey,
+    apiserver_requests,
     cpu_seconds,
     free_port,
     install_crds,
+    operator_metrics,
+    request_name,
+    samples,
     spawn_operator,
     stop_process,
     testbed_up,
     wait_for,
     wait_operator_ready,
+    workqueue,
 )
 from kubernetes.client.exceptions import ApiException
-from reconcile_scale import Api, model_deployment, model_version, steady
+from reconcile_scale import STORAGE_PREFIX, Api, model_deployment, model_version, steady, version_status
 
 from bed import lifecycle
 from bed.state import State
 
-RequestKey = tuple[str, str, str, str]  # verb, group, resource, subresource
-LABELS = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 CHILD_RESOURCES = ("inferenceservices", "horizontalpodautoscalers", "httproutes")
+READS = ("GET", "LIST")
 PHASES: tuple[tuple[str, dict[str, str]], ...] = (("baseline", {"SLIPWAY_REAPPLY_SECONDS": "0"}), ("cache", {}))
 
 
 # -- what is measured --------------------------------------------------------------------------
 
 
-def samples(text: str, metric: str) -> list[tuple[dict[str, str], float]]:
-    """The samples of one metric in Prometheus text format: (labels, value)."""
-    out = []
-    for line in text.splitlines():
-        if line.startswith(metric + "{"):
-            labels, value = line.rsplit(" ", 1)
-            out.append((dict(LABELS.findall(labels)), float(value)))
-    return out
-
-
-def apiserver_requests(api: Api) -> Counter[RequestKey]:
-    """``apiserver_request_total`` summed over codes, scopes and versions; resource requests only."""
-    response = api.api.call_api(
-        "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False, _request_timeout=30
-    )[0]
-    counts: Counter[RequestKey] = Counter()
-    for labels, value in samples(response.data.decode(), "apiserver_request_total"):
-        if labels.get("resource"):
-            key = (labels["verb"], labels.get("group", ""), labels["resource"], labels.get("subresource", ""))
-            counts[key] += int(value)
-    return counts
-
-
-def child_applies(port: int) -> Counter[tuple[str, str]]:
-    """The operator's ``slipway_child_applies_total`` by (kind, result)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
+def child_applies(text: str) -> Counter[tuple[str, str]]:
+    """The operator's ``slipway_child_applies_total`` by (kind, result), from its ``/metrics`` text."""
     counts: Counter[tuple[str, str]] = Counter()
     for labels, value in samples(text, "slipway_child_applies_total"):
         counts[(labels["kind"], labels["result"])] += int(value)
@@ -112,6 +97,8 @@ class Window:
     requests: Counter[RequestKey] = field(default_factory=Counter)
     cpu: dict[str, float] = field(default_factory=dict)
     applies: Counter[tuple[str, str]] = field(default_factory=Counter)
+    passes: float | None = None
+    """Passes the operator's work queue ran (None: an operator without one)."""
 
     def per_minute(self, key: RequestKey) -> float:
         return self.requests[key] * 60 / self.seconds if self.seconds else 0.0
@@ -123,18 +110,22 @@ class Window:
 
 def measure(api: Api, seconds: float, pids: dict[str, int], operator_port: int | None) -> Window:
     """Sleep through a window, reading the counters before and after (no other request to the API server)."""
-    requests0, cpu0 = apiserver_requests(api), {name: cpu_seconds(pid) for name, pid in pids.items()}
-    applies0 = child_applies(operator_port) if operator_port else Counter()
+    requests0, cpu0 = apiserver_requests(api.api), {name: cpu_seconds(pid) for name, pid in pids.items()}
+    text0 = operator_metrics(operator_port) if operator_port else ""
     started = time.monotonic()
     time.sleep(seconds)
     elapsed = time.monotonic() - started
-    requests1, cpu1 = apiserver_requests(api), {name: cpu_seconds(pid) for name, pid in pids.items()}
-    applies1 = child_applies(operator_port) if operator_port else Counter()
+    requests1, cpu1 = apiserver_requests(api.api), {name: cpu_seconds(pid) for name, pid in pids.items()}
+    text1 = operator_metrics(operator_port) if operator_port else ""
+    passes = None
+    if "slipway_workqueue_work_duration_seconds_count" in text1:
+        passes = workqueue(text1)["passes"] - workqueue(text0)["passes"]
     return Window(
         elapsed,
         requests1 - requests0,
         {name: cpu1[name] - cpu0[name] for name in pids},
-        applies1 - applies0,
+        child_applies(text1) - child_applies(text0),
+        passes,
     )
 
 
@@ -163,7 +154,9 @@ class Phase:
         return rate
 
     def passes_per_minute(self) -> float:
-        """Reconcile passes per minute: each pass reads its ModelDeployment once."""
+        """Reconcile passes per minute: the work queue's count, else the reads of a ModelDeployment (one per pass)."""
+        if self.running.passes is not None:
+            return self.running.passes * 60 / self.running.seconds if self.running.seconds else 0.0
         key = ("GET", GROUP, "modeldeployments", "")
         return self.running.per_minute(key) - self.stopped.per_minute(key)
 
@@ -179,18 +172,33 @@ def create_pairs(api: Api, ns: str, n: int) -> float:
     def pair(i: int) -> None:
         mv = model_version(i)
         api.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "modelversions", mv)
-        status = {"status": {"aliases": ["champion"], "stage": "None", "storageUri": f"s3://models/m{i}/1"}}
         api.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, ns, "modelversions", mv["metadata"]["name"], status
+            GROUP, VERSION, ns, "modelversions", mv["metadata"]["name"], version_status(i, STORAGE_PREFIX)
         )
         api.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "modeldeployments", model_deployment(i))
 
     return api.in_parallel(pair, n)
 
 
+def strip_finalizers(api: Api, ns: str) -> None:
+    """Strip the finalizers an operator from before issue 17 (kopf's timers) left on our objects: it is stopped."""
+    for plural in ("modeldeployments", "modelversions"):
+        with contextlib.suppress(ApiException):
+            items = api.custom.list_namespaced_custom_object(GROUP, VERSION, ns, plural)["items"]
+            names = [i["metadata"]["name"] for i in items if i["metadata"].get("finalizers")]
+
+            def strip(i: int, names: list[str] = names, plural: str = plural) -> None:
+                with contextlib.suppress(ApiException):
+                    patch = {"metadata": {"finalizers": None}}
+                    api.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, plural, names[i], patch)
+
+            api.in_parallel(strip, len(names))
+
+
 def drop(api: Api, ns: str, timeout: float = 180) -> None:
-    """Delete the namespace (stripping kopf's finalizers) and wait until it is gone."""
-    api.drop_namespace(ns, ("modeldeployments", "modelversions"))
+    """Delete the namespace (after stripping finalizers an older operator left) and wait until it is gone."""
+    api.drop_namespace(ns)
+    strip_finalizers(api, ns)
 
     def gone() -> bool:
         try:
@@ -253,11 +261,6 @@ def run_phase(api: Api, state: State, phase: Phase, args: argparse.Namespace, lo
 # -- the report --------------------------------------------------------------------------------
 
 
-def resource_name(key: RequestKey) -> str:
-    verb, group, resource, sub = key
-    return f"{verb} {resource}{'/' + sub if sub else ''}{' (' + group + ')' if group else ''}"
-
-
 def report(p: Phase) -> None:
     print(f"\nphase {p.name} ({' '.join(f'{k}={v}' for k, v in p.env.items()) or 'default settings'}), N = {p.n}")
     if p.steady_seconds is None:
@@ -273,7 +276,7 @@ def report(p: Phase) -> None:
     for key in keys:
         share = r.per_minute(key) - s.per_minute(key)
         if r.requests[key] or s.requests[key]:
-            print(f"  {resource_name(key):58} {r.per_minute(key):9.1f} {s.per_minute(key):9.1f} {share:9.1f}")
+            print(f"  {request_name(key):58} {r.per_minute(key):9.1f} {s.per_minute(key):9.1f} {share:9.1f}")
     print(
         f"  {'all resource requests':58} {r.total_per_minute():9.1f} {s.total_per_minute():9.1f} "
         f"{p.operator_per_minute():9.1f}"
@@ -288,6 +291,14 @@ def report(p: Phase) -> None:
         "  slipway_child_applies_total over the window: "
         + (", ".join(f"{kind} {result} {v}" for (kind, result), v in applied.items()) or "none")
     )
+    passes = p.passes_per_minute()
+    source = "the work queue's count" if r.passes is not None else "GET modeldeployments"
+    if passes > 0:
+        reads, writes = p.operator_per_minute(READS), p.operator_per_minute() - p.operator_per_minute(READS)
+        print(
+            f"  per pass ({passes:.1f} passes/min, {source}): {p.operator_per_minute() / passes:.2f} requests, "
+            f"{reads / passes:.2f} reads (GET, LIST), {writes / passes:.2f} other"
+        )
 
 
 def ratio(a: float, b: float) -> str:
@@ -309,13 +320,14 @@ def report_ratios(base: Phase, cache: Phase) -> None:
         ),
         ("etcd CPU s/min", base.cpu_share("etcd"), cache.cpu_share("etcd")),
         ("operator CPU s/min", base.cpu_share("operator"), cache.cpu_share("operator")),
-        ("passes/min (reads of a ModelDeployment)", base.passes_per_minute(), cache.passes_per_minute()),
+        ("passes/min", base.passes_per_minute(), cache.passes_per_minute()),
     ]
     # Passes of deployments created together come in bursts every 30 s: a window catches two or three.
     if base.passes_per_minute() > 0 and cache.passes_per_minute() > 0:
         bp, cp = base.passes_per_minute(), cache.passes_per_minute()
         rows += [
             ("requests per pass", base.operator_per_minute() / bp, cache.operator_per_minute() / cp),
+            ("reads per pass (GET, LIST)", base.operator_per_minute(READS) / bp, cache.operator_per_minute(READS) / cp),
             (
                 "kube-apiserver CPU ms per pass",
                 base.cpu_share("kube-apiserver") / bp * 1e3,
@@ -336,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4, help="threads creating objects")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for steady state per phase")
     parser.add_argument("--baseline-rev", default="", help="run the baseline's operator from this git revision")
+    parser.add_argument("--phases", default="baseline,cache", help="which phases to run (baseline, cache)")
     args = parser.parse_args(argv)
+    wanted = {p for p in args.phases.split(",") if p}
 
     state, ours = testbed_up(())
     install_crds(state)
@@ -354,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"baseline operator: operator/ of {args.baseline_rev}", flush=True)
     phases = []
     try:
-        for name, env in PHASES:
+        for name, env in (phase for phase in PHASES if phase[0] in wanted):
             print(f"\nphase {name} …", flush=True)
             started = time.monotonic()
             src = baseline_src if name == "baseline" else None
@@ -366,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
             lifecycle.down()
     for p in phases:
         report(p)
-    report_ratios(*phases)
+    if len(phases) == 2:
+        report_ratios(*phases)
     summary = [
         {
             "phase": p.name,
@@ -375,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
             "window_seconds": [p.running.seconds, p.stopped.seconds],
             "operator_requests_per_minute": p.operator_per_minute(),
             "operator_applies_per_minute": p.applies_per_minute(),
+            "operator_reads_per_minute": p.operator_per_minute(READS),
+            "passes_per_minute": p.passes_per_minute(),
             "cpu_seconds_per_minute": {k: p.cpu_share(k) for k in p.running.cpu},
             "child_applies": {f"{k}/{r}": v for (k, r), v in p.running.applies.items()},
         }

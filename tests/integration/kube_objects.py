@@ -114,23 +114,32 @@ class PredictedModelDeployment(ModelDeploymentReader):
 
     def predictor(self, version: str) -> None:
         """The predictor Deployment KServe's controller would create for a named runtime; kwok runs its pod."""
-        labels = {"app": f"{self.md}-v{version}"}
-        self.apps.create_namespaced_deployment(
-            self.ns,
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": f"{self.md}-v{version}-predictor"},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": labels},
-                    "template": {
-                        "metadata": {"labels": labels},
-                        "spec": {"containers": [{"name": "kserve-container", "image": "registry.invalid/mlserver:1"}]},
-                    },
+        create_fake_predictor(self.apps, self.ns, self.md, version)
+
+
+def create_fake_predictor(apps: Any, namespace: str, md: str, version: str) -> None:
+    """The predictor Deployment KServe's controller would create for a named runtime; kwok runs its pod.
+
+    Made ahead of KServe's (which then finds it in place) by the control-logic tests whose
+    storage URIs are fake: nothing could be downloaded, so no real model server starts.
+    """
+    labels = {"app": f"{md}-v{version}"}
+    apps.create_namespaced_deployment(
+        namespace,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": f"{md}-v{version}-predictor"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "kserve-container", "image": "registry.invalid/mlserver:1"}]},
                 },
             },
-        )
+        },
+    )
 
 
 def weights_of(route: dict[str, Any] | None, md: str) -> dict[str, int]:

@@ -170,11 +170,28 @@ def stable_serving(kubectl: Any, name: str) -> None:
     wait_for("v1 serving all traffic", ready, timeout=240)
 
 
+def gateway_serving(gateway: loadgen.Gateway) -> None:
+    """Wait until the Gateway answers for the route: KServe's Ready can come before Traefik has the endpoint.
+
+    (Seen once: the first request after InferenceService Ready got Traefik's 503, no backend yet.)
+    """
+
+    def answers() -> bool:
+        try:
+            url = f"{gateway.url}/v2/models/{gateway.model}"
+            return httpx.get(url, headers=gateway.headers(), timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for("the Gateway to answer for the route", answers, timeout=60)
+
+
 @contextlib.contextmanager
 def load(testbed: Any, namespace: str, route: str, **kw: Any) -> Iterator[loadgen.LoadGenerator]:
     gateway = loadgen.Gateway(testbed.state.urls["gateway"], route, route_host(namespace, route))
     labeller = loadgen.Labeller(FEEDBACK_TOKEN, loadgen.PredictorEndpoints(str(testbed.kubeconfig), namespace, route))
     kw.setdefault("labeller", labeller)
+    gateway_serving(gateway)
     gen = loadgen.LoadGenerator(gateway, rate=10, batch=16, duration=600, **kw).start()
     try:
         yield gen

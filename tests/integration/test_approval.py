@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kube_objects import ModelDeploymentReader, wait_for
+from kube_objects import ModelDeploymentReader, create_fake_predictor, wait_for
 from operator_fixture import WEBHOOK_SECRET, StartOperator, start_operator
 
 pytestmark = pytest.mark.integration
@@ -68,23 +68,7 @@ class Cluster(ModelDeploymentReader):
 
     def predictor(self, version: str) -> None:
         """The predictor Deployment KServe's controller would create for a named runtime; kwok runs its pod."""
-        labels = {"app": f"{MD}-v{version}"}
-        self.apps.create_namespaced_deployment(
-            self.ns,
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": f"{MD}-v{version}-predictor"},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": labels},
-                    "template": {
-                        "metadata": {"labels": labels},
-                        "spec": {"containers": [{"name": "kserve-container", "image": "registry.invalid/mlserver:1"}]},
-                    },
-                },
-            },
-        )
+        create_fake_predictor(self.apps, self.ns, MD, version)
 
     def body(self, model: str) -> dict[str, Any]:
         steps = [
