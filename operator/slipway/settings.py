@@ -66,6 +66,15 @@ class Settings(BaseModel):
             "the watch saw deleted or edited is applied (SLIPWAY_REAPPLY_SECONDS; 0: every pass)."
         ),
     )
+    workers: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description=(
+            "ModelDeployments reconciled at once: the work queue's workers, one pass per object at a time "
+            "(SLIPWAY_WORKERS). A pass mostly waits on the API server; more workers converge many objects faster."
+        ),
+    )
     alertmanager_token: str = Field("", description="Bearer token Alertmanager must send (SLIPWAY_ALERTMANAGER_TOKEN).")
     http_host: str = Field("0.0.0.0", description="Address of the webhook and metrics server (SLIPWAY_HTTP_HOST).")
     http_port: int = Field(
@@ -183,6 +192,7 @@ class Settings(BaseModel):
             "prometheus_url": e.get("SLIPWAY_PROMETHEUS_URL", ""),
             "alert_poll_seconds": e.get("SLIPWAY_ALERT_POLL_SECONDS", ""),
             "reapply_seconds": e.get("SLIPWAY_REAPPLY_SECONDS", ""),
+            "workers": e.get("SLIPWAY_WORKERS", ""),
             "alertmanager_token": e.get("SLIPWAY_ALERTMANAGER_TOKEN", ""),
             "http_host": e.get("SLIPWAY_HTTP_HOST", ""),
             "http_port": e.get("SLIPWAY_HTTP_PORT", ""),

@@ -18,6 +18,7 @@ from slipway.builders.router import router_for, traffic_version
 from slipway.clients.alerts import AlertsUnavailable
 from slipway.clients.applied import AppliedCache
 from slipway.clients.mlflow import ModelSnapshot, RegistryUnavailable
+from slipway.clients.watch_cache import KINDS, WatchCache
 from slipway.receivers.alertmanager import PATH, AlertmanagerReceiver
 from slipway.receivers.http import HttpServer
 from slipway.reconcilers import alert_poller
@@ -208,6 +209,16 @@ class FakeKube:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.applied = AppliedCache()
+        self.cache: WatchCache | None = None
+
+    def observed_get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> Any:
+        if self.cache is not None and self.cache.covers(api_version, kind):
+            self.calls.append(("cached", kind))
+            return self.cache.get(api_version, kind, name, namespace)
+        return self.get(api_version, kind, name, namespace)
+
+    def observed_list(self, api_version: str, kind: str, namespace: str, label_selector: str | None = None) -> Any:
+        return self.list(api_version, kind, namespace, label_selector)
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         self.calls.append(("get", kind))
@@ -263,7 +274,8 @@ class FakeKube:
         return manifest
 
     def writes(self) -> list[str]:
-        return [c[0] if c[0] != "apply" else f"apply {c[1]}" for c in self.calls if c[0] not in ("get", "list")]
+        reads = ("get", "list", "cached")
+        return [c[0] if c[0] != "apply" else f"apply {c[1]}" for c in self.calls if c[0] not in reads]
 
 
 def md_body(state: RolloutState, **spec_extra: Any) -> dict[str, Any]:
@@ -689,6 +701,15 @@ class VersionedKube(FakeKube):
         return super().patch_status(api_version, kind, name, namespace, status)
 
 
+def cached(kube: FakeKube, *objects: dict[str, Any]) -> WatchCache:
+    """A watch cache holding ``objects`` (as kopf's watch would have delivered them), complete."""
+    kube.cache = WatchCache(KINDS)
+    for obj in objects:
+        kube.cache.observe(obj)
+    kube.cache.primed = True
+    return kube.cache
+
+
 async def test_the_watchs_stale_copy_writes_nothing_and_the_pass_runs_again_on_the_object_read():
     kube = VersionedKube(world(canary()).md)
     kube.objects = world(canary()).objects
@@ -699,12 +720,44 @@ async def test_the_watchs_stale_copy_writes_nothing_and_the_pass_runs_again_on_t
     intake = AlertIntake()
     intake.bind(driver, None)
     driver.watch(NS, MD)
-    intake.remember(stale)
+    cache = cached(kube, stale)
     assert await intake.handle(alert()) == "rolled_back"
     writes = kube.writes()
     assert writes[:3] == ["refused", "patch_status", "apply HTTPRoute"], "nothing written from the stale copy"
     assert [b["version"] for b in kube.md["status"]["blockedVersions"]] == ["9", "2"], "written from the fresh one"
     kube.calls.clear()
-    intake.remember(copy.deepcopy(kube.md) | {"metadata": {**kube.md["metadata"], "resourceVersion": "3"}})
+    cache.observe(copy.deepcopy(kube.md) | {"metadata": {**kube.md["metadata"], "resourceVersion": "6"}})
+    cache.observe(copy.deepcopy(stale) | {"metadata": {**kube.md["metadata"], "resourceVersion": "3"}})
+    assert cache.get(*KIND_MD, MD, NS)["metadata"]["resourceVersion"] == "6", "an older event replaces nothing"
+    kube.md["metadata"]["resourceVersion"] = "6"
     assert await intake.handle(alert()) == "ignored" and kube.writes() == [], "ignored only once read afresh"
     assert ("get", "ModelDeployment") in kube.calls
+
+
+KIND_MD = ("ml.slipway.dev/v1alpha1", "ModelDeployment")
+
+
+async def test_a_queued_pass_starts_from_the_cache_and_reads_only_when_its_copy_was_stale():
+    kube = VersionedKube(world(canary()).md)
+    kube.objects = world(canary()).objects
+    kube.md["metadata"]["resourceVersion"] = "5"
+    kube.md["metadata"]["annotations"] = {"ml.slipway.dev/action": "abort"}  # the pass must write status
+    driver = Driver(kube, "")  # type: ignore[arg-type]
+    cached(kube, copy.deepcopy(kube.md))
+    await driver.drive(NS, MD)
+    assert ("cached", "ModelDeployment") in kube.calls and ("get", "ModelDeployment") not in kube.calls
+    assert kube.writes()[0] == "patch_status" and kube.md["status"]["phase"] == "RollingBack"
+
+    kube = VersionedKube(world(canary()).md)
+    kube.objects = world(canary()).objects
+    kube.md["metadata"]["resourceVersion"] = "4"
+    kube.md["metadata"]["annotations"] = {"ml.slipway.dev/action": "abort"}
+    driver = Driver(kube, "")  # type: ignore[arg-type]
+    cached(kube, copy.deepcopy(kube.md))
+    kube.md["metadata"]["resourceVersion"] = "5"  # written since the watch delivered the copy
+    kube.md["metadata"]["annotations"] = {}
+    kube.md["spec"]["strategy"]["canary"]["steps"][0] = {"setWeight": 20}  # (the spec a pass must act on)
+    await driver.drive(NS, MD)
+    assert kube.writes()[:2] == ["refused", "patch_status"], "the stale copy wrote nothing; the fresh one did"
+    assert ("get", "ModelDeployment") in kube.calls
+    assert kube.md["status"]["phase"] != "RollingBack", "decided on the fresh object (no abort asked there)"

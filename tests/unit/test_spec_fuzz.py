@@ -424,6 +424,8 @@ class FakeKube:
         obj = self.objects.get((kind, namespace or "", name))
         return copy.deepcopy(obj) if obj is not None else None
 
+    observed_list, observed_get = list, get  # no watch cache here: what the pass observes is read
+
     def apply(self, manifest: dict[str, Any], *, force: bool = True) -> Any:
         json.dumps(manifest)
         meta = manifest["metadata"]

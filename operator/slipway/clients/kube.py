@@ -17,6 +17,7 @@ from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError, Resour
 from kubernetes.dynamic.resource import Resource
 
 from slipway.clients.applied import APPLIES, AppliedCache, key_of
+from slipway.clients.watch_cache import READS, WatchCache, equality_selector
 
 FIELD_MANAGER = "slipway"
 REQUEST_TIMEOUT = (5.0, 30.0)
@@ -72,8 +73,10 @@ class Kube:
         api_client: client.ApiClient | None = None,
         applied: AppliedCache | None = None,
         timeout: tuple[float, float] = REQUEST_TIMEOUT,
+        cache: WatchCache | None = None,
     ) -> None:
         self._api = api_client or load_api_client()
+        self.cache = cache
         self._timeout = timeout
         self._dyn: DynamicClient | None = None
         self._lock = threading.Lock()
@@ -110,7 +113,7 @@ class Kube:
             force_conflicts=force,
             _request_timeout=self._timeout,
         )
-        stored = dict(out.to_dict())
+        stored = self._wrote(dict(out.to_dict()))
         self.applied.record(manifest, stored)
         APPLIES.labels(manifest["kind"], "applied").inc()
         return stored
@@ -166,6 +169,31 @@ class Kube:
             return None
         return dict(out.to_dict())
 
+    def observed_get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> Manifest | None:
+        """One object as the watch cache holds it (kinds it does not hold: read now); None when it does not exist."""
+        if self.cache is not None and self.cache.covers(api_version, kind):
+            READS.labels(kind, "hit").inc()
+            return self.cache.get(api_version, kind, name, namespace)
+        READS.labels(kind, "miss").inc()
+        return self.get(api_version, kind, name, namespace)
+
+    def observed_list(
+        self, api_version: str, kind: str, namespace: str, label_selector: str | None = None
+    ) -> list[Manifest]:
+        """Objects of a namespace with the labels (``a=b,c=d``) as the watch cache holds them (else read now)."""
+        labels = equality_selector(label_selector)
+        if self.cache is not None and labels is not None and self.cache.covers(api_version, kind):
+            READS.labels(kind, "hit").inc()
+            return self.cache.list(api_version, kind, namespace, labels)
+        READS.labels(kind, "miss").inc()
+        return self.list(api_version, kind, namespace, label_selector)
+
+    def _wrote(self, stored: Manifest) -> Manifest:
+        """The API server's answer to a write: the watch cache holds it at once (never an older copy after)."""
+        if self.cache is not None:
+            self.cache.observe(stored)
+        return stored
+
     def list(
         self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
     ) -> list[Manifest]:
@@ -209,7 +237,7 @@ class Kube:
             content_type="application/merge-patch+json",
             _request_timeout=self._timeout,
         )
-        return dict(out.to_dict())
+        return self._wrote(dict(out.to_dict()))
 
     def merge_patch(
         self, api_version: str, kind: str, name: str, namespace: str | None, patch: dict[str, Any]
@@ -222,7 +250,7 @@ class Kube:
             content_type="application/merge-patch+json",
             _request_timeout=self._timeout,
         )
-        return dict(out.to_dict())
+        return self._wrote(dict(out.to_dict()))
 
 
 def error_message(exc: BaseException) -> str:

@@ -1,5 +1,5 @@
 """kopf decorators only: the glue between events and reconcilers (importing this registers them)."""
 
-from slipway.handlers import alerts, modeldeployment, modelversion, notifications, startup, trainingrun
+from slipway.handlers import alerts, modeldeployment, modelversion, notifications, startup, trainingrun, watch_cache
 
-__all__ = ["alerts", "modeldeployment", "modelversion", "notifications", "startup", "trainingrun"]
+__all__ = ["alerts", "modeldeployment", "modelversion", "notifications", "startup", "trainingrun", "watch_cache"]

@@ -8,7 +8,6 @@ from typing import Any
 
 import kopf
 
-from slipway.api.names import GROUP, VERSION
 from slipway.reconcilers.alert_intake import AlertIntake
 from slipway.reconcilers.alert_poller import AlertPoller
 from slipway.reconcilers.writeback import WriteBack
@@ -40,15 +39,6 @@ def _start_poller(memo: Any, intake: AlertIntake, logger: logging.Logger | loggi
         return
     poller = AlertPoller(settings.prometheus_url, settings.alert_poll_seconds, intake.handle)
     memo.alert_poller_task = asyncio.create_task(poller.run(), name="alert poller")
-
-
-@kopf.on.event(GROUP, VERSION, "modeldeployments")
-async def remember_for_alerts(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    """Keep the latest object the watch delivered, so an alert's rollback need not read it first."""
-    intake: AlertIntake | None = getattr(memo, "alert_intake", None)
-    obj = event.get("object")
-    if intake is not None and isinstance(obj, dict):
-        intake.remember(dict(obj), deleted=event.get("type") == "DELETED")
 
 
 @kopf.on.cleanup()

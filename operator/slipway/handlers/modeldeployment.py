@@ -24,8 +24,9 @@ async def start_driver(memo: Any, **_: Any) -> None:
     """One Driver in the operator-wide memo (per-object memos are copies of it), its queue's workers started."""
     if "kube" not in memo or "settings" not in memo:
         raise kopf.TemporaryError("waiting for startup.configure", delay=0.1)
+    settings = memo.settings
     memo.md_driver = Driver(
-        memo.kube, memo.settings.prometheus_url, memo.settings.tenancy, memo.settings.storage_uri_prefixes
+        memo.kube, settings.prometheus_url, settings.tenancy, settings.storage_uri_prefixes, workers=settings.workers
     )
     memo.md_driver.queue.start()
 

@@ -9,6 +9,7 @@ import kopf
 
 from slipway.clients.applied import AppliedCache
 from slipway.clients.kube import Kube
+from slipway.clients.watch_cache import KINDS, WatchCache
 from slipway.receivers import alertmanager
 from slipway.receivers.http import server
 from slipway.reconcilers.alert_intake import AlertIntake
@@ -38,7 +39,7 @@ async def configure(
     settings.watching.client_timeout = 150
     config = Settings.from_env()
     memo.settings = config
-    memo.kube = Kube(applied=AppliedCache(config.reapply_seconds))
+    memo.kube = Kube(applied=AppliedCache(config.reapply_seconds), cache=WatchCache(KINDS))
     memo.alert_intake = AlertIntake()  # bound to the Driver by alerts.start_alert_intake; defers until then
     receiver = alertmanager.AlertmanagerReceiver(config.alertmanager_token, memo.alert_intake.handle)
     server.route("POST", alertmanager.PATH, receiver)

@@ -79,7 +79,6 @@ class AlertIntake:
         self.driver: Driver | None = None
         self.write_back: WriteBack | None = None
         self.bound_at = 0.0
-        self._latest: dict[tuple[str, str], dict[str, Any]] = {}
 
     def bind(self, driver: Driver, write_back: WriteBack | None) -> None:
         """Start acting on alerts (before this, :meth:`handle` defers them)."""
@@ -127,21 +126,12 @@ class AlertIntake:
         driver.spawn(self._follow_up(driver, body, outcome), f"after alert {ns}/{name}")
         return "rolled_back"
 
-    def remember(self, obj: dict[str, Any], deleted: bool = False) -> None:
-        """The ModelDeployment as the watch just delivered it: the alert path's first guess at the object."""
-        meta = obj.get("metadata") or {}
-        key = (meta.get("namespace") or "", meta.get("name") or "")
-        if deleted:
-            self._latest.pop(key, None)
-        else:
-            self._latest[key] = obj
-
     async def _alert_pass(
         self, driver: Driver, ns: str, name: str, alert: Alert, now: datetime
     ) -> tuple[dict[str, Any] | None, Outcome | None]:
-        """Holding the object's key, the pass with the alert observed: on the watch's copy first, else read afresh."""
+        """Holding the object's key, the pass with the alert observed: on the cached copy first, else read afresh."""
         async with driver.lock(ns, name):
-            latest = self._latest.get((ns, name))
+            latest = driver.cached_body(ns, name)
             if latest is not None and not latest["metadata"].get("deletionTimestamp"):
                 try:
                     body, outcome = await driver.alerted(ns, name, alert, latest)

@@ -40,8 +40,9 @@ RESYNC_SECONDS = 30.0
 RETRY_SECONDS = (1.0, 60.0)
 """After a failed pass, the wait before the next: the first, doubled on each failure up to the last (the work
 queue's back-off); reset by a pass that works."""
-WORKERS = 4
-"""Passes on different ModelDeployments at once (the work queue's workers; one pass per object at a time)."""
+WORKERS = 8
+"""Passes on different ModelDeployments at once by default (the work queue's workers; one pass per object at a time;
+``SLIPWAY_WORKERS``)."""
 Key = tuple[str, str]
 T = TypeVar("T")
 
@@ -160,28 +161,67 @@ class Driver:
         then conditional on its resourceVersion); None: read it. Raises :class:`PassFailed`
         (the error recorded on the object, as for any pass) for the caller to answer.
         """
-        return await self._drive(namespace, name, alert, body)
+        return await self._drive(namespace, name, alert, body, fresh=body is None)
 
     async def _drive(
-        self, namespace: str, name: str, alert: Alert | None = None, unread: dict[str, Any] | None = None
+        self,
+        namespace: str,
+        name: str,
+        alert: Alert | None = None,
+        unread: dict[str, Any] | None = None,
+        *,
+        fresh: bool = False,
     ) -> tuple[dict[str, Any] | None, Outcome | None]:
         body: dict[str, Any] | None = unread
         try:
+            if body is None and not fresh:  # the watch cache's copy (never older than our last write), else read
+                body = await self._on_threads(self.kube.observed_get, GROUP_VERSION, "ModelDeployment", name, namespace)
+                if self._gone(namespace, name, body) or body is None:
+                    return body, None
+                try:
+                    return body, await self._pass(namespace, name, body, alert, cached=self._cached())
+                except Exception as exc:
+                    if _status_of(exc) != 409:
+                        raise
+                body = None  # the copy was stale (written since): nothing was written; again on a fresh read
             if body is None:
                 body = await self._on_threads(self.kube.get, GROUP_VERSION, "ModelDeployment", name, namespace)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                if unread is None:
-                    self.forget(namespace, name)
-                return body, None
-            return body, await self._pass(namespace, name, body, alert, unread is not None)
+                if self._gone(namespace, name, body) or body is None:
+                    return body, None
+            return body, await self._pass(namespace, name, body, alert, unread is not None, cached=unread is not None)
         except Exception as exc:
             if unread is not None and _status_of(exc) == 409:  # the watch's copy was stale: nothing written
                 raise
             raise PassFailed(body, await self._failed(namespace, name, body, exc), exc) from exc
 
+    def _gone(self, namespace: str, name: str, body: dict[str, Any] | None) -> bool:
+        """Whether the object is gone (None) or going (then the Driver forgets it)."""
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            self.forget(namespace, name)
+            return True
+        return False
+
+    def cached_body(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object as the watch cache holds it (None: not held, or the cache is not filled yet)."""
+        cache = self.kube.cache
+        return cache.get(GROUP_VERSION, "ModelDeployment", name, namespace) if self._cached() and cache else None
+
+    def _cached(self) -> bool:
+        """Whether a ModelDeployment read now comes from the watch cache (then its status write is conditional)."""
+        cache = self.kube.cache
+        return cache is not None and cache.covers(GROUP_VERSION, "ModelDeployment")
+
     async def _pass(
-        self, namespace: str, name: str, body: dict[str, Any], alert: Alert | None = None, unread: bool = False
+        self,
+        namespace: str,
+        name: str,
+        body: dict[str, Any],
+        alert: Alert | None = None,
+        unread: bool = False,
+        *,
+        cached: bool = False,
     ) -> Outcome:
+        """One pass on ``body``; ``unread``: an alert's copy from the watch; ``cached``: writes conditional on it."""
         outcome = await self._on_threads(
             reconcile,
             self.kube,
@@ -190,7 +230,7 @@ class Driver:
             tenancy=self.tenancy,
             storage_prefixes=self.storage_prefixes,
             alert=alert,
-            if_unchanged=unread,
+            if_unchanged=cached,
         )
         pending = outcome.status.get(PENDING, (body.get("status") or {}).get(PENDING))
         if pending:

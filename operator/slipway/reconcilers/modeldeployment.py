@@ -71,7 +71,7 @@ def resolve(kube: Kube, md: ModelDeployment, prefixes: tuple[str, ...] | None = 
     With ``prefixes``, a storage URI outside them (or with a ``..``) is no URI: never applied.
     """
     model = sanitise_model_name(md.spec.model.name)
-    mvs = kube.list(GROUP_VERSION, "ModelVersion", md.metadata.namespace, f"{LABEL_MODEL}={model}")
+    mvs = kube.observed_list(GROUP_VERSION, "ModelVersion", md.metadata.namespace or "", f"{LABEL_MODEL}={model}")
     uris: dict[str, str] = {}
     refused: dict[str, str] = {}
     by_version: dict[str, dict[str, Any]] = {}

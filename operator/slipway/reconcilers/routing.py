@@ -18,16 +18,16 @@ ISVC = ("serving.kserve.io/v1beta1", "InferenceService")
 
 
 def observe(kube: Kube, md: ModelDeployment, router: Router) -> tuple[frozenset[str], frozenset[str]]:
-    """Versions with an InferenceService, and those the router deems ready (one list, one read per version at most)."""
+    """Versions with an InferenceService, and those the router deems ready (from the watch cache: no request)."""
     ns, name = md.metadata.namespace, md.metadata.name or ""
     live, ready = set(), set()
-    for isvc in kube.list(*ISVC, ns, f"{LABEL_DEPLOYMENT}={name}"):
+    for isvc in kube.observed_list(*ISVC, ns or "", f"{LABEL_DEPLOYMENT}={name}"):
         version = (isvc["metadata"].get("labels") or {}).get(LABEL_VERSION)
         if not version:
             continue
         live.add(version)
         ref = router.readiness_ref(md, version)
-        read = kube.get(ref.api_version, ref.kind, ref.name, ns) if ref is not None else None
+        read = kube.observed_get(ref.api_version, ref.kind, ref.name, ns) if ref is not None else None
         if router.ready(md, isvc, read):
             ready.add(version)
     return frozenset(live), frozenset(ready)

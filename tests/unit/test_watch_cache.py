@@ -1,0 +1,109 @@
+"""The watch cache: what it holds, in what order copies replace each other, and the lists it answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slipway.clients.watch_cache import KINDS, WatchCache, equality_selector, plain
+
+MD = ("ml.slipway.dev/v1alpha1", "ModelDeployment")
+ISVC = ("serving.kserve.io/v1beta1", "InferenceService")
+DEPLOYMENT = ("apps/v1", "Deployment")
+
+
+def obj(kind: tuple[str, str], name: str, rv: str, ns: str = "team-a", **labels: str) -> dict[str, Any]:
+    return {
+        "apiVersion": kind[0],
+        "kind": kind[1],
+        "metadata": {"name": name, "namespace": ns, "resourceVersion": rv, "labels": labels, "annotations": {"x": "y"}},
+        "spec": {"big": ["x"] * 10},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}], "availableReplicas": 2, "url": "u"},
+    }
+
+
+def test_nothing_is_answered_before_the_initial_listings_are_in():
+    cache = WatchCache(KINDS)
+    cache.observe(obj(MD, "a", "1"))
+    assert not cache.covers(*MD)
+    cache.primed = True
+    assert cache.covers(*MD) and not cache.covers("v1", "Secret"), "only the kinds it holds"
+
+
+def test_an_older_copy_never_replaces_a_newer_one():
+    cache = WatchCache(KINDS)
+    cache.observe(obj(MD, "a", "10"))  # the answer to our status write
+    cache.observe(obj(MD, "a", "9"))  # the watch, behind
+    assert cache.get(*MD, "a", "team-a")["metadata"]["resourceVersion"] == "10"
+    cache.observe(obj(MD, "a", "11"))
+    assert cache.get(*MD, "a", "team-a")["metadata"]["resourceVersion"] == "11"
+
+
+def test_a_deleted_object_does_not_come_back_with_a_late_copy():
+    cache = WatchCache(KINDS)
+    cache.observe(obj(MD, "a", "5"))
+    cache.observe(obj(MD, "a", "7"), deleted=True)
+    cache.observe(obj(MD, "a", "6"))  # a write's answer arriving after the deletion
+    assert cache.get(*MD, "a", "team-a") is None
+    cache.observe(obj(MD, "a", "8"))  # made again
+    assert cache.get(*MD, "a", "team-a") is not None
+
+
+def test_lists_by_label_follow_label_changes_and_namespaces():
+    cache = WatchCache(KINDS)
+    cache.observe(obj(ISVC, "web-v1", "1", **{"ml.slipway.dev/deployment": "web", "v": "1"}))
+    cache.observe(obj(ISVC, "web-v2", "2", **{"ml.slipway.dev/deployment": "web", "v": "2"}))
+    cache.observe(obj(ISVC, "web-v1", "3", ns="team-b", **{"ml.slipway.dev/deployment": "web"}))
+    cache.observe(obj(ISVC, "api-v1", "4", **{"ml.slipway.dev/deployment": "api"}))
+
+    def names(ns: str, **labels: str) -> list[str]:
+        return [o["metadata"]["name"] for o in cache.list(*ISVC, ns, labels)]
+
+    assert names("team-a", **{"ml.slipway.dev/deployment": "web"}) == ["web-v1", "web-v2"]
+    assert names("team-a", **{"ml.slipway.dev/deployment": "web", "v": "2"}) == ["web-v2"]
+    assert names("team-b", **{"ml.slipway.dev/deployment": "web"}) == ["web-v1"]
+    cache.observe(obj(ISVC, "web-v2", "5", **{"ml.slipway.dev/deployment": "api"}))  # relabelled
+    assert names("team-a", **{"ml.slipway.dev/deployment": "web"}) == ["web-v1"]
+    assert names("team-a", **{"ml.slipway.dev/deployment": "api"}) == ["api-v1", "web-v2"]
+    cache.observe(obj(ISVC, "web-v1", "6"), deleted=True)
+    assert names("team-a", **{"ml.slipway.dev/deployment": "web"}) == []
+    assert names("team-a") == ["api-v1", "web-v2"]
+
+
+def test_kinds_read_for_a_few_fields_keep_only_those():
+    cache = WatchCache(KINDS)
+    cache.observe(obj(DEPLOYMENT, "web-v1-predictor", "1"))
+    cache.observe(obj(ISVC, "web-v1", "1"))
+    cache.observe(obj(("v1", "Secret"), "token", "1"))
+    deployment = cache.get(*DEPLOYMENT, "web-v1-predictor", "team-a")
+    assert deployment == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web-v1-predictor", "namespace": "team-a", "resourceVersion": "1", "labels": {}},
+        "status": {"availableReplicas": 2},
+    }
+    isvc = cache.get(*ISVC, "web-v1", "team-a")
+    assert "spec" not in isvc and isvc["status"] == {"conditions": [{"type": "Ready", "status": "True"}]}
+    assert cache.size("v1", "Secret") == 0, "a kind it does not hold is not kept"
+    assert cache.get(*MD, "none", "team-a") is None
+
+
+def test_copies_handed_out_are_the_callers_own():
+    cache = WatchCache(KINDS)
+    cache.observe(obj(MD, "a", "1"))
+    got = cache.get(*MD, "a", "team-a")
+    got["status"]["conditions"].append({"type": "Mine"})
+    assert len(cache.get(*MD, "a", "team-a")["status"]["conditions"]) == 1
+
+
+def test_only_equality_selectors_are_answered_here():
+    assert equality_selector(None) == {} and equality_selector("a=b, c==d") == {"a": "b", "c": "d"}
+    for other in ("a!=b", "a in (b)", "a", "!a"):
+        assert equality_selector(other) is None, other
+
+
+def test_plain_turns_mapping_views_into_dicts():
+    class View(dict[str, Any]):
+        pass
+
+    out = plain(View(a=View(b=[View(c=1)]), d=(1, 2)))
+    assert out == {"a": {"b": [{"c": 1}]}, "d": [1, 2]} and type(out["a"]) is dict
