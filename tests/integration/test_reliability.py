@@ -17,6 +17,7 @@ import signal
 import ssl
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -240,11 +241,21 @@ CANARY = {
     }
 }
 BLUE_GREEN = {"blueGreen": {"autoPromotionSeconds": 1, "scaleDownDelaySeconds": 2}}
-STRATEGIES: dict[str, dict[str, Any]] = {"canary": CANARY, "blueGreen": BLUE_GREEN}
-KILL_WINDOWS = {"canary": (8.0, 36.0), "blueGreen": (6.0, 6.0)}
-"""Seconds after the alias move in which the first kill lands (the steps, on this machine) and a second one may
-(the whole rollout: a canary keeps the old version for the default scaleDownDelaySeconds, 30 s; blue-green 2 s)."""
-SEEDS = {"canary": (11, 23, 37, 41, 59), "blueGreen": (13, 29, 43, 61, 71)}
+ROLLBACK_ON_ALERTS = {"alerts": {"alertNames": ["SlipwayModelErrors"], "matchLabels": {"severity": "critical"}}}
+PAUSED_CANARY = {"canary": {"steps": [{"setWeight": 30}, {"pause": {}}]}}
+STRATEGIES: dict[str, dict[str, Any]] = {"canary": CANARY, "blueGreen": BLUE_GREEN, "alert": PAUSED_CANARY}
+"""``alert``: a canary paused at 30 % is rolled back by an alert Alertmanager delivers (and redelivers until the
+operator answers 2xx, as Alertmanager does); the kills land around that delivery."""
+KILL_WINDOWS = {"canary": (0.0, 8.0, 36.0), "blueGreen": (0.0, 6.0, 6.0), "alert": (-0.5, 1.5, 5.0)}
+"""Seconds after the alias move (``alert``: after the alert's first delivery) between which the first kill lands
+(the steps, on this machine; around the alert's pass), and before which a second one may (the whole rollout: a
+canary keeps the old version for the default scaleDownDelaySeconds, 30 s; blue-green 2 s)."""
+SEEDS = {
+    "canary": (11, 23, 37, 41, 59, 67, 83),
+    "blueGreen": (13, 29, 43, 61, 71, 89, 97),
+    "alert": (17, 31, 47, 53, 73, 79),
+}
+"""Twenty seeded runs: seven per rollout strategy, six with an alert delivery among the kill points."""
 
 
 @dataclass
@@ -301,8 +312,14 @@ def final_state(cluster: Cluster, ns: str) -> dict[str, Any]:
     }
 
 
-def finished(cluster: Cluster, ns: str) -> bool:
+def finished(cluster: Cluster, ns: str, strategy: str) -> bool:
     status = cluster.status(ns)
+    if strategy == "alert":
+        return (
+            status.get("phase") == "RolledBack"
+            and cluster.route_weights(ns) == {"1": 100}
+            and [i["metadata"]["name"] for i in cluster.children(ns)["InferenceService"]] == [f"{MD}-v1"]
+        )
     return (
         status.get("phase") == "Succeeded"
         and status.get("stableVersion") == "2"
@@ -311,29 +328,83 @@ def finished(cluster: Cluster, ns: str) -> bool:
     )
 
 
+def alert_payload(ns: str, version: str) -> dict[str, Any]:
+    """Alertmanager's webhook body for SlipwayModelErrors firing on ``version`` of the deployment."""
+    labels = {
+        "alertname": "SlipwayModelErrors",
+        "namespace": ns,
+        "modeldeployment": MD,
+        "model_version": version,
+        "severity": "critical",
+    }
+    alert = {
+        "status": "firing",
+        "labels": labels,
+        "annotations": {},
+        "fingerprint": uuid.uuid4().hex[:16],
+        "startsAt": datetime.now(UTC).isoformat(),
+    }
+    return {"version": "4", "status": "firing", "receiver": "slipway", "groupKey": f"{{}}:{{namespace={ns!r}}}",
+            "alerts": [alert]}  # fmt: skip
+
+
+def deliver(url: str, payload: dict[str, Any]) -> int:
+    """One delivery to the operator's Alertmanager webhook: the HTTP status (0: no answer)."""
+    request = urllib.request.Request(
+        f"{url}/webhooks/alertmanager",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {ALERT_TOKEN}"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:  # refused (the operator is down), reset (killed mid-answer), timed out
+        return 0
+
+
+def deliver_until_accepted(op: OperatorProcess, payload: dict[str, Any], after: float = 0.0) -> int:
+    """As Alertmanager does: deliver again (every 0.25 s here) until a 2xx; the number of deliveries."""
+    time.sleep(after)
+    for n in range(1, 481):
+        if 200 <= deliver(op.url, payload) < 300:
+            return n
+        time.sleep(0.25)
+    raise AssertionError("the alert was never accepted")
+
+
 def rollout_run(strategy: str, seed: int | None, kubeconfig: Path, log_dir: Path) -> RunResult:
     """v1 serving, the alias moves to v2, the operator is SIGKILLed (seeded times; never for seed None)."""
     rng = random.Random(seed)
     cluster = Cluster(kubeconfig)
     ns = cluster.create_namespace()
-    op = OperatorProcess(kubeconfig, ns, log_dir, env=NO_MLFLOW)
+    op = OperatorProcess(kubeconfig, ns, log_dir, env={**NO_MLFLOW, "SLIPWAY_ALERTMANAGER_TOKEN": ALERT_TOKEN})
     watch = ChildWatch(cluster, ns)
     result = RunResult(final={})
+    delivery: Future[int] | None = None
     try:
         cluster.model_version(ns, "1", ["champion"])
         cluster.model_version(ns, "2", [])
         cluster.predictor(ns, "1")
         cluster.predictor(ns, "2")
         op.start()
-        cluster.deploy(ns, STRATEGIES[strategy])
+        alerted = {"rollback": ROLLBACK_ON_ALERTS} if strategy == "alert" else {}
+        cluster.deploy(ns, STRATEGIES[strategy], **alerted)
         wait_for("v1 Succeeded", lambda: cluster.status(ns).get("phase") == "Succeeded", 120)
         wait_for("predictor v2 available", lambda: cluster.predictor_available(ns, "2"), 60)
-        steps, whole = KILL_WINDOWS[strategy]
-        kill_at = [rng.uniform(0, steps)] if seed is not None else []
+        first, steps, whole = KILL_WINDOWS[strategy]
+        kill_at = [rng.uniform(first, steps)] if seed is not None else []
         if seed is not None and rng.random() < 0.5:
-            kill_at = sorted([*kill_at, rng.uniform(0, whole)])
+            kill_at = sorted([*kill_at, rng.uniform(max(first, 0.0), whole)])
         cluster.move_alias(ns, "1", "2")
+        if strategy == "alert":
+            wait_for("paused at 30%", lambda: cluster.status(ns).get("phase") == "Paused", 60)
         started = time.monotonic()
+        if strategy == "alert":  # first delivered half a second from now: a kill may land just before it
+            delivery = ThreadPoolExecutor(1).submit(deliver_until_accepted, op, alert_payload(ns, "2"), 0.5)
+            started += 0.5
         for at in kill_at:
             watch.sleep(started + at - time.monotonic())
             s = cluster.status(ns)
@@ -346,8 +417,10 @@ def rollout_run(strategy: str, seed: int | None, kubeconfig: Path, log_dir: Path
 
         def done() -> bool:
             watch.sample()
-            return finished(cluster, ns)
+            return finished(cluster, ns, strategy)
 
+        if delivery is not None:
+            result.kills.append(f"alert accepted after {delivery.result(timeout=120)} deliveries")
         wait_for("the rollout to finish", done, 150, 0.3)
         result.seconds = time.monotonic() - started
         time.sleep(1.5)  # nothing moves after the end
@@ -393,7 +466,11 @@ def test_sigkill_at_a_random_point_ends_as_an_uninterrupted_rollout(
     run = _result(kill_campaign[(strategy, seed)])
     print(f"\n{strategy} seed {seed}: kills {run.kills}; finished after {run.seconds:.1f}s")
     print(f"{strategy} uninterrupted: finished after {reference.seconds:.1f}s: {reference.final}")
-    assert reference.final["phase"] == "Succeeded" and reference.final["history"] == [("2", "Promoted")]
+    if strategy == "alert":
+        assert reference.final["phase"] == "RolledBack" and reference.final["blocked"] == ["2"]
+        assert reference.final["weights"] == {"1": 100}
+    else:
+        assert reference.final["phase"] == "Succeeded" and reference.final["history"] == [("2", "Promoted")]
     assert run.final == reference.final, run.kills
     assert all(n == 1 for n in run.max_per_version.values()), f"duplicate children: {run.max_per_version}"
     assert not run.strays, f"unexpected children: {run.strays}"
@@ -683,10 +760,6 @@ def wall(stamp: str) -> datetime:
     return datetime.fromisoformat(f"{head}.{(frac or '0')[:6]:0<6}+00:00")
 
 
-ROLLBACK_ON_ALERTS = {"alerts": {"alertNames": ["SlipwayModelErrors"], "matchLabels": {"severity": "critical"}}}
-PAUSED_CANARY = {"canary": {"steps": [{"setWeight": 30}, {"pause": {}}]}}
-
-
 def test_alertmanager_down_prometheus_alerts_still_roll_back_within_one_poll(
     testbed: Any, namespace: str, cluster: Cluster, operators: Callable[..., OperatorProcess]
 ) -> None:
@@ -725,37 +798,8 @@ def test_prometheus_down_an_alert_alertmanager_delivers_still_rolls_back(
     operators("http://127.0.0.1:9", SLIPWAY_HTTP_PORT=str(port), SLIPWAY_ALERTMANAGER_TOKEN=ALERT_TOKEN)
     start_rollout(cluster, ns, PAUSED_CANARY, rollback=ROLLBACK_ON_ALERTS)
     wait_for("paused at 30%", lambda: cluster.status(ns).get("phase") == "Paused", 60)
-    labels = {
-        "alertname": "SlipwayModelErrors",
-        "namespace": ns,
-        "modeldeployment": MD,
-        "model_version": "2",
-        "severity": "critical",
-    }
-    payload = {
-        "version": "4",
-        "status": "firing",
-        "receiver": "slipway",
-        "groupKey": f"{{}}:{{namespace={ns!r}}}",
-        "alerts": [
-            {
-                "status": "firing",
-                "labels": labels,
-                "annotations": {},
-                "fingerprint": uuid.uuid4().hex[:16],
-                "startsAt": datetime.now(UTC).isoformat(),
-            }
-        ],
-    }
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/webhooks/alertmanager",
-        data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {ALERT_TOKEN}"},
-        method="POST",
-    )
     sent = time.monotonic()
-    with urllib.request.urlopen(request, timeout=10) as resp:
-        assert resp.status == 200
+    assert deliver(f"http://127.0.0.1:{port}", alert_payload(ns, "2")) == 200
     wait_for("rolled back", lambda: cluster.status(ns).get("phase") in ("RollingBack", "RolledBack"), 30, 0.1)
     print(f"\nAlertmanager delivery → rollback with Prometheus down: {time.monotonic() - sent:.2f}s")
     wait_for("RolledBack", lambda: cluster.status(ns).get("phase") == "RolledBack", 30)

@@ -6,12 +6,13 @@ is one more observation) → ``machine.next`` → write, in this order (:func:`.
 1. status, once, only if it changed: the decision (a rollback, a step) is recorded before
    anything moves, so an operator killed at any later point finds it and finishes it on restart,
    and never re-exposes a version it blocked;
-2. the backends of versions that have none yet (a new version's InferenceService and HPA):
-   the traffic write names them, and a route never points at a backend that does not exist;
+2. the backends (InferenceService, HPA): a route never names a version whose children could not
+   all be written; a rollback (all traffic back to the version that was serving) writes here only
+   the backends of versions that have none yet;
 3. the traffic, in one write (:func:`.routing.set_traffic`: the HTTPRoute, or the Knative
    InferenceService): an alert's rollback is this write, right after the status write;
-4. the other children (backends that exist), then the removals of the versions not kept, which
-   the traffic no longer names.
+4. a rollback's other backends (those that exist), then the removals of the versions not kept,
+   which the traffic no longer names.
 
 A kill between any two writes leaves status ahead of the children, never behind: the next pass
 observes the children and writes what is missing.

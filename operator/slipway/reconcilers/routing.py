@@ -8,7 +8,7 @@ from typing import Any
 
 from slipway.api.modeldeployment import ModelDeployment
 from slipway.api.names import LABEL_DEPLOYMENT, LABEL_VERSION
-from slipway.builders.router import Router
+from slipway.builders.router import Router, traffic_version
 from slipway.clients.applied import key_of
 from slipway.clients.kube import Kube
 from slipway.rollout.budget import Split
@@ -49,11 +49,13 @@ def carry_out(
        unchanged since are known to be ours); one this deployment does not own stops the pass
        with :class:`~slipway.clients.kube.NotOwned` before anything is written;
     2. ``write_status()``: the decision is in status before anything moves;
-    3. the backends of versions that have none yet (InferenceService, HPA): the traffic write
-       may name them, and a route never points at a backend that does not exist;
+    3. the backends (InferenceService, HPA): a route never names a version whose children could
+       not all be written. A rollback (all traffic back to the version that was serving) writes
+       only the backends of versions that have none yet here, so its traffic write follows the
+       status write at once;
     4. the traffic: the one manifest that moves it (:func:`set_traffic`);
-    5. the other children (backends that exist, re-asserted or resized), then the removals of
-       the live versions the decision no longer keeps (no longer named by the traffic).
+    5. a rollback's other backends (those that exist, re-asserted or resized), then the removals
+       of the live versions the decision no longer keeps (no longer named by the traffic).
 
     Children applied as they are and unchanged since are not applied again (``Kube.ensure``).
     """
@@ -64,12 +66,13 @@ def carry_out(
     kube.check_owned(manifests, uid)
     write_status()
     backends = [m for m in manifests if key_of(m) != traffic_key]
-    new = [m for m in backends if _version_of(m) not in live]
-    for manifest in new:
+    rollback = traffic_version(decision) is not None  # all traffic back to a version that was serving
+    first = [m for m in backends if not rollback or _version_of(m) not in live]
+    for manifest in first:
         kube.ensure(manifest)
     written = time.monotonic() if set_traffic(kube, traffic) else None
     for manifest in backends:
-        if _version_of(manifest) in live:
+        if rollback and _version_of(manifest) in live:
             kube.ensure(manifest)
     for ref in router.removals(md, decision, live):
         kube.delete_owned(ref.api_version, ref.kind, ref.name, ns, uid)
