@@ -45,6 +45,21 @@ def test_both_clients_are_the_one_client():
     assert mlflow_runs.MlflowError is RegistryError and mlflow_runs.MlflowUnavailable is RegistryUnavailable
 
 
+async def test_the_registry_and_the_runs_share_one_connection_and_its_threads():
+    shared = Mlflow("http://mlflow.invalid", client_factory=lambda _uri: Refusing("RESOURCE_DOES_NOT_EXIST"))
+    registry = MlflowRegistry("http://mlflow.invalid", connection=shared)
+    run_client = mlflow_runs.MlflowRuns("http://mlflow.invalid", connection=shared)
+    assert registry._client is shared._client is run_client._client
+    assert registry._pool is shared._pool is run_client._pool
+    registry.close()
+    run_client.close()  # neither owns the threads: both still work
+    with pytest.raises(NotFound):
+        await registry.version("m", "1")
+    shared.close()
+    with pytest.raises(RuntimeError):
+        await registry.version("m", "1")
+
+
 @pytest.mark.parametrize(
     ("code", "error"),
     [

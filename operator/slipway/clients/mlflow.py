@@ -257,7 +257,8 @@ class Mlflow:
     """The operator's one MLflow client: an MlflowClient, its thread pool, its errors mapped to ours, requests counted.
 
     Async: every call runs on the client's own threads (a hanging MLflow server blocks neither the
-    event loop nor the Kubernetes client). The registry and the TrainingRun clients build on it.
+    event loop nor the Kubernetes client). The registry and the TrainingRun clients build on it;
+    with ``connection`` they share that client's MlflowClient and threads (the operator makes one).
     """
 
     def __init__(
@@ -267,15 +268,23 @@ class Mlflow:
         max_workers: int = 4,
         client_factory: Callable[[str], Any] | None = None,
         thread_name_prefix: str = "mlflow",
+        connection: Mlflow | None = None,
     ) -> None:
-        _quick_failing_http()
         self.tracking_uri = tracking_uri
+        self._owner = connection is None
+        self._client: Any
+        self._pool: ThreadPoolExecutor
+        if connection is not None:
+            self._client, self._pool = connection._client, connection._pool
+            return
+        _quick_failing_http()
         self._client = (client_factory or (lambda uri: MlflowClient(tracking_uri=uri, registry_uri=uri)))(tracking_uri)
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
 
     def close(self) -> None:
-        """Stop the thread pool (pending calls finish)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the thread pool (pending calls finish); a client sharing another's leaves it to its owner."""
+        if self._owner:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -308,8 +317,9 @@ class MlflowRegistry(Mlflow):
         artifacts_destination: str = "",
         max_workers: int = 4,
         client_factory: Callable[[str], Any] | None = None,
+        connection: Mlflow | None = None,
     ) -> None:
-        super().__init__(tracking_uri, max_workers=max_workers, client_factory=client_factory)
+        super().__init__(tracking_uri, max_workers=max_workers, client_factory=client_factory, connection=connection)
         self.artifacts_destination = artifacts_destination
         self._lock = threading.Lock()
         self._runs: dict[str, RunData | None] = {}

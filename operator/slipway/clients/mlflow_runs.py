@@ -84,10 +84,19 @@ class MlflowRuns(Mlflow):
     """The TrainingRun reconciler's MLflow client: its run, the run's outcome, registration."""
 
     def __init__(
-        self, tracking_uri: str, *, max_workers: int = 2, client_factory: Callable[[str], Any] | None = None
+        self,
+        tracking_uri: str,
+        *,
+        max_workers: int = 2,
+        client_factory: Callable[[str], Any] | None = None,
+        connection: Mlflow | None = None,
     ) -> None:
         super().__init__(
-            tracking_uri, max_workers=max_workers, client_factory=client_factory, thread_name_prefix="mlflow-runs"
+            tracking_uri,
+            max_workers=max_workers,
+            client_factory=client_factory,
+            thread_name_prefix="mlflow-runs",
+            connection=connection,
         )
 
     # --- the run ------------------------------------------------------------------------------

@@ -24,7 +24,11 @@ async def start_registry_sync(memo: Any, logger: logging.Logger | logging.Logger
     if not settings.mlflow_uri:
         logger.warning("no MLflow URI (SLIPWAY_MLFLOW_URI): ModelVersions will not be synced")
         return
-    registry = MlflowRegistry(settings.mlflow_uri, artifacts_destination=settings.mlflow_artifacts_destination)
+    registry = MlflowRegistry(
+        settings.mlflow_uri,
+        artifacts_destination=settings.mlflow_artifacts_destination,
+        connection=getattr(memo, "mlflow", None),
+    )
     sync = RegistrySync(
         memo.kube,
         registry,

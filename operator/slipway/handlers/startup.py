@@ -9,11 +9,15 @@ import kopf
 
 from slipway.clients.applied import AppliedCache
 from slipway.clients.kube import Kube
+from slipway.clients.mlflow import Mlflow
 from slipway.clients.watch_cache import KINDS, WatchCache
 from slipway.receivers import alertmanager
 from slipway.receivers.http import server
 from slipway.reconcilers.alert_intake import AlertIntake
 from slipway.settings import Settings
+
+MLFLOW_THREADS = 6
+"""Calls to MLflow at once, shared by the registry mirror and the TrainingRuns."""
 
 
 class QuietTimers(logging.Filter):
@@ -40,6 +44,8 @@ async def configure(
     config = Settings.from_env()
     memo.settings = config
     memo.kube = Kube(applied=AppliedCache(config.reapply_seconds), cache=WatchCache(KINDS))
+    # One MLflow client (its connections and threads) for the registry mirror and the TrainingRuns.
+    memo.mlflow = Mlflow(config.mlflow_uri, max_workers=MLFLOW_THREADS) if config.mlflow_uri else None
     memo.alert_intake = AlertIntake()  # bound to the Driver by alerts.start_alert_intake; defers until then
     receiver = alertmanager.AlertmanagerReceiver(config.alertmanager_token, memo.alert_intake.handle)
     server.route("POST", alertmanager.PATH, receiver)
@@ -48,6 +54,9 @@ async def configure(
 
 
 @kopf.on.cleanup()
-async def shutdown(**_: Any) -> None:
-    """Stop the HTTP server."""
+async def shutdown(memo: Any, **_: Any) -> None:
+    """Stop the HTTP server and the MLflow client's threads."""
     await server.stop()
+    mlflow: Mlflow | None = getattr(memo, "mlflow", None)
+    if mlflow is not None:
+        mlflow.close()

@@ -36,7 +36,8 @@ async def start_trainingruns(memo: Any, **kwargs: Any) -> None:
     if "kube" not in memo or "settings" not in memo:
         raise kopf.TemporaryError("waiting for startup.configure", delay=0.1)
     uri = memo.settings.mlflow_uri
-    reconciler = TrainingRunReconciler(memo.kube, MlflowRuns(uri) if uri else None, uri, tenancy=memo.settings.tenancy)
+    runs = MlflowRuns(uri, connection=getattr(memo, "mlflow", None)) if uri else None
+    reconciler = TrainingRunReconciler(memo.kube, runs, uri, tenancy=memo.settings.tenancy)
     index: kopf.Index[tuple[str | None, str], dict[str, Any]] = kwargs["trainingrun_jobs"]  # live: the watch fills it
 
     async def work(key: Key) -> float | None:
