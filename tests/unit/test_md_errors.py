@@ -9,7 +9,7 @@ from kubernetes.client.exceptions import ApiException
 
 from slipway.api.modeldeployment import ModelDeployment
 from slipway.clients.kube import error_message
-from slipway.reconcilers.modeldeployment import MESSAGE_LIMIT, failed, status_of
+from slipway.reconcilers.modeldeployment import MESSAGE_LIMIT, cleared_error, failed, status_of
 from slipway.rollout.state import RolloutState
 
 
@@ -60,11 +60,16 @@ def test_a_long_message_is_cut():
     assert len(out.status["conditions"][0]["message"]) == MESSAGE_LIMIT
 
 
-def test_a_pass_that_works_clears_the_condition():
+def test_a_pass_clears_the_condition_only_once_its_writes_worked():
     old = failed({}, body(), forbidden("exceeded quota")).status
     md = ModelDeployment.model_validate(body(old))
     status = status_of(md, old, RolloutState(phase="Succeeded", stable_version="1"), "1")
     cond = next(c for c in status["conditions"] if c["type"] == "ReconcileError")
+    assert cond["status"] == "True", "the pass's first write (before its children) keeps the error standing"
+    cleared = cleared_error(status["conditions"], 3)
+    assert cleared is not None
+    cond = next(c for c in cleared if c["type"] == "ReconcileError")
     assert (cond["status"], cond["reason"], cond["message"]) == ("False", "Reconciled", "")
+    assert cleared_error(cleared, 3) is None, "nothing standing: nothing to write"
     fresh = status_of(md, {}, RolloutState(phase="Succeeded", stable_version="1"), "1")
     assert all(c["type"] != "ReconcileError" for c in fresh["conditions"]), "no condition until something failed"

@@ -290,6 +290,7 @@ class Driver:
         )
         if body is None:
             return None
+        body = self.cached_body(namespace, name) or body  # with what the failed pass wrote before it failed
         outcome = failed(dict(body.get("status") or {}), body, exc)
         try:
             await self._write_status(namespace, name, body, outcome)

@@ -182,11 +182,7 @@ def status_of(
         conditions = set_condition(conditions, c.type, c.status, c.reason, c.message, generation=md.metadata.generation)
     if any(c.get("type") == "InvalidSpec" for c in conditions or []):
         conditions = set_condition(conditions, "InvalidSpec", False, "Valid", "", generation=md.metadata.generation)
-    if any(c.get("type") == "ReconcileError" for c in conditions or []):
-        conditions = set_condition(
-            conditions, "ReconcileError", False, "Reconciled", "", generation=md.metadata.generation
-        )
-    status["conditions"] = conditions
+    status["conditions"] = conditions  # a ReconcileError stays until the pass's writes have all worked
     gateway = md.spec.gateway
     if gateway is not None and gateway.hostnames:
         status["url"] = f"http://{gateway.hostnames[0]}"
@@ -249,7 +245,18 @@ def reconcile(
         lambda: write_status(outcome),
         planned.shares,
     )
+    cleared = cleared_error(outcome.status.get("conditions"), planned.md.metadata.generation)
+    if cleared is not None:  # every write worked: the error a failed pass recorded is over (a second write)
+        outcome.status["conditions"] = cleared
+        kube.patch_status(GROUP_VERSION, "ModelDeployment", name, namespace, {"conditions": cleared})
     return outcome
+
+
+def cleared_error(conditions: list[dict[str, Any]] | None, generation: int | None) -> list[dict[str, Any]] | None:
+    """The conditions with a standing ReconcileError set back to False (None: there is none standing)."""
+    if not any(c.get("type") == "ReconcileError" and c.get("status") == "True" for c in conditions or []):
+        return None
+    return set_condition(conditions, "ReconcileError", False, "Reconciled", "", generation=generation)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 from slipway.api.modeldeployment import ModelDeployment
 from slipway.api.names import LABEL_DEPLOYMENT, LABEL_VERSION
-from slipway.builders.router import Router, traffic_version
+from slipway.builders.router import Router
 from slipway.clients.applied import key_of
 from slipway.clients.kube import Kube
 from slipway.rollout.budget import Split
@@ -66,7 +66,7 @@ def carry_out(
     kube.check_owned(manifests, uid)
     write_status()
     backends = [m for m in manifests if key_of(m) != traffic_key]
-    rollback = traffic_version(decision) is not None  # all traffic back to a version that was serving
+    rollback = decision.state.phase == "RollingBack"  # all traffic back to a version that was serving
     first = [m for m in backends if not rollback or _version_of(m) not in live]
     for manifest in first:
         kube.ensure(manifest)
