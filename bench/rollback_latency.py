@@ -1,6 +1,6 @@
 """Alert-driven rollback: Alertmanager notification → HTTPRoute write, against Alertmanager → a bare receiver.
 
-    python bench/rollback_latency.py [--trials 24] [--annotation-trials 8] [--paths here,main]
+    python bench/rollback_latency.py [--trials 24] [--annotation-trials 8] [--paths here,main] [--busy 0]
 
 Uses the running test bed (or brings one up with ``hack/testbed`` and takes it down after).
 For each operator in ``--paths`` it makes a fresh namespace and starts the real operator there
@@ -389,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         help="operators to compare, trials alternating: here (this checkout) or a git ref (e.g. here,main)",
     )
     parser.add_argument("--verbose", action="store_true", help="print every sample")
+    parser.add_argument(
+        "--busy", type=int, default=0, help="processes spinning on the CPU during the trials (a loaded machine)"
+    )
     args = parser.parse_args(argv)
     paths = [p for p in args.paths.split(",") if p]
 
@@ -399,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     samples = {b.path: Samples() for b in benches}
     annotation: list[float] = []
     http = httpx.Client(timeout=5)  # made before the clock starts: a new client costs tens of ms
+    spin: list[subprocess.Popen[bytes]] = []
+    trial_load = (0.0, 0.0, 0.0)
     try:
         print(
             f"setting up {sum(len(b.names) for b in benches)} ModelDeployments ({', '.join(paths)}) …", file=sys.stderr
@@ -416,9 +421,16 @@ def main(argv: list[str] | None = None) -> int:
         alertmanager_routes(state, benches, bare.url)
         time.sleep(1.0)  # Alertmanager reloads its configuration
         print(f"setup took {time.monotonic() - START:.0f}s; {args.trials} alert trials per path …", file=sys.stderr)
+        spin += [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+        if spin:
+            time.sleep(20)  # the load average follows
+            print(f"{len(spin)} busy processes; load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
         for i in range(args.trials):
             for b in benches if i % 2 == 0 else benches[::-1]:  # alternate which path goes first
                 trial(b, b.alert_names[i], http, am, watches[b.path], bare, samples[b.path])
+        trial_load = os.getloadavg()
+        for p in spin:
+            p.kill()
         for b in benches:
             logged = operator_latencies(b.log)
             out = samples[b.path]
@@ -439,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
         for w in watches.values():
             w.stop()
     finally:
+        for p in spin:
+            p.kill()
         with contextlib.suppress(Exception):
             monitoring.set_alert_webhooks(state, [])
         for b in benches:
@@ -450,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
 
     load = os.getloadavg()
     print(f"\nrollback latency, {args.trials} alert trials per path ({len(annotation)} annotation trials), ms")
-    print(f"(load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end)")
+    print(f"(load average {trial_load[0]:.1f} / {trial_load[1]:.1f} at the end of the alert trials", end="")
+    print(f"{f', with {args.busy} busy processes' if args.busy else ''}; {load[0]:.1f} at the end)")
     print(f"{'':<46} {'p50':>8} {'p99':>8}   ratio to baseline (p50, p99)")
     for path, out in samples.items():
         if not out.total:

@@ -63,6 +63,11 @@ def route_weights(kubectl, name: str = MODEL) -> dict[str, int]:
     return weights_of(get(kubectl, "httproute", name), name)
 
 
+def wait_route(kubectl, weights: dict[str, int], name: str = MODEL, timeout: float = 15) -> None:
+    """Until the route carries these weights: a pass writes its status first, then the route (ms later)."""
+    wait_until(lambda: route_weights(kubectl, name) == weights, timeout=timeout, what=f"route weights {weights}")
+
+
 def isvc_versions(kubectl, name: str = MODEL) -> set[str]:
     items = get(kubectl, "inferenceservices", "-l", f"ml.slipway.dev/deployment={name}") or {"items": []}
     return {i["metadata"]["labels"]["ml.slipway.dev/version"] for i in items["items"]}
@@ -134,4 +139,4 @@ def action(kubectl, what: str) -> None:
 def first_version_up(kubectl) -> None:
     wait_until(lambda: md_status(kubectl).get("phase") == "Succeeded", what="v1 Succeeded")
     assert md_status(kubectl)["stableVersion"] == "1"
-    assert route_weights(kubectl) == {"1": 100}
+    wait_route(kubectl, {"1": 100})

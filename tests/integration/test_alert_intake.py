@@ -208,6 +208,7 @@ async def test_the_alert_path_never_acts_on_a_stale_copy(testbed, kube_api, name
     from kubernetes import client
 
     from slipway.clients.kube import Kube
+    from slipway.clients.watch_cache import KINDS, WatchCache
     from slipway.reconcilers.alert_intake import AlertIntake
     from slipway.reconcilers.driver import Driver
 
@@ -232,7 +233,9 @@ async def test_the_alert_path_never_acts_on_a_stale_copy(testbed, kube_api, name
         labels = {"alertname": "SlipwayModelDrift", "namespace": namespace, "modeldeployment": name}
         return Alert(name="SlipwayModelDrift", labels=labels | {"model_version": "2"}, fingerprint=name)
 
-    driver = Driver(Kube(kube_api), "")
+    cache = WatchCache(KINDS)  # filled here as kopf's watch would fill it, a copy at a time
+    cache.primed = True
+    driver = Driver(Kube(kube_api, cache=cache), "")
     intake = AlertIntake()
     intake.bind(driver, None)
     try:
@@ -241,7 +244,7 @@ async def test_the_alert_path_never_acts_on_a_stale_copy(testbed, kube_api, name
         stale = create("stale", _canary_status())
         custom.patch_namespaced_custom_object_status(*group, "stale", {"status": _canary_status("9")})
         driver.watch(namespace, "stale")
-        intake.remember(stale)
+        cache.observe(stale)
         assert await intake.handle(fire("stale")) == "rolled_back"
         status = custom.get_namespaced_custom_object(*group, "stale")["status"]
         assert status["phase"] == "RollingBack"
@@ -252,7 +255,7 @@ async def test_the_alert_path_never_acts_on_a_stale_copy(testbed, kube_api, name
         before = create("early", early)
         custom.patch_namespaced_custom_object_status(*group, "early", {"status": _canary_status()})
         driver.watch(namespace, "early")
-        intake.remember(before)
+        cache.observe(before)
         assert await intake.handle(fire("early")) == "rolled_back"
         assert custom.get_namespaced_custom_object(*group, "early")["status"]["phase"] == "RollingBack"
         route = custom.get_namespaced_custom_object("gateway.networking.k8s.io", "v1", namespace, "httproutes", "early")
@@ -261,7 +264,7 @@ async def test_the_alert_path_never_acts_on_a_stale_copy(testbed, kube_api, name
 
         # Nothing to do on the watch's copy (already RollingBack): confirmed on a fresh read, ignored.
         current = dict(custom.get_namespaced_custom_object(*group, "early"))
-        intake.remember(current)
+        cache.observe(current)
         assert await intake.handle(fire("early")) == "ignored", "RollingBack: nothing under watch any more"
     finally:
         for name in ("stale", "early"):

@@ -36,8 +36,8 @@ from kubectl_scenario import (
     model_version,
     move_alias,
     predictor,
-    route_weights,
     stop_after_deleting_deployments,
+    wait_route,
 )
 from operator_fixture import StartOperator, start_operator
 from operator_process import OperatorProcess, wait_until
@@ -214,7 +214,7 @@ def test_every_rollout_event_reaches_its_targets_once_per_id_through_500s_withou
         receiver.fail_until = time.monotonic() + FAIL_SECONDS
         move_alias(kubectl, "1", "2")
         wait_until(lambda: md_status(kubectl).get("phase") == "Paused", timeout=FAIL_SECONDS, what="v2 paused")
-        assert route_weights(kubectl) == {"1": 80, "2": 20}
+        wait_route(kubectl, {"1": 80, "2": 20}, timeout=5)
         assert time.monotonic() < receiver.fail_until, "the rollout moved on while no notification got through"
         refused = [g for g in receiver.all() if g.status == 500]
         assert refused and all(g.path != "/slack" for g in refused), "only the deployment's own targets want these"

@@ -22,7 +22,7 @@ from kubectl_scenario import (
     model_version,
     operator,
     predictor,
-    route_weights,
+    wait_route,
 )
 from operator_fixture import StartOperator, start_operator
 from operator_process import wait_until
@@ -80,7 +80,7 @@ def test_an_httproute_of_the_same_name_made_by_someone_else_is_never_adopted(kub
 
     kubectl("delete", "httproute", MODEL)
     wait_until(lambda: md_status(kubectl).get("phase") == "Succeeded", timeout=30, what="Succeeded once it is gone")
-    assert route_weights(kubectl) == {"1": 100}
+    wait_route(kubectl, {"1": 100})
     mine = get(kubectl, "httproute", MODEL)
     assert mine is not None and mine["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
     error = condition(md_status(kubectl), "ReconcileError")
