@@ -11,9 +11,10 @@ predictor Deployments): its indexing handlers put each object here as it arrives
 - **Never older than what the operator wrote.** The objects the operator writes (a
   ModelDeployment's status, its annotations) go in as the API server answered, and an event
   older than the copy held (a smaller ``resourceVersion``: etcd's revision, which only grows)
-  does not replace it. A pass therefore never starts from a status older than its own last
-  write, and its status write is conditional on the copy's ``resourceVersion`` (a newer
-  object: 409, the pass runs again on a fresh read).
+  does not replace it. A pass therefore never starts from a status older than the operator's
+  last write of it (passes on one object never overlap, and the operator alone writes its
+  status). An alert's pass also makes its status write conditional on the copy's
+  ``resourceVersion`` (a newer object: 409, the pass runs again on a fresh read).
 - **Small.** Kinds read for a few fields keep only those (``TRIMS``): metadata and the status
   fields the readiness read looks at.
 - **Lists by label in O(matches).** Objects are indexed by namespace and by each label, so a

@@ -174,21 +174,12 @@ class Driver:
     ) -> tuple[dict[str, Any] | None, Outcome | None]:
         body: dict[str, Any] | None = unread
         try:
-            if body is None and not fresh:  # the watch cache's copy (never older than our last write), else read
-                body = await self._on_threads(self.kube.observed_get, GROUP_VERSION, "ModelDeployment", name, namespace)
-                if self._gone(namespace, name, body) or body is None:
-                    return body, None
-                try:
-                    return body, await self._pass(namespace, name, body, alert, cached=self._cached())
-                except Exception as exc:
-                    if _status_of(exc) != 409:
-                        raise
-                body = None  # the copy was stale (written since): nothing was written; again on a fresh read
-            if body is None:
-                body = await self._on_threads(self.kube.get, GROUP_VERSION, "ModelDeployment", name, namespace)
-                if self._gone(namespace, name, body) or body is None:
-                    return body, None
-            return body, await self._pass(namespace, name, body, alert, unread is not None, cached=unread is not None)
+            if body is None:  # the watch cache's copy (never older than this process's writes), else read now
+                read = self.kube.get if fresh else self.kube.observed_get
+                body = await self._on_threads(read, GROUP_VERSION, "ModelDeployment", name, namespace)
+            if self._gone(namespace, name, body) or body is None:
+                return body, None
+            return body, await self._pass(namespace, name, body, alert, unread is not None)
         except Exception as exc:
             if unread is not None and _status_of(exc) == 409:  # the watch's copy was stale: nothing written
                 raise
@@ -212,16 +203,9 @@ class Driver:
         return cache is not None and cache.covers(GROUP_VERSION, "ModelDeployment")
 
     async def _pass(
-        self,
-        namespace: str,
-        name: str,
-        body: dict[str, Any],
-        alert: Alert | None = None,
-        unread: bool = False,
-        *,
-        cached: bool = False,
+        self, namespace: str, name: str, body: dict[str, Any], alert: Alert | None = None, unread: bool = False
     ) -> Outcome:
-        """One pass on ``body``; ``unread``: an alert's copy from the watch; ``cached``: writes conditional on it."""
+        """One pass on ``body``; ``unread``: an alert's guess from the watch cache, its status write conditional."""
         outcome = await self._on_threads(
             reconcile,
             self.kube,
@@ -230,7 +214,7 @@ class Driver:
             tenancy=self.tenancy,
             storage_prefixes=self.storage_prefixes,
             alert=alert,
-            if_unchanged=cached,
+            if_unchanged=unread,
         )
         pending = outcome.status.get(PENDING, (body.get("status") or {}).get(PENDING))
         if pending:

@@ -235,6 +235,12 @@ def reconcile(
     outcome.started = started
     if if_unchanged and outcome.ignored is not None:  # on a copy that may be stale: no write, the caller reads
         return outcome
+
+    def commit() -> None:  # the decision is taken once its status is written: only then is it counted
+        write_status(outcome)
+        strategy = rollout_metrics.strategy_of(body.get("spec") or {})
+        rollout_metrics.record(namespace or "", name, strategy, planned.decision, planned.alert_name)
+
     outcome.traffic_written = routing.carry_out(
         kube,
         planned.md,
@@ -242,7 +248,7 @@ def reconcile(
         planned.decision,
         planned.uris,
         planned.live,
-        lambda: write_status(outcome),
+        commit,
         planned.shares,
     )
     cleared = cleared_error(outcome.status.get("conditions"), planned.md.metadata.generation)
@@ -269,6 +275,8 @@ class _Plan:
     live: frozenset[str]
     shares: Split | None
     outcome: Outcome
+    alert_name: str | None
+    """The alert the decision rolled back for (None: no alert, or none acted on)."""
 
 
 def _plan(
@@ -332,9 +340,6 @@ def _plan(
     decision = machine.next(state, obs, md.spec)
     alerted = alert is not None and decision.transition is not None and decision.transition.reason == "AlertFiring"
     shares = budget.plan(kube, md, decision.state)
-    strategy = rollout_metrics.strategy_of(body.get("spec") or {})
-    ns, name = md.metadata.namespace or "", md.metadata.name or ""
-    rollout_metrics.record(ns, name, strategy, decision, alert.name if alerted and alert is not None else None)
     events = [Event(n.reason, n.message, "Warning" if n.warning else "Normal") for n in decision.events]
     if action is not None and not decision.action_used:
         events.append(Event("ActionIgnored", f"action {action} does nothing in phase {state.phase}", "Warning"))
@@ -364,7 +369,8 @@ def _plan(
     if alert is not None and not alerted:
         ignored = f"the machine took no rollback in phase {state.phase}"
     outcome = Outcome(status, events, requeue, decision=decision, ignored=ignored)
-    return _Plan(md, decision, resolved.storage_uris, live, shares, outcome)
+    alert_name = alert.name if alerted and alert is not None else None
+    return _Plan(md, decision, resolved.storage_uris, live, shares, outcome, alert_name)
 
 
 def failed(old: dict[str, Any], body: dict[str, Any], exc: BaseException) -> Outcome:
