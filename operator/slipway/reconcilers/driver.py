@@ -198,7 +198,7 @@ class Driver:
         return cache.get(GROUP_VERSION, "ModelDeployment", name, namespace) if self._cached() and cache else None
 
     def _cached(self) -> bool:
-        """Whether a ModelDeployment read now comes from the watch cache (then its status write is conditional)."""
+        """Whether a ModelDeployment read now comes from the watch cache (its initial listing is in)."""
         cache = self.kube.cache
         return cache is not None and cache.covers(GROUP_VERSION, "ModelDeployment")
 
