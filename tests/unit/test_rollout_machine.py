@@ -357,6 +357,15 @@ def test_blocked_version_is_not_retried():
     assert d.transition is None and "blocked" in d.state.message
 
 
+def test_a_blocked_version_s_message_keeps_its_cause():
+    """Once the alias still names the blocked version, the message still says why it is blocked."""
+    cause = "alert SlipwayModelDrift fired for v2: all traffic back to v1"
+    s = RolloutState(phase="RolledBack", stable_version="1", blocked=(Blocked("2", "AlertFiring", T0, cause),))
+    d = next(s, obs(), spec())
+    assert d.transition is None
+    assert d.state.message.startswith(f"v2 is blocked (AlertFiring: {cause}); v1 keeps serving")
+
+
 def test_retry_unblocks_and_starts_again():
     s = RolloutState(phase="RolledBack", stable_version="1", blocked=(Blocked("2", "AnalysisFailed", T0),))
     d = next(s, obs(action="retry"), spec())

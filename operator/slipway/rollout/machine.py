@@ -134,8 +134,8 @@ def _at_rest(state: RolloutState, obs: Observations) -> Decision:
     block = state.blocked_entry(tracked)
     if block is not None:
         message = (
-            f"v{tracked} is blocked ({block.reason}): v{state.stable_version} keeps serving; "
-            "change the spec or use the retry action"
+            f"v{tracked} is blocked ({block.reason}{': ' + block.message if block.message else ''}); "
+            f"v{state.stable_version} keeps serving: change the spec or use the retry action"
         )
         return hold(state, message, None, action_used=used)
     decision = start(state, obs, tracked)
