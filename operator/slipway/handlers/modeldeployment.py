@@ -6,6 +6,8 @@ No timer and no deletion handler: kopf puts no finalizer on a ModelDeployment, s
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from typing import Any
 
@@ -43,13 +45,34 @@ def _driver(memo: Any) -> Driver:
     return memo.md_driver  # type: ignore[no-any-return]
 
 
-@kopf.on.resume(GROUP, VERSION, "modeldeployments")
-@kopf.on.create(GROUP, VERSION, "modeldeployments")
-@kopf.on.update(GROUP, VERSION, "modeldeployments")
-async def changed(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
-    """Spec or annotations (a manual action) changed, or the operator started: a pass soon."""
-    _driver(memo).watch(namespace or "", name)
-    _driver(memo).enqueue(namespace or "", name)
+NOT_OURS_TO_ACT_ON = ("kopf.zalando.org/", "slipway.dev/")
+"""Annotation prefixes of bookkeeping (kopf's, and an earlier Slipway's kopf state): no pass when only they change."""
+
+
+def acted_on(body: kopf.Body) -> str:
+    """A digest of what a pass acts on: the spec (its generation), labels and annotations, not the status."""
+    meta = body.get("metadata") or {}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if not k.startswith(NOT_OURS_TO_ACT_ON)}
+    seen = {"generation": meta.get("generation"), "labels": meta.get("labels") or {}, "annotations": annotations}
+    return hashlib.sha256(json.dumps(seen, sort_keys=True).encode()).hexdigest()
+
+
+@kopf.on.event(GROUP, VERSION, "modeldeployments")
+async def deployment_event(
+    type: str | None, body: kopf.Body, name: str, namespace: str | None, memo: Any, **_: Any
+) -> None:
+    """First sight (a new object, or the operator started), a spec, label or annotation change: a pass soon.
+
+    An event handler, not kopf's create/update/resume handlers: those write kopf's bookkeeping
+    annotation on every object after every change (a write per change, and its watch event).
+    Gone: the Driver stops tracking it.
+    """
+    if "md_driver" not in memo:
+        return
+    if type == "DELETED":
+        _driver(memo).forget(namespace or "", name)
+    elif _driver(memo).noticed(namespace or "", name, acted_on(body)):
+        _driver(memo).enqueue(namespace or "", name)
 
 
 @kopf.index(GROUP, VERSION, "modeldeployments")
@@ -90,13 +113,6 @@ def _deployment_due(memo: Any, labels: kopf.Labels, namespace: str | None, logge
     if deployment and _driver(memo).watches(namespace or "", deployment):
         logger.info("%s: a pass on ModelDeployment %s", news, deployment)
         _driver(memo).enqueue(namespace or "", deployment)
-
-
-@kopf.on.event(GROUP, VERSION, "modeldeployments")
-async def deployment_deleted(type: str | None, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
-    """A ModelDeployment is gone: the Driver stops tracking it."""
-    if type == "DELETED" and "md_driver" in memo:
-        _driver(memo).forget(namespace or "", name)
 
 
 async def _child_event(

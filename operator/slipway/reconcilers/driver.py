@@ -93,11 +93,25 @@ class Driver:
         # a pass never waits for a thread, in a pool no other work of the process queues in.
         self._threads = ThreadPoolExecutor(max_workers=workers + 1, thread_name_prefix="pass")
         self._watched: set[Key] = set()
+        self._seen: dict[Key, str] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     def watch(self, namespace: str, name: str) -> None:
         """Note an object kopf handed us (it is in a namespace this operator watches)."""
         self._watched.add((namespace, name))
+
+    def noticed(self, namespace: str, name: str, revision: str) -> bool:
+        """Note the object as a watch event delivered it; True if what a pass acts on is new (first sight or a change).
+
+        ``revision`` digests what a pass acts on, the object without its status (the handler's
+        ``acted_on``): events of the operator's own status writes carry the same one and make no pass.
+        """
+        key = (namespace, name)
+        self._watched.add(key)
+        if self._seen.get(key) == revision:
+            return False
+        self._seen[key] = revision
+        return True
 
     def watches(self, namespace: str, name: str) -> bool:
         """Whether kopf has handed us this object: alerts about any other are not ours to act on."""
@@ -125,6 +139,7 @@ class Driver:
         key = (namespace, name)
         self.queue.discard(key)
         self._watched.discard(key)
+        self._seen.pop(key, None)
         rollout_metrics.forget(namespace, name)
 
     async def run(self, key: Key) -> float | None:
