@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from slipway.clients.kube import Kube, NotOwned
 from slipway.clients.watch_cache import KINDS, WatchCache, equality_selector, plain
 
 MD = ("ml.slipway.dev/v1alpha1", "ModelDeployment")
 ISVC = ("serving.kserve.io/v1beta1", "InferenceService")
 DEPLOYMENT = ("apps/v1", "Deployment")
+HPA = ("autoscaling/v2", "HorizontalPodAutoscaler")
+ROUTE = ("gateway.networking.k8s.io/v1", "HTTPRoute")
 
 
 def obj(kind: tuple[str, str], name: str, rv: str, ns: str = "team-a", **labels: str) -> dict[str, Any]:
@@ -107,3 +112,32 @@ def test_plain_turns_mapping_views_into_dicts():
 
     out = plain(View(a=View(b=[View(c=1)]), d=(1, 2)))
     assert out == {"a": {"b": [{"c": 1}]}, "d": [1, 2]} and type(out["a"]) is dict
+
+
+class NoReads(Kube):
+    """A Kube whose reads fail the test: the ownership check must answer from the cache."""
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        raise AssertionError(f"read {kind} {name} from the API server")
+
+
+def child(kind: tuple[str, str], name: str, owner: str | None) -> dict[str, Any]:
+    out = obj(kind, name, "5")
+    if owner:
+        out["metadata"]["ownerReferences"] = [{"uid": owner, "kind": "ModelDeployment", "name": "md"}]
+    return out
+
+
+def test_the_ownership_check_asks_the_cache_for_every_child_kind():
+    cache = WatchCache(KINDS)
+    cache.primed = True
+    kube = NoReads(api_client=object(), cache=cache)  # type: ignore[arg-type]
+    for kind in (ISVC, HPA, ROUTE):
+        cache.observe(child(kind, "mine", "uid-1"))
+    cache.observe(child(ROUTE, "theirs", None))  # no label of ours: held all the same
+    wanted = [child(k, n, None) for k in (ISVC, HPA, ROUTE) for n in ("mine", "absent")]
+    kube.check_owned(wanted, "uid-1")  # absent or ours: no read, no error
+    with pytest.raises(NotOwned, match="HTTPRoute theirs in namespace team-a"):
+        kube.check_owned([child(ROUTE, "theirs", None)], "uid-1")
+    cache.observe(child(ROUTE, "theirs", None), deleted=True)
+    kube.check_owned([child(ROUTE, "theirs", None)], "uid-1")  # gone: free to create

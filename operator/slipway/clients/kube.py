@@ -135,13 +135,16 @@ class Kube:
         A forced server-side apply would otherwise take over an object of the same name that
         someone else made (and the garbage collector would delete it with the owner later).
         Objects this process applied and has not seen deleted or changed since (whatever the new
-        manifest says) are known to be ours: no read.
+        manifest says) are known to be ours: no read. Kinds the watch cache holds are looked up
+        there (every object of the kind, with its owner references): no read either. An object
+        made by someone else in the moment before the apply can be missed either way (a read is
+        as old as a watch event by the time the apply lands); the window is the watch's delay.
         """
         for manifest in manifests:
             if self.applied.known(key_of(manifest)):
                 continue
             meta = manifest["metadata"]
-            live = self.get(manifest["apiVersion"], manifest["kind"], meta["name"], meta.get("namespace"))
+            live = self.observed_get(manifest["apiVersion"], manifest["kind"], meta["name"], meta.get("namespace"))
             if live is not None and not owned_by(live, owner_uid):
                 raise NotOwned(manifest["kind"], meta.get("namespace"), meta["name"])
 

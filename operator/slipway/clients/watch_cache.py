@@ -1,8 +1,9 @@
 """The objects the operator's watches last delivered, so a reconcile pass observes without asking the API server.
 
 kopf already watches what a pass reads (ModelDeployments, ModelVersions, InferenceServices, the
-predictor Deployments): its indexing handlers put each object here as it arrives
-(:mod:`slipway.handlers.watch_cache`), and a pass reads its observations from memory
+predictor Deployments, and the children's kinds whose names a first apply checks): its indexing
+handlers put each object here as it arrives (:mod:`slipway.handlers.watch_cache`), and a pass
+reads its observations from memory
 (:meth:`slipway.clients.kube.Kube.observed_get`, :meth:`~slipway.clients.kube.Kube.observed_list`).
 
 - **Complete before use.** kopf runs no handler before every indexed kind has delivered its
@@ -15,8 +16,9 @@ predictor Deployments): its indexing handlers put each object here as it arrives
   last write of it (passes on one object never overlap, and the operator alone writes its
   status). An alert's pass also makes its status write conditional on the copy's
   ``resourceVersion`` (a newer object: 409, the pass runs again on a fresh read).
-- **Small.** Kinds read for a few fields keep only those (``TRIMS``): metadata and the status
-  fields the readiness read looks at.
+- **Small.** Kinds read for a few fields keep only those (``KINDS``): metadata and the status
+  fields the readiness read looks at; HorizontalPodAutoscalers and HTTPRoutes, metadata alone
+  (existence and owner, for the ownership check before a first apply).
 - **Lists by label in O(matches).** Objects are indexed by namespace and by each label, so a
   pass's list of one deployment's InferenceServices does not scan ten thousand others.
 """
@@ -72,13 +74,24 @@ def trim_inference_service(obj: Mapping[str, Any]) -> Manifest:
     }
 
 
+def trim_to_metadata(obj: Mapping[str, Any]) -> Manifest:
+    """An object as the ownership check needs it: whether it exists, and who owns it."""
+    return {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "metadata": _metadata(obj)}
+
+
 KINDS: dict[Kind, Trim | None] = {
     (API_VERSION, "ModelDeployment"): None,
     (API_VERSION, "ModelVersion"): None,
     ("serving.kserve.io/v1beta1", "InferenceService"): trim_inference_service,
     ("apps/v1", "Deployment"): trim_deployment,
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): trim_to_metadata,
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): trim_to_metadata,
 }
-"""What a reconcile pass reads, and how much of each is kept (None: the whole object)."""
+"""What a reconcile pass reads, and how much of each is kept (None: the whole object).
+
+Every object of the children's kinds is held, the operator's or not: the ownership check before
+a child's first apply asks the cache whether an object of that name exists and whose it is.
+"""
 
 
 def plain(value: Any) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 import kopf
 
-from slipway.api.names import GROUP, LABEL_DEPLOYMENT, VERSION
+from slipway.api.names import GROUP, VERSION
 from slipway.clients.watch_cache import plain
 
 PREDICTOR_SUFFIX = "-predictor"
@@ -48,9 +48,21 @@ async def cache_modelversion(body: kopf.Body, memo: Any, **_: Any) -> None:
 
 
 @kopf.index("serving.kserve.io", "v1beta1", "inferenceservices")
-async def cache_inferenceservice(body: kopf.Body, labels: kopf.Labels, memo: Any, **_: Any) -> None:
-    """An InferenceService of a ModelDeployment (one whose label went away leaves the cache)."""
-    _put(memo, body, LABEL_DEPLOYMENT in labels)
+async def cache_inferenceservice(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """An InferenceService, a ModelDeployment's or not (the ownership check asks about any name)."""
+    _put(memo, body, True)
+
+
+@kopf.index("autoscaling", "v2", "horizontalpodautoscalers")
+async def cache_hpa(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """A HorizontalPodAutoscaler, its metadata (for the ownership check)."""
+    _put(memo, body, True)
+
+
+@kopf.index("gateway.networking.k8s.io", "v1", "httproutes")
+async def cache_httproute(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """An HTTPRoute, its metadata (for the ownership check)."""
+    _put(memo, body, True)
 
 
 @kopf.index("apps", "v1", "deployments")
@@ -64,6 +76,8 @@ async def cache_predictor(body: kopf.Body, name: str, memo: Any, **_: Any) -> No
 @kopf.on.event(GROUP, VERSION, "modelversions", id="cache_modelversion_gone")
 @kopf.on.event("serving.kserve.io", "v1beta1", "inferenceservices", id="cache_inferenceservice_gone")
 @kopf.on.event("apps", "v1", "deployments", id="cache_predictor_gone")
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", id="cache_hpa_gone")
+@kopf.on.event("gateway.networking.k8s.io", "v1", "httproutes", id="cache_httproute_gone")
 async def cache_gone(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     """A deletion leaves the cache; the first event marks the cache complete."""
     _gone(memo, event)
