@@ -346,7 +346,7 @@ def handler_lines(op: OperatorProcess) -> list[str]:
     return [
         line
         for line in op.log_path.read_text(errors="replace").splitlines()
-        if "Handler '" in line or "rolled back" in line or "Timer '" in line
+        if "Handler '" in line or "rolled back" in line or "Timer '" in line or "a pass on ModelDeployment" in line
     ]
 
 

@@ -1,4 +1,4 @@
-"""kopf's per-object logger keeps handler outcomes but drops the once-a-second timer successes."""
+"""kopf's per-object logger keeps handler failures but drops the per-event handler and timer successes."""
 
 from __future__ import annotations
 
@@ -6,21 +6,22 @@ import logging
 
 import pytest
 
-from slipway.handlers.startup import QuietTimers
+from slipway.handlers.startup import QuietSuccesses
 
 
-def test_timer_successes_are_dropped_and_the_rest_kept(caplog: pytest.LogCaptureFixture) -> None:
+def test_successes_are_dropped_and_failures_kept(caplog: pytest.LogCaptureFixture) -> None:
     objects = logging.getLogger("kopf.objects")
-    quiet = QuietTimers()
+    quiet = QuietSuccesses()
     objects.addFilter(quiet)
     try:
         with caplog.at_level(logging.DEBUG, logger="kopf.objects"):
             objects.info("Timer 'tick' succeeded.")
-            objects.info("Handler 'changed' succeeded.")
+            objects.info("Handler 'deployment_event' succeeded.")
+            objects.error("Handler 'deployment_event' failed with an exception. Will ignore.")
             objects.error("Timer 'tick' failed with an exception. Will retry.")
     finally:
         objects.removeFilter(quiet)
     assert [r.getMessage() for r in caplog.records] == [
-        "Handler 'changed' succeeded.",
+        "Handler 'deployment_event' failed with an exception. Will ignore.",
         "Timer 'tick' failed with an exception. Will retry.",
     ]
