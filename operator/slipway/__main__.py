@@ -7,7 +7,8 @@ the probes green and answers webhooks 503. Once it leads, the standby server sto
 starts, with its startup handlers, receivers and timers, as in a single-replica install. A leader
 that cannot renew the Lease within the renew deadline exits at once (the pod restarts and stands
 by), before any standby may take over; one stopped by SIGTERM/SIGINT releases the Lease, so a
-standby takes over at its next try.
+standby takes over at its next try. A start-up handler that fails permanently (the RBAC check of
+:mod:`slipway.handlers.rbac` among them) ends the process with exit code 1 and its message.
 """
 
 from __future__ import annotations
@@ -65,7 +66,13 @@ def main(argv: list[str] | None = None) -> int:
             namespaces=list(args.namespace),
             standalone=True,  # no kopf peering: the Lease decides who runs kopf at all
             liveness_endpoint=args.liveness or None,
+            memo=kopf.Memo(watch_namespaces=tuple(args.namespace)),  # the scope the RBAC check checks
         )
+    except Exception as exc:  # kopf's ActivityError: a startup handler failed permanently (e.g. missing RBAC)
+        if not isinstance(exc.__cause__, kopf.PermanentError):
+            raise
+        log.critical("start-up failed, exiting: %s", exc.__cause__)
+        return 1
     finally:
         if elector is not None:
             elector.release()

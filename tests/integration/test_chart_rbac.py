@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-from pathlib import Path
-
 import pytest
-import yaml
+from chart_install import CHART, helm, service_account_kubeconfig
 from kubectl_scenario import (
     deployment,
     first_version_up,
@@ -20,25 +16,6 @@ from kubectl_scenario import (
 from operator_process import OperatorProcess, wait_until
 
 pytestmark = pytest.mark.integration
-CHART = Path(__file__).resolve().parents[2] / "charts" / "slipway"
-
-
-def helm(testbed, *args: str) -> str:
-    proc = subprocess.run(
-        [str(testbed.helm), "--kubeconfig", str(testbed.kubeconfig), *args], capture_output=True, text=True, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
-def service_account_kubeconfig(testbed, kubectl, namespace: str, sa: str, path: Path) -> Path:
-    """A kubeconfig that authenticates with a real token of the ServiceAccount (TokenRequest API)."""
-    token = kubectl("create", "token", sa, "--duration=1h").stdout.strip()
-    config = yaml.safe_load(testbed.kubeconfig.read_text())
-    config["users"] = [{"name": sa, "user": {"token": token}}]
-    config["contexts"][0]["context"].update(user=sa, namespace=namespace)
-    path.write_text(json.dumps(config))
-    return path
 
 
 @pytest.mark.parametrize("scope", ["cluster", "watched-namespace"])

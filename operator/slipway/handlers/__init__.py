@@ -1,5 +1,23 @@
 """kopf decorators only: the glue between events and reconcilers (importing this registers them)."""
 
-from slipway.handlers import alerts, modeldeployment, modelversion, notifications, startup, trainingrun, watch_cache
+from slipway.handlers import (
+    alerts,
+    modeldeployment,
+    modelversion,
+    notifications,
+    rbac,
+    startup,
+    trainingrun,
+    watch_cache,
+)
 
-__all__ = ["alerts", "modeldeployment", "modelversion", "notifications", "startup", "trainingrun", "watch_cache"]
+__all__ = [
+    "alerts",
+    "modeldeployment",
+    "modelversion",
+    "notifications",
+    "rbac",
+    "startup",
+    "trainingrun",
+    "watch_cache",
+]
