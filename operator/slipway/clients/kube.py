@@ -61,6 +61,16 @@ KUBE_ERRORS: tuple[type[Exception], ...] = (
 """What a Kubernetes call raises when the API server refuses it or cannot be reached (not a bug of ours)."""
 
 
+def _as_is(_client: object, data: Any) -> Any:
+    """The dynamic client's answer as the API server's JSON decoded, not wrapped.
+
+    Its default wraps every answer in a ``ResourceInstance`` (a tree of ``ResourceField``
+    objects) that ``to_dict()`` then takes apart again: 30 times the cost of the JSON decoding
+    for a ModelDeployment (1.3 ms against 0.04 ms), on every write of every pass.
+    """
+    return data
+
+
 class Kube:
     """A thin, typed facade over the kubernetes dynamic client; every call returns plain dicts.
 
@@ -112,8 +122,9 @@ class Kube:
             field_manager=FIELD_MANAGER,
             force_conflicts=force,
             _request_timeout=self._timeout,
+            serializer=_as_is,
         )
-        stored = self._wrote(dict(out.to_dict()))
+        stored = self._wrote(out)
         self.applied.record(manifest, stored)
         APPLIES.labels(manifest["kind"], "applied").inc()
         return stored
@@ -162,15 +173,17 @@ class Kube:
         """Create one object (an Event, a TrainingRun from the CLI); the server's copy is returned."""
         res = self.resource(manifest["apiVersion"], manifest["kind"])
         namespace = manifest["metadata"].get("namespace")
-        return dict(res.create(body=manifest, namespace=namespace, _request_timeout=self._timeout).to_dict())
+        return dict(res.create(body=manifest, namespace=namespace, _request_timeout=self._timeout, serializer=_as_is))
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> Manifest | None:
         """One object, or None when it does not exist."""
         try:
-            out = self.resource(api_version, kind).get(name=name, namespace=namespace, _request_timeout=self._timeout)
+            out = self.resource(api_version, kind).get(
+                name=name, namespace=namespace, _request_timeout=self._timeout, serializer=_as_is
+            )
         except NotFoundError:
             return None
-        return dict(out.to_dict())
+        return dict(out)
 
     def observed_get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> Manifest | None:
         """One object as the watch cache holds it (kinds it does not hold: read now); None when it does not exist."""
@@ -202,15 +215,17 @@ class Kube:
     ) -> list[Manifest]:
         """Objects of a kind, in a namespace (or everywhere), optionally filtered by labels."""
         out = self.resource(api_version, kind).get(
-            namespace=namespace, label_selector=label_selector, _request_timeout=self._timeout
+            namespace=namespace, label_selector=label_selector, _request_timeout=self._timeout, serializer=_as_is
         )
-        return [dict(item.to_dict()) for item in out.items]
+        return list(out.get("items") or [])
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
         """Delete one object (foreground children left to the garbage collector); False if it was gone."""
         self.applied.forget((api_version, kind, namespace or "", name))
         try:
-            self.resource(api_version, kind).delete(name=name, namespace=namespace, _request_timeout=self._timeout)
+            self.resource(api_version, kind).delete(
+                name=name, namespace=namespace, _request_timeout=self._timeout, serializer=_as_is
+            )
         except NotFoundError:
             return False
         return True
@@ -239,8 +254,9 @@ class Kube:
             namespace=namespace,
             content_type="application/merge-patch+json",
             _request_timeout=self._timeout,
+            serializer=_as_is,
         )
-        return self._wrote(dict(out.to_dict()))
+        return self._wrote(out)
 
     def merge_patch(
         self, api_version: str, kind: str, name: str, namespace: str | None, patch: dict[str, Any]
@@ -252,8 +268,9 @@ class Kube:
             namespace=namespace,
             content_type="application/merge-patch+json",
             _request_timeout=self._timeout,
+            serializer=_as_is,
         )
-        return self._wrote(dict(out.to_dict()))
+        return self._wrote(out)
 
 
 def error_message(exc: BaseException) -> str:
