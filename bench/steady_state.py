@@ -81,6 +81,14 @@ PHASES: tuple[tuple[str, dict[str, str]], ...] = (("baseline", {"SLIPWAY_REAPPLY
 # -- what is measured --------------------------------------------------------------------------
 
 
+def client_requests(text: str) -> Counter[tuple[str, str]]:
+    """The operator's own count of what its Kubernetes client sent (``slipway_api_requests_total``) by (verb, kind)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for labels, value in samples(text, "slipway_api_requests_total"):
+        counts[(labels["verb"], labels["kind"])] += int(value)
+    return counts
+
+
 def child_applies(text: str) -> Counter[tuple[str, str]]:
     """The operator's ``slipway_child_applies_total`` by (kind, result), from its ``/metrics`` text."""
     counts: Counter[tuple[str, str]] = Counter()
@@ -99,6 +107,8 @@ class Window:
     applies: Counter[tuple[str, str]] = field(default_factory=Counter)
     passes: float | None = None
     """Passes the operator's work queue ran (None: an operator without one)."""
+    sent: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """What the operator's client says it sent, by (verb, kind) (empty: an operator without the count)."""
 
     def per_minute(self, key: RequestKey) -> float:
         return self.requests[key] * 60 / self.seconds if self.seconds else 0.0
@@ -126,6 +136,7 @@ def measure(api: Api, seconds: float, pids: dict[str, int], operator_port: int |
         {name: cpu1[name] - cpu0[name] for name in pids},
         child_applies(text1) - child_applies(text0),
         passes,
+        client_requests(text1) - client_requests(text0),
     )
 
 
@@ -290,6 +301,11 @@ def report(p: Phase) -> None:
     print(
         "  slipway_child_applies_total over the window: "
         + (", ".join(f"{kind} {result} {v}" for (kind, result), v in applied.items()) or "none")
+    )
+    sent = {k: v for k, v in sorted(r.sent.items()) if v}
+    print(
+        "  slipway_api_requests_total over the window (the operator's own count, kopf's watches aside): "
+        + (", ".join(f"{verb} {kind} {v}" for (verb, kind), v in sent.items()) or "none")
     )
     passes = p.passes_per_minute()
     source = "the work queue's count" if r.passes is not None else "GET modeldeployments"

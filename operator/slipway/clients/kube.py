@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import prometheus_client
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -24,6 +25,11 @@ REQUEST_TIMEOUT = (5.0, 30.0)
 """Seconds to connect and to wait for an answer: a call on a half-open connection fails instead of
 holding a deployment's lock for ever (the kubernetes client sets no timeout of its own)."""
 T = TypeVar("T")
+REQUESTS = prometheus_client.Counter(
+    "slipway_api_requests",
+    "Requests this operator's Kubernetes client sent (kopf's watches aside), by verb and kind.",
+    ["verb", "kind"],
+)
 
 Manifest = dict[str, Any]
 
@@ -115,6 +121,7 @@ class Kube:
         """Server-side apply one manifest (field manager `slipway`) and return what the server stored."""
         meta = manifest["metadata"]
         res = self.resource(manifest["apiVersion"], manifest["kind"])
+        REQUESTS.labels("APPLY", manifest["kind"]).inc()
         out = res.server_side_apply(
             body=manifest,
             name=meta["name"],
@@ -173,10 +180,12 @@ class Kube:
         """Create one object (an Event, a TrainingRun from the CLI); the server's copy is returned."""
         res = self.resource(manifest["apiVersion"], manifest["kind"])
         namespace = manifest["metadata"].get("namespace")
+        REQUESTS.labels("POST", manifest["kind"]).inc()
         return dict(res.create(body=manifest, namespace=namespace, _request_timeout=self._timeout, serializer=_as_is))
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> Manifest | None:
         """One object, or None when it does not exist."""
+        REQUESTS.labels("GET", kind).inc()
         try:
             out = self.resource(api_version, kind).get(
                 name=name, namespace=namespace, _request_timeout=self._timeout, serializer=_as_is
@@ -214,6 +223,7 @@ class Kube:
         self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
     ) -> list[Manifest]:
         """Objects of a kind, in a namespace (or everywhere), optionally filtered by labels."""
+        REQUESTS.labels("LIST", kind).inc()
         out = self.resource(api_version, kind).get(
             namespace=namespace, label_selector=label_selector, _request_timeout=self._timeout, serializer=_as_is
         )
@@ -222,6 +232,7 @@ class Kube:
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
         """Delete one object (foreground children left to the garbage collector); False if it was gone."""
         self.applied.forget((api_version, kind, namespace or "", name))
+        REQUESTS.labels("DELETE", kind).inc()
         try:
             self.resource(api_version, kind).delete(
                 name=name, namespace=namespace, _request_timeout=self._timeout, serializer=_as_is
@@ -245,6 +256,7 @@ class Kube:
         server answers 409 (``ConflictError``) and nothing is written.
         """
         res = self.resource(api_version, kind).subresources["status"]
+        REQUESTS.labels("PATCH", f"{kind}/status").inc()
         body: dict[str, Any] = {"status": status}
         if resource_version is not None:
             body["metadata"] = {"resourceVersion": resource_version}
@@ -262,6 +274,7 @@ class Kube:
         self, api_version: str, kind: str, name: str, namespace: str | None, patch: dict[str, Any]
     ) -> Manifest:
         """Merge-patch an object (e.g. an annotation asking the operator to act)."""
+        REQUESTS.labels("PATCH", kind).inc()
         out = self.resource(api_version, kind).patch(
             body=patch,
             name=name,

@@ -15,6 +15,7 @@ import kopf
 
 from slipway.api.names import GROUP, VERSION
 from slipway.builders.names import LABEL_DEPLOYMENT, LABEL_MODEL, sanitise_model_name
+from slipway.handlers.watch_cache import complete
 from slipway.reconcilers.driver import Driver
 
 ModelKey = tuple[str, str]
@@ -69,6 +70,7 @@ async def deployment_event(
     """
     if "md_driver" not in memo:
         return
+    complete(memo)
     if type == "DELETED":
         _driver(memo).forget(namespace or "", name)
     elif _driver(memo).noticed(namespace or "", name, acted_on(body)):
@@ -93,6 +95,7 @@ async def version_moved(
     """A ModelVersion changed (an alias or stage moved): a pass on the deployments of its model."""
     if "md_driver" not in memo:
         return
+    complete(memo)
     index: kopf.Index[ModelKey, str] = kwargs["deployments_by_model"]  # kopf passes each index by its name
     model = (body.get("metadata", {}).get("labels") or {}).get(LABEL_MODEL)
     for name in sorted(set(index.get((namespace or "", model), ()))) if model else []:
@@ -133,6 +136,7 @@ async def _child_event(
     """
     if "md_driver" not in memo:
         return
+    complete(memo)
     deleted = event.get("type") == "DELETED"
     key = (str(body.get("apiVersion")), str(body.get("kind")), namespace or "", name)
     live = event.get("object")

@@ -25,6 +25,17 @@ def _put(memo: Any, body: kopf.Body, keep: bool) -> None:
         cache.observe(plain(body), deleted=not keep)
 
 
+def complete(memo: Any) -> None:
+    """Called by every event handler that queues a pass, first: kopf runs none before every indexed kind is listed.
+
+    So the cache is known complete before the pass it queues observes, whichever handler of the
+    event kopf runs first.
+    """
+    cache = getattr(getattr(memo, "kube", None), "cache", None)
+    if cache is not None:
+        cache.primed = True
+
+
 def _gone(memo: Any, event: kopf.RawEvent) -> None:
     cache = getattr(getattr(memo, "kube", None), "cache", None)
     if cache is None:
