@@ -197,7 +197,7 @@ def _canary_status(*blocked: str) -> dict[str, object]:
         current_step=1,
         step_started_at=now,
         rollout_started_at=now,
-        blocked=tuple(Blocked(v, "Aborted", now) for v in blocked),
+        blocked=tuple(Blocked(version=v, reason="Aborted", at=now) for v in blocked),
     )
     status = {k: v for k, v in state_to_status(state).items() if v is not None}
     return status | {"observedGeneration": 1, "trackedVersion": "2"}

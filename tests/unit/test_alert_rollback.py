@@ -72,7 +72,14 @@ def canary(**kw: Any) -> RolloutState:
 
 
 def promoted(phase: str = "Succeeded", seconds_ago: float = 0) -> RolloutState:
-    entry = Finished("2", "1", "Promoted", "StepsCompleted", T0, at(-seconds_ago))
+    entry = Finished(
+        version="2",
+        previous_version="1",
+        outcome="Promoted",
+        reason="StepsCompleted",
+        started_at=T0,
+        finished_at=at(-seconds_ago),
+    )
     return RolloutState(phase=phase, stable_version="2", promoted_at=at(-seconds_ago), history=(entry,))  # type: ignore[arg-type]
 
 
@@ -124,8 +131,22 @@ def test_a_rollback_closes_the_window():
         stable_version="1",
         promoted_at=T0,
         history=(
-            Finished("2", "1", "Promoted", "StepsCompleted", T0, T0),
-            Finished("2", "1", "RolledBack", "AlertFiring", T0, T0),
+            Finished(
+                version="2",
+                previous_version="1",
+                outcome="Promoted",
+                reason="StepsCompleted",
+                started_at=T0,
+                finished_at=T0,
+            ),
+            Finished(
+                version="2",
+                previous_version="1",
+                outcome="RolledBack",
+                reason="AlertFiring",
+                started_at=T0,
+                finished_at=T0,
+            ),
         ),
     )
     assert promoted_within_window(rolled, spec(), at(1)) is None
@@ -167,7 +188,13 @@ def test_alert_while_promoting_goes_back_in_the_same_write():
         (promoted(), "0s", 1),
         (promoted("Promoting"), "10s", 20),
         (RolloutState(phase="RollingBack", reason="AlertFiring", stable_version="1", canary_version="2"), "30m", 0),
-        (RolloutState(phase="RolledBack", stable_version="1", blocked=(Blocked("2", "AlertFiring", T0),)), "30m", 0),
+        (
+            RolloutState(
+                phase="RolledBack", stable_version="1", blocked=(Blocked(version="2", reason="AlertFiring", at=T0),)
+            ),
+            "30m",
+            0,
+        ),
         (RolloutState(phase="Idle"), "30m", 0),
     ],
 )
@@ -678,7 +705,11 @@ def test_an_alerts_pass_does_not_measure_but_the_same_pass_without_it_does():
 
 
 async def test_an_ignored_alert_leaves_the_users_action_for_the_pass_that_handles_it():
-    kube = world(RolloutState(phase="RolledBack", stable_version="1", blocked=(Blocked("2", "AlertFiring", T0),)))
+    kube = world(
+        RolloutState(
+            phase="RolledBack", stable_version="1", blocked=(Blocked(version="2", reason="AlertFiring", at=T0),)
+        )
+    )
     kube.md["metadata"]["annotations"] = {"ml.slipway.dev/action": "retry"}
     driver = Driver(kube, "")  # type: ignore[arg-type]
     _, outcome = await driver.alerted(NS, MD, alert(), copy.deepcopy(kube.md))

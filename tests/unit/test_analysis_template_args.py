@@ -283,8 +283,18 @@ def test_a_failing_dry_run_metric_neither_fails_nor_holds_the_analysis():
 
 
 def test_dry_run_survives_the_status_round_trip():
-    m = Measurement("shadow-score", "2", 0.2, "Failed", T0, "0.2 < min 0.9", dry_run=True)
-    state = RolloutState(phase="Progressing", canary_version="2", analysis=AnalysisState("Running", measurements=(m,)))
+    m = Measurement(
+        metric="shadow-score",
+        version="2",
+        value=0.2,
+        phase="Failed",
+        measured_at=T0,
+        message="0.2 < min 0.9",
+        dry_run=True,
+    )
+    state = RolloutState(
+        phase="Progressing", canary_version="2", analysis=AnalysisState(phase="Running", measurements=(m,))
+    )
     status = state_to_status(state)
     assert status["analysis"]["measurements"][0]["dryRun"] is True
     back = state_from_status(status)

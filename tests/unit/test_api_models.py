@@ -114,6 +114,7 @@ def test_version_keeps_its_type() -> None:
 
 
 def test_status_round_trip() -> None:
+    """Status as the operator writes it (times with microseconds, Z) survives the model unchanged."""
     status = {
         "phase": "Progressing",
         "stableVersion": "6",
@@ -131,11 +132,11 @@ def test_status_round_trip() -> None:
                     "version": "7",
                     "value": 0.002,
                     "phase": "Successful",
-                    "measuredAt": "2025-06-01T12:00:00Z",
+                    "measuredAt": "2025-06-01T12:00:00.000000Z",
                 }
             ],
         },
-        "blockedVersions": [{"version": "5", "reason": "AlertFiring", "at": "2025-05-30T08:00:00Z"}],
+        "blockedVersions": [{"version": "5", "reason": "AlertFiring", "at": "2025-05-30T08:00:00.000000Z"}],
         "history": [{"version": "6", "previousVersion": "4", "outcome": "Promoted"}],
         "observedGeneration": 3,
         "conditions": [

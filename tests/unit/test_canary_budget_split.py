@@ -54,7 +54,14 @@ def test_shares_follow_the_weight_and_never_exceed_the_budget(weight: int, stabl
 
 def test_at_rest_promoting_and_rolling_back():
     assert shares(4, RolloutState(phase="Succeeded", stable_version="1")) == {"1": 4}
-    promoted = Finished("2", "1", "Promoted", "Promoted", None, datetime(2026, 1, 1, tzinfo=UTC))
+    promoted = Finished(
+        version="2",
+        previous_version="1",
+        outcome="Promoted",
+        reason="Promoted",
+        started_at=None,
+        finished_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
     promoting = RolloutState(phase="Promoting", stable_version="2", history=(promoted,))
     assert shares(4, promoting) == {"2": 3, "1": 1}  # the old version keeps one for the switch-back
     back = RolloutState(phase="RollingBack", stable_version="1", canary_version="2", canary_weight=0)

@@ -215,7 +215,9 @@ def test_backoff_doubles_with_jitter_up_to_the_ceiling():
 
 
 def test_every_rollback_posts_a_warning_and_counts_an_abort_by_cause():
-    failed = Measurement("error-rate", "2", 0.3, "Failed", NOW, "0.3 > max 0.05")
+    failed = Measurement(
+        metric="error-rate", version="2", value=0.3, phase="Failed", measured_at=NOW, message="0.3 > max 0.05"
+    )
     state = RolloutState(
         phase="Progressing",
         stable_version="1",

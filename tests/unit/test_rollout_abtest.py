@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -60,18 +59,27 @@ def obs(now: float = 0, **kw: Any) -> Observations:
 
 
 def result(version: str, variant: Any, criterion: float | None) -> VariantResult:
-    return VariantResult(version, variant, requests=100, error_rate=0.0, accuracy=criterion, criterion=criterion)
+    return VariantResult(
+        version=version, variant=variant, requests=100, error_rate=0.0, accuracy=criterion, criterion=criterion
+    )
 
 
 def comparison(a: float | None, b: float | None, spec: ModelDeploymentSpec) -> Comparison:
     test = spec.strategy.ab_test
     assert test is not None
     winner, message = verdict(test.criterion, a, b)
-    return Comparison(at(61), "61s", result("1", "A", a), result("2", "B", b), "accuracy", winner, message)
+    return Comparison(
+        measured_at=at(61),
+        window="61s",
+        variants=(result("1", "A", a), result("2", "B", b)),
+        metric="accuracy",
+        winner=winner,
+        message=message,
+    )
 
 
 def failed_round(version: str = "2") -> tuple[Measurement, ...]:
-    return (Measurement("error-rate", version, 0.5, "Failed", at(0)),)
+    return (Measurement(metric="error-rate", version=version, value=0.5, phase="Failed", measured_at=at(0)),)
 
 
 # --- the A/B test, stage by stage ----------------------------------------------------------------
@@ -84,7 +92,7 @@ def test_waits_for_b_then_splits_by_weight_for_the_duration():
     d = next(state(abtest.READY), obs(), spec)
     assert d.state.current_step == abtest.TEST and dict(d.weights) == {"1": 70, "2": 30}
     assert d.state.mirror_percent == 0
-    d = next(replace(d.state, step_started_at=T0), obs(now=30), spec)
+    d = next(d.state.model_copy(update={"step_started_at": T0}), obs(now=30), spec)
     assert d.transition is None and "30s left" in d.state.message and dict(d.weights) == {"1": 70, "2": 30}
     d = next(d.state, obs(now=60), spec)
     assert d.state.current_step == abtest.DECIDE and dict(d.weights) == {"1": 70, "2": 30}
@@ -168,7 +176,16 @@ def test_guard_rail_failures_roll_back():
     spec = ab(criterion=CRITERION, analysis={"interval": "5s", "failureLimit": 0, "metrics": [ERR]})
     s = state(abtest.TEST, canary_weight=30)
     assert measurement_due(s, spec, at(1)) is not None
-    ok = next(s, obs(now=1, measurements=(Measurement("error-rate", "2", 0.0, "Successful", at(1)),)), spec)
+    ok = next(
+        s,
+        obs(
+            now=1,
+            measurements=(
+                Measurement(metric="error-rate", version="2", value=0.0, phase="Successful", measured_at=at(1)),
+            ),
+        ),
+        spec,
+    )
     assert ok.transition is None and ok.state.analysis is not None and ok.state.analysis.phase == "Running"
     d = next(ok.state, obs(now=6, measurements=failed_round()), spec)
     assert d.state.phase == "RollingBack" and d.state.reason == "AnalysisFailed" and "guard rails" in d.state.message
@@ -190,9 +207,18 @@ def test_ab_shadow_mirrors_before_the_split():
     assert (
         d.state.current_step == abtest.SHADOW and d.state.mirror_percent == 50 and dict(d.weights) == {"1": 100, "2": 0}
     )
-    s = replace(d.state, step_started_at=T0)
+    s = d.state.model_copy(update={"step_started_at": T0})
     assert measurement_due(s, spec, at(1)) is not None
-    passed = next(s, obs(now=10, measurements=(Measurement("error-rate", "2", 0.0, "Successful", at(10)),)), spec)
+    passed = next(
+        s,
+        obs(
+            now=10,
+            measurements=(
+                Measurement(metric="error-rate", version="2", value=0.0, phase="Successful", measured_at=at(10)),
+            ),
+        ),
+        spec,
+    )
     assert passed.transition is None and "20s left" in passed.state.message
     d = next(passed.state, obs(now=31), spec)
     assert d.state.current_step == abtest.TEST and d.state.mirror_percent == 0 and dict(d.weights) == {"1": 70, "2": 30}
@@ -214,7 +240,7 @@ def test_shadow_failure_rolls_back_without_moving_stable_traffic(strategy: str):
 def test_shadow_without_evidence_does_not_pass():
     spec = ab(shadow=SHADOW)
     s = state(abtest.SHADOW, mirror_percent=50)
-    no_data = (Measurement("error-rate", "2", None, "Inconclusive", at(31)),)
+    no_data = (Measurement(metric="error-rate", version="2", value=None, phase="Inconclusive", measured_at=at(31)),)
     d = next(s, obs(now=31, measurements=no_data), spec)
     assert d.transition is None and "waiting for evidence" in d.state.message
 
@@ -227,9 +253,9 @@ def test_blue_green_shadow_keeps_mirroring_until_the_switch():
     spec = ModelDeploymentSpec.model_validate(body)
     d = next(state(0), obs(), spec)
     assert d.state.current_step == 3 and d.state.mirror_percent == 20
-    d = next(replace(d.state, step_started_at=T0), obs(now=11), spec)
+    d = next(d.state.model_copy(update={"step_started_at": T0}), obs(now=11), spec)
     assert d.state.current_step == 2 and d.state.mirror_percent == 20
-    d = next(replace(d.state, step_started_at=at(11)), obs(now=12), spec)
+    d = next(d.state.model_copy(update={"step_started_at": at(11)}), obs(now=12), spec)
     assert d.state.phase == "Promoting" and d.state.mirror_percent == 0
 
 
@@ -257,7 +283,14 @@ def test_no_criterion_no_verdict_and_helpers():
     assert verdict(None, 1.0, 2.0)[0] is None
     assert window_of(timedelta(seconds=60.2)) == "61s" and window_of(timedelta()) == "1s"
     assert shares({"1": 30, "0": 10, "2": 0}) == (("1", 0.75), ("0", 0.25))
-    c = Comparison(at(0), "60s", result("1", "A", 0.8), result("2", "B", None), None, None, "m")
+    c = Comparison(
+        measured_at=at(0),
+        window="60s",
+        variants=(result("1", "A", 0.8), result("2", "B", None)),
+        metric=None,
+        winner=None,
+        message="m",
+    )
     assert "accuracy 80.00%" in summary(c) and "B=v2" in summary(c)
 
 

@@ -192,7 +192,11 @@ def ab(**extra: Any) -> ModelDeploymentSpec:
 def comparison() -> Any:
     from slipway.rollout.comparison import Comparison, VariantResult
 
-    return Comparison(T0, "60s", VariantResult("1", "A"), VariantResult("2", "B"), None, None)
+    return Comparison(
+        measured_at=T0,
+        window="60s",
+        variants=(VariantResult(version="1", variant="A"), VariantResult(version="2", variant="B")),
+    )
 
 
 def test_ab_test_over_waits_for_the_approval_of_b_then_promotes_it():

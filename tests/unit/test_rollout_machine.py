@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -68,11 +67,13 @@ def obs(now: float = 0, tracked: str | None = "2", **kw: Any) -> Observations:
 
 
 def round_(phase: str, value: float | None = 0.0) -> tuple[Measurement, ...]:
-    return (Measurement("error-rate", "2", value, phase, at(0)),)  # type: ignore[arg-type]
+    return (Measurement(metric="error-rate", version="2", value=value, phase=phase, measured_at=at(0)),)  # type: ignore[arg-type]
 
 
 def promoting() -> RolloutState:
-    entry = Finished("2", "1", "Promoted", "StepsCompleted", T0, T0)
+    entry = Finished(
+        version="2", previous_version="1", outcome="Promoted", reason="StepsCompleted", started_at=T0, finished_at=T0
+    )
     return RolloutState(phase="Promoting", stable_version="2", promoted_at=T0, history=(entry,))
 
 
@@ -87,12 +88,19 @@ def ab_decide_state() -> RolloutState:
 
 def ab_comparison(a: float | None, b: float | None, winner: Any) -> Comparison:
     return Comparison(
-        at(60), "60s", VariantResult("1", "A", criterion=a), VariantResult("2", "B", criterion=b), "accuracy", winner
+        measured_at=at(60),
+        window="60s",
+        variants=(
+            VariantResult(version="1", variant="A", criterion=a),
+            VariantResult(version="2", variant="B", criterion=b),
+        ),
+        metric="accuracy",
+        winner=winner,
     )
 
 
 def succeeded_after_promotion() -> RolloutState:
-    return replace(promoting(), phase="Succeeded", reason="ScaledDown")
+    return promoting().model_copy(update={"phase": "Succeeded", "reason": "ScaledDown"})
 
 
 def approval_spec() -> ModelDeploymentSpec:
@@ -108,7 +116,9 @@ SCENARIOS: dict[tuple[str, str, str], Callable[[], Decision]] = {
         RolloutState(phase="Succeeded", stable_version="1"), obs(), spec()
     ),
     ("RolledBack", "Progressing", "RolloutStarted"): lambda: next(
-        RolloutState(phase="RolledBack", stable_version="1", blocked=(Blocked("2", "AnalysisFailed", T0),)),
+        RolloutState(
+            phase="RolledBack", stable_version="1", blocked=(Blocked(version="2", reason="AnalysisFailed", at=T0),)
+        ),
         obs(tracked="3"),
         spec(),
     ),
@@ -126,7 +136,7 @@ SCENARIOS: dict[tuple[str, str, str], Callable[[], Decision]] = {
         canary_state(2, canary_weight=0), obs(candidate_tags=APPROVED), bg_spec(approval={"tag": "approved_by"})
     ),
     ("Paused", "Promoting", "Approved"): lambda: next(
-        replace(ab_decide_state(), phase="Paused", reason="WaitingForApproval"),
+        ab_decide_state().model_copy(update={"phase": "Paused", "reason": "WaitingForApproval"}),
         obs(now=61, candidate_tags=APPROVED),
         spec(abTest={"weight": 50, "duration": "60s", "approval": {"tag": "approved_by"}}),
     ),
@@ -283,7 +293,15 @@ def test_inconclusive_analysis_waits_and_never_promotes():
 
 def test_unreachable_prometheus_is_inconclusive_too():
     d = next(
-        canary_state(3), obs(measurements=(Measurement("error-rate", "2", None, "Error", T0, "unreachable"),)), spec()
+        canary_state(3),
+        obs(
+            measurements=(
+                Measurement(
+                    metric="error-rate", version="2", value=None, phase="Error", measured_at=T0, message="unreachable"
+                ),
+            )
+        ),
+        spec(),
     )
     assert d.transition is None and d.state.analysis is not None and d.state.analysis.phase == "Inconclusive"
     assert "unreachable" in d.state.message
@@ -352,7 +370,9 @@ def test_rolling_back_waits_for_the_canary_children_to_go():
 
 
 def test_blocked_version_is_not_retried():
-    s = RolloutState(phase="RolledBack", stable_version="1", blocked=(Blocked("2", "AnalysisFailed", T0),))
+    s = RolloutState(
+        phase="RolledBack", stable_version="1", blocked=(Blocked(version="2", reason="AnalysisFailed", at=T0),)
+    )
     d = next(s, obs(), spec())
     assert d.transition is None and "blocked" in d.state.message
 
@@ -360,20 +380,28 @@ def test_blocked_version_is_not_retried():
 def test_a_blocked_version_s_message_keeps_its_cause():
     """Once the alias still names the blocked version, the message still says why it is blocked."""
     cause = "alert SlipwayModelDrift fired for v2: all traffic back to v1"
-    s = RolloutState(phase="RolledBack", stable_version="1", blocked=(Blocked("2", "AlertFiring", T0, cause),))
+    s = RolloutState(
+        phase="RolledBack",
+        stable_version="1",
+        blocked=(Blocked(version="2", reason="AlertFiring", at=T0, message=cause),),
+    )
     d = next(s, obs(), spec())
     assert d.transition is None
     assert d.state.message.startswith(f"v2 is blocked (AlertFiring: {cause}); v1 keeps serving")
 
 
 def test_retry_unblocks_and_starts_again():
-    s = RolloutState(phase="RolledBack", stable_version="1", blocked=(Blocked("2", "AnalysisFailed", T0),))
+    s = RolloutState(
+        phase="RolledBack", stable_version="1", blocked=(Blocked(version="2", reason="AnalysisFailed", at=T0),)
+    )
     d = next(s, obs(action="retry"), spec())
     assert d.state.phase == "Progressing" and d.state.blocked == () and d.action_used
 
 
 def test_spec_change_unblocks():
-    s = RolloutState(phase="RolledBack", stable_version="1", blocked=(Blocked("2", "AnalysisFailed", T0),))
+    s = RolloutState(
+        phase="RolledBack", stable_version="1", blocked=(Blocked(version="2", reason="AnalysisFailed", at=T0),)
+    )
     assert next(s, obs(spec_changed=True), spec()).state.phase == "Progressing"
 
 

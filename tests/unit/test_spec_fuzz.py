@@ -344,7 +344,9 @@ def measurements(state: RolloutState, spec: ModelDeploymentSpec, step: Step, now
     for i, metric in enumerate(config.metrics):
         verdict = step.verdicts[i % len(step.verdicts)] if step.verdicts else "Successful"
         value = None if verdict in ("Inconclusive", "Error") else step.value
-        out.append(Measurement(metric.name, state.canary_version, value, verdict, now))  # type: ignore[arg-type]
+        out.append(
+            Measurement(metric=metric.name, version=state.canary_version, value=value, phase=verdict, measured_at=now)
+        )  # type: ignore[arg-type]
     return tuple(out)
 
 
@@ -365,7 +367,7 @@ def check_decision(before: RolloutState, decision: Decision) -> None:
     ModelDeploymentStatus.model_validate(_drop_none(status))
     again = state_from_status(json.loads(json.dumps(status)))
     assert state_to_status(again) == status, "the status mapping loses nothing"
-    assert replace(again, reason=state.reason) == state or again.phase == state.phase
+    assert again.model_copy(update={"reason": state.reason}) == state or again.phase == state.phase
 
 
 @FUZZ

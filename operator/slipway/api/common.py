@@ -96,7 +96,7 @@ class ApiModel(BaseModel):
             extra = info.json_schema_extra
             value = getattr(self, name)
             if isinstance(extra, dict) and isinstance(value, list):
-                _check_list_type(info.alias or name, extra, value)
+                check_list_type(info.alias or name, extra, value)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,8 +104,8 @@ class ApiModel(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def _check_list_type(name: str, extra: dict[str, Any], items: list[Any]) -> None:
-    """Python twin of `x-kubernetes-list-type` set/map: no duplicate items or keys."""
+def check_list_type(name: str, extra: dict[str, Any], items: list[Any]) -> None:
+    """The Python twin of `x-kubernetes-list-type` set/map: no duplicate items or keys."""
     kind = extra.get("x-kubernetes-list-type")
     if kind == "set":
         keys: list[Any] = list(items)
@@ -345,7 +345,7 @@ class KindInfo:
     description: str
     resource: type[ApiModel]
     spec: type[ApiModel]
-    status: type[ApiModel] | None
+    status: type[BaseModel] | None
     """None: the kind has no status (nor status subresource)."""
     columns: tuple[PrinterColumn, ...]
     spec_rules: tuple[Rule, ...] = ()

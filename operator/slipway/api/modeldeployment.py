@@ -6,7 +6,7 @@ from datetime import datetime
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
 from .analysis import NO_ARGS_INLINE, REFS_UNIQUE, TEMPLATES_DESCRIPTION, AnalysisMetric, TemplateRef
 from .budget import CanaryBudget
@@ -33,14 +33,14 @@ from .common import (
     alias_rule,
     at_least_one,
     cel,
+    check_list_type,
     exactly_one,
     name_rule,
 )
 from .notifications import Notifications
 from .requirements import TAG_KEY_PATTERN, Requirements
+from .rollout import RolloutState
 
-Phase = Literal["Idle", "Progressing", "Paused", "Promoting", "Succeeded", "RollingBack", "RolledBack"]
-MeasurementPhase = Literal["Successful", "Failed", "Inconclusive", "Error"]
 HOSTNAME_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 Hostname = Annotated[str, Field(pattern=HOSTNAME_PATTERN, max_length=253)]
 HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$"
@@ -785,31 +785,6 @@ class ModelDeploymentSpec(ApiModel):
 # --- status -------------------------------------------------------------------------------
 
 
-class Measurement(ApiModel):
-    """The latest measurement of one analysis metric."""
-
-    metric: str = Field(description="Name of the analysis metric.")
-    version: str | None = Field(None, description="Model version measured.")
-    value: float | None = Field(None, description="Measured value; unset when there was no data.")
-    phase: MeasurementPhase = Field(description="Successful, Failed (out of bounds), Inconclusive (no data) or Error.")
-    measured_at: datetime = Field(description="When it was measured.")
-    message: str | None = Field(None, description="Details, e.g. the query error.")
-    dry_run: bool | None = Field(None, description="true: a dry-run metric, recorded but never acted on.")
-
-
-class AnalysisStatus(ApiModel):
-    """Progress of the running analysis."""
-
-    phase: Literal["Pending", "Running", "Successful", "Failed", "Inconclusive"] | None = Field(
-        None, description="Overall result so far."
-    )
-    successful: int = Field(0, ge=0, description="Successful measurement rounds.")
-    failed: int = Field(0, ge=0, description="Failed measurements.")
-    inconclusive: int = Field(0, ge=0, description="Measurements without data.")
-    started_at: datetime | None = Field(None, description="When the analysis started.")
-    measurements: list[Measurement] | None = Field(None, description="The latest measurement of each metric.")
-
-
 class ResolvedTemplate(ApiModel):
     """One template reference as the running rollout resolved it (its metrics as they were then)."""
 
@@ -831,67 +806,6 @@ class FrozenAnalysis(ApiModel):
     templates: list[ResolvedTemplate] = Field(
         max_length=64, description="Every template reference of the spec, resolved."
     )
-
-
-class VariantResult(ApiModel):
-    """What one version of an A/B test showed over the test (from Prometheus)."""
-
-    version: str = Field(description="MLflow version number.")
-    variant: Literal["A", "B"] = Field(description="A (the stable version) or B (the candidate).")
-    requests: float | None = Field(None, description="Inference requests answered.")
-    error_rate: float | None = Field(None, description="Share of 5xx answers.")
-    p50_latency_seconds: float | None = Field(None, description="Median request latency.")
-    p99_latency_seconds: float | None = Field(None, description="99th percentile request latency.")
-    predictions: dict[str, float] | None = Field(
-        None, description="Share of predicted instances per class (the 20 most frequent)."
-    )
-    drift: float | None = Field(None, description="Mean drift score (PSI) over the test, if the model has a baseline.")
-    feedback: float | None = Field(None, description="Predictions whose true label was fed back.")
-    accuracy: float | None = Field(None, description="Share of fed-back predictions that were right.")
-    estimated_accuracy: float | None = Field(
-        None,
-        description=(
-            "Mean label-free accuracy estimate over the test (from the predictions' confidence, "
-            "calibrated on the training validation split), if the runtime exports one."
-        ),
-    )
-    criterion: float | None = Field(None, description="Value of the criterion's query.")
-
-
-class Comparison(ApiModel):
-    """The end of an A/B test: both versions side by side and the verdict."""
-
-    measured_at: datetime = Field(description="When the comparison was measured.")
-    window: str = Field(description="The time range measured, e.g. 10m.")
-    metric: str | None = Field(None, description="The criterion's metric name, if one was declared.")
-    winner: Literal["A", "B"] | None = Field(
-        None, description="The declared winner; unset: no criterion, or no evidence yet."
-    )
-    message: str | None = Field(None, description="The verdict in words.")
-    variants: list[VariantResult] = Field(description="A and B.")
-
-
-class BlockedVersion(ApiModel):
-    """A version that was rolled back and is not retried until the spec changes or a retry."""
-
-    version: str = Field(description="MLflow version number.")
-    reason: str = Field(description="Why it was rolled back, e.g. AnalysisFailed, AlertFiring.")
-    at: datetime = Field(description="When it was rolled back.")
-    message: str | None = Field(None, description="Details.")
-
-
-class HistoryEntry(ApiModel):
-    """One finished rollout."""
-
-    version: str = Field(description="Version that was rolled out.")
-    previous_version: str | None = Field(None, description="Stable version before it.")
-    outcome: Literal["Promoted", "RolledBack", "Aborted", "Superseded"] = Field(
-        description="Promoted, RolledBack, Aborted (by hand) or Superseded (a newer version came)."
-    )
-    reason: str | None = Field(None, description="Machine-readable reason.")
-    started_at: datetime | None = Field(None, description="When the rollout started.")
-    finished_at: datetime | None = Field(None, description="When it finished.")
-    message: str | None = Field(None, description="Details.")
 
 
 class FiredAlert(ApiModel):
@@ -916,23 +830,14 @@ class PendingWriteBack(ApiModel):
     last_error: str | None = Field(None, description="What the last attempt met.")
 
 
-class ModelDeploymentStatus(ApiModel):
+class ModelDeploymentStatus(RolloutState):
     """Observed state of the deployment and its rollout, written by the operator."""
 
-    phase: Phase | None = Field(
-        None,
-        description=("Idle, Progressing, Paused, Promoting, Succeeded, RollingBack or RolledBack."),
-    )
+    # The rollout's fields are the RolloutState the machine works on (slipway.api.rollout); these are the rest.
+
+    model_config = ConfigDict(extra="forbid")
+
     tracked_version: str | None = Field(None, description="Version the tracked alias, stage or pin resolves to now.")
-    stable_version: str | None = Field(None, description="Version serving the stable traffic.")
-    canary_version: str | None = Field(None, description="Version being rolled out, if any.")
-    canary_weight: int | None = Field(None, ge=0, le=100, description="Percent of traffic on the canary.")
-    mirror_percent: int | None = Field(None, ge=0, le=100, description="Percent of traffic mirrored to the canary.")
-    current_step: int | None = Field(None, ge=0, description="Index of the current canary step.")
-    step_started_at: datetime | None = Field(None, description="When the current step started.")
-    rollout_started_at: datetime | None = Field(None, description="When the rollout started.")
-    promoted_at: datetime | None = Field(None, description="When the last promotion finished.")
-    analysis: AnalysisStatus | None = Field(None, description="The running analysis.")
     analysis_templates: FrozenAnalysis | None = Field(
         None,
         description=(
@@ -940,25 +845,22 @@ class ModelDeploymentStatus(ApiModel):
             "a template changed or deleted meanwhile does not alter it (the next rollout reads it anew)."
         ),
     )
-    comparison: Comparison | None = Field(
-        None, description="The A/B comparison of the last A/B test (kept after it is decided)."
-    )
-    blocked_versions: list[BlockedVersion] | None = Field(
-        None, description="Rolled-back versions not retried until the spec changes or a retry."
-    )
-    history: list[HistoryEntry] | None = Field(None, description="Recent finished rollouts, newest last.")
     last_alert: FiredAlert | None = Field(None, description="The alert behind the last rollback.")
     pending_write_backs: list[PendingWriteBack] | None = Field(
         None, description="Rollbacks still to be written back to the MLflow registry, oldest first."
     )
     url: str | None = Field(None, description="URL the model is served at.")
     observed_generation: int | None = Field(None, description="metadata.generation the status was computed for.")
-    message: str | None = Field(None, description="Human-readable summary of the state.")
     conditions: list[Condition] | None = Field(
         None,
         json_schema_extra=CONDITIONS_EXTRA,
         description="Conditions: Ready, Progressing, RolledBack, InvalidSpec, RequirementsMet.",
     )
+
+    @model_validator(mode="after")
+    def _conditions_unique(self) -> ModelDeploymentStatus:
+        check_list_type("conditions", CONDITIONS_EXTRA, self.conditions or [])
+        return self
 
 
 @cel(name_rule(40, "it names InferenceServices <name>-v<version> and their Services"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 
 from slipway.api.modeldeployment import ModelDeployment
@@ -43,10 +42,10 @@ def measure_variant(
         predictions = shares(prom.query_by(_fill(PREDICTIONS_QUERY, md, version, window), "class"))
     except PrometheusError:
         predictions = ()
-    result = VariantResult(version, variant, predictions=predictions, **values)
+    result = VariantResult(version=version, variant=variant, predictions=predictions, **values)
     ab = md.spec.strategy.ab_test
     if ab is not None and ab.criterion is not None:
-        result = replace(result, criterion=_scalar(prom, _fill(ab.criterion.query, md, version, window)))
+        result = result.model_copy(update={"criterion": _scalar(prom, _fill(ab.criterion.query, md, version, window))})
     return result
 
 
@@ -60,4 +59,4 @@ def compare(prom: Prometheus, md: ModelDeployment, state: RolloutState, now: dat
     b = measure_variant(prom, md, state.canary_version, "B", window)
     winner, message = verdict(ab.criterion, a.criterion, b.criterion)
     metric = ab.criterion.metric if ab.criterion is not None else None
-    return Comparison(now, window, a, b, metric, winner, message)
+    return Comparison(measured_at=now, window=window, variants=(a, b), metric=metric, winner=winner, message=message)

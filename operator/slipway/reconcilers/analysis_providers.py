@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import replace
 from datetime import datetime
 
 from slipway.api.analysis import AnalysisMetric, WebMetric
@@ -31,7 +30,7 @@ def measure_one(
         else:
             value = prom.query(render_query(metric.query or "", namespace=namespace, name=name, version=version))
     except (NoData, WebNoData) as exc:
-        return replace(judge(metric, version, None, now), message=str(exc))
+        return judge(metric, version, None, now).model_copy(update={"message": str(exc)})
     except (PrometheusError, WebError) as exc:
         return judge(metric, version, None, now, error=str(exc))
     return judge(metric, version, value, now)

@@ -107,7 +107,7 @@ def advance(state: RolloutState, obs: Observations, ab: AbTest, model: str = "")
     at = stage(state)
     started = state.step_started_at
     if started is None:
-        state = replace(state, step_started_at=obs.now)
+        state = state.model_copy(update={"step_started_at": obs.now})
         started = obs.now
     if at == READY:
         if version not in obs.ready_versions and obs.action != "promote":
@@ -156,8 +156,8 @@ def _guard_rails(state: RolloutState, obs: Observations, ab: AbTest, started: da
     if obs.measurements is not None:
         analysis = fold(analysis, obs.measurements, config)
         if analysis.phase == "Successful":
-            analysis = replace(analysis, phase="Running")  # guard rails run to the end: no pass verdict
-    state = replace(state, analysis=analysis)
+            analysis = analysis.model_copy(update={"phase": "Running"})  # guard rails run to the end: no pass verdict
+    state = state.model_copy(update={"analysis": analysis})
     if analysis.phase == "Failed":
         return rollback(
             state, obs, "AnalysisFailed", f"A/B guard rails on v{state.canary_version}: {explain(analysis, config)}"
@@ -188,7 +188,7 @@ def _decide(state: RolloutState, obs: Observations, ab: AbTest, model: str = "")
             return hold(state, f"A/B test over, no verdict yet: {state.comparison.message}", max(wait, 0.5))
         return hold(state, "A/B test over: measuring the comparison", 0.5)
     previous = state.comparison
-    state = replace(state, comparison=comparison)
+    state = state.model_copy(update={"comparison": comparison})
     note = Note("ABTestCompared", summary(comparison))
     if obs.action == "promote":
         decision = promote(state, obs, "PromotedByUser", f"B v{version} promoted by the user", action_used=True)

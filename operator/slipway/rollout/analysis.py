@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
 
 from slipway.api.analysis import AnalysisMetric
 from slipway.api.common import parse_duration
 from slipway.api.modeldeployment import Analysis, AnalysisStep
-
-MeasurementPhase = Literal["Successful", "Failed", "Inconclusive", "Error"]
-AnalysisPhase = Literal["Pending", "Running", "Successful", "Failed", "Inconclusive"]
+from slipway.api.rollout import AnalysisPhase as AnalysisPhase
+from slipway.api.rollout import AnalysisState as AnalysisState
+from slipway.api.rollout import Measurement as Measurement
+from slipway.api.rollout import MeasurementPhase as MeasurementPhase
 
 ERROR_RATE_QUERY = (
     'sum(rate(slipway_requests_total{namespace="{{namespace}}",model="{{name}}",version="{{version}}",code=~"5.."}[1m]))'
@@ -57,19 +57,6 @@ def resolve(step: AnalysisStep | None, base: Analysis | None) -> AnalysisConfig:
     return AnalysisConfig(tuple(metrics), parse_duration(interval), failure_limit, count)
 
 
-@dataclass(frozen=True)
-class Measurement:
-    """One metric measured once."""
-
-    metric: str
-    version: str
-    value: float | None
-    phase: MeasurementPhase
-    measured_at: datetime
-    message: str = ""
-    dry_run: bool = False
-
-
 def judge(
     metric: AnalysisMetric, version: str, value: float | None, at: datetime, error: str | None = None
 ) -> Measurement:
@@ -77,33 +64,27 @@ def judge(
 
     The measurement keeps the metric's dryRun: ``fold`` records it but never acts on it.
     """
-    dry = metric.dry_run
+
+    def measured(value: float | None, phase: MeasurementPhase, message: str = "") -> Measurement:
+        return Measurement(
+            metric=metric.name,
+            version=version,
+            value=value,
+            phase=phase,
+            measured_at=at,
+            message=message,
+            dry_run=metric.dry_run,
+        )
+
     if error is not None:
-        return Measurement(metric.name, version, None, "Error", at, error, dry)
+        return measured(None, "Error", error)
     if value is None or math.isnan(value):
-        return Measurement(metric.name, version, None, "Inconclusive", at, "no data: the query returned nothing", dry)
+        return measured(None, "Inconclusive", "no data: the query returned nothing")
     if metric.min is not None and value < metric.min:
-        return Measurement(metric.name, version, value, "Failed", at, f"{value:g} < min {metric.min:g}", dry)
+        return measured(value, "Failed", f"{value:g} < min {metric.min:g}")
     if metric.max is not None and value > metric.max:
-        return Measurement(metric.name, version, value, "Failed", at, f"{value:g} > max {metric.max:g}", dry)
-    return Measurement(metric.name, version, value, "Successful", at, "", dry)
-
-
-@dataclass(frozen=True)
-class AnalysisState:
-    """Progress of the running analysis (one per blocking analysis stage), as kept in status."""
-
-    phase: AnalysisPhase = "Pending"
-    successful: int = 0
-    failed: int = 0
-    inconclusive: int = 0
-    started_at: datetime | None = None
-    measurements: tuple[Measurement, ...] = ()
-
-    @property
-    def last_measured_at(self) -> datetime | None:
-        """When the last round was measured."""
-        return max((m.measured_at for m in self.measurements), default=None)
+        return measured(value, "Failed", f"{value:g} > max {metric.max:g}")
+    return measured(value, "Successful")
 
 
 def due(state: AnalysisState, config: AnalysisConfig, now: datetime) -> bool:
@@ -134,14 +115,24 @@ def fold(state: AnalysisState, round_: tuple[Measurement, ...], config: Analysis
     if "Failed" in phases:
         failed = state.failed + 1
         phase: AnalysisPhase = "Failed" if failed > config.failure_limit else "Running"
-        return replace(state, phase=phase, failed=failed, started_at=started, measurements=round_)
+        return state.model_copy(
+            update={"phase": phase, "failed": failed, "started_at": started, "measurements": round_}
+        )
     if phases & {"Inconclusive", "Error"}:
-        return replace(
-            state, phase="Inconclusive", inconclusive=state.inconclusive + 1, started_at=started, measurements=round_
+        inconclusive = state.inconclusive + 1
+        return state.model_copy(
+            update={
+                "phase": "Inconclusive",
+                "inconclusive": inconclusive,
+                "started_at": started,
+                "measurements": round_,
+            }
         )
     successful = state.successful + 1
     phase = "Successful" if successful >= config.count else "Running"
-    return replace(state, phase=phase, successful=successful, started_at=started, measurements=round_)
+    return state.model_copy(
+        update={"phase": phase, "successful": successful, "started_at": started, "measurements": round_}
+    )
 
 
 def explain(state: AnalysisState, config: AnalysisConfig) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from slipway.api.common import parse_duration
 from slipway.api.modeldeployment import BlueGreen
 
@@ -46,7 +44,7 @@ def advance(state: RolloutState, obs: Observations, bg: BlueGreen, model: str = 
     stage = state.current_step or PREVIEW
     started = state.step_started_at
     if started is None:
-        state = replace(state, step_started_at=obs.now)
+        state = state.model_copy(update={"step_started_at": obs.now})
         started = obs.now
     if obs.action == "promote" and stage != AWAITING:
         return _next_stage(state, bg, "stage skipped by promote")
@@ -67,7 +65,7 @@ def advance(state: RolloutState, obs: Observations, bg: BlueGreen, model: str = 
         analysis = fresh(state.analysis, started)
         if obs.measurements is not None:
             analysis = fold(analysis, obs.measurements, config)
-        state = replace(state, analysis=analysis)
+        state = state.model_copy(update={"analysis": analysis})
         if analysis.phase == "Failed":
             return rollback(state, obs, "AnalysisFailed", f"pre-promotion {explain(analysis, config)}")
         if analysis.phase == "Successful":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 
 from slipway.api.common import parse_duration
@@ -45,9 +44,9 @@ def complete(
     """Finish the current step and go to the next (StepCompleted), setting the weight or mirror it asked for."""
     i = state.current_step or 0
     if weight is not None:
-        state = replace(state, canary_weight=weight)
+        state = state.model_copy(update={"canary_weight": weight})
     if mirror is not None:
-        state = replace(state, mirror_percent=mirror)
+        state = state.model_copy(update={"mirror_percent": mirror})
     return go(
         state,
         "Progressing",
@@ -71,7 +70,7 @@ def advance(state: RolloutState, obs: Observations, canary: Canary, model: str =
     i = state.current_step or 0
     started = state.step_started_at
     if started is None:  # a step begins on the pass after the previous one completed
-        state = replace(state, step_started_at=obs.now)
+        state = state.model_copy(update={"step_started_at": obs.now})
         started = obs.now
     skip = obs.action == "promote"
     if step.set_weight is not None:
@@ -114,7 +113,7 @@ def _analysis_step(state: RolloutState, obs: Observations, canary: Canary, skip:
     analysis = fresh(state.analysis, state.step_started_at)
     if obs.measurements is not None:
         analysis = fold(analysis, obs.measurements, config)
-    state = replace(state, analysis=analysis)
+    state = state.model_copy(update={"analysis": analysis})
     if analysis.phase == "Failed":
         return rollback(state, obs, "AnalysisFailed", f"step {i}: {explain(analysis, config)}")
     if analysis.phase == "Successful":

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Literal
+from datetime import timedelta
 
 from slipway.api.modeldeployment import AbCriterion
+from slipway.api.rollout import Comparison as Comparison
+from slipway.api.rollout import Variant as Variant
+from slipway.api.rollout import VariantResult as VariantResult
 
-Variant = Literal["A", "B"]
 MAX_CLASSES = 20
 """Classes kept per version in status (the most frequent)."""
 
@@ -50,42 +50,6 @@ SCALAR_QUERIES: dict[str, str] = {
 def window_of(length: timedelta) -> str:
     """A PromQL range covering ``length`` (whole seconds, at least 1s)."""
     return f"{max(1, math.ceil(length.total_seconds()))}s"
-
-
-@dataclass(frozen=True)
-class VariantResult:
-    """What one version showed over the test; None where Prometheus had no data."""
-
-    version: str
-    variant: Variant
-    requests: float | None = None
-    error_rate: float | None = None
-    p50_latency_seconds: float | None = None
-    p99_latency_seconds: float | None = None
-    predictions: tuple[tuple[str, float], ...] = ()
-    drift: float | None = None
-    feedback: float | None = None
-    accuracy: float | None = None
-    estimated_accuracy: float | None = None
-    criterion: float | None = None
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """Both versions side by side, and the verdict (winner None: no criterion, or no evidence)."""
-
-    measured_at: datetime
-    window: str
-    a: VariantResult
-    b: VariantResult
-    metric: str | None = None
-    winner: Variant | None = None
-    message: str = ""
-
-    @property
-    def decided(self) -> bool:
-        """Whether the criterion chose a winner."""
-        return self.winner is not None
 
 
 def shares(counts: dict[str, float]) -> tuple[tuple[str, float], ...]:

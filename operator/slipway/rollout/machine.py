@@ -83,7 +83,7 @@ def measurement_due(state: RolloutState, spec: ModelDeploymentSpec, now: datetim
 def next(state: RolloutState, obs: Observations, spec: ModelDeploymentSpec) -> Decision:
     """Decide the next move. One arrow of the table at most per call; a hold says why in the message."""
     if obs.spec_changed and state.blocked:
-        state = replace(state, blocked=())
+        state = state.model_copy(update={"blocked": ()})
     if state.phase in LIVE and obs.action == "abort":
         return rollback(state, obs, "Aborted", "aborted by the user: all traffic back to stable", action_used=True)
     if obs.alert is not None:
@@ -122,7 +122,9 @@ def _alert_fired(state: RolloutState, obs: Observations, spec: ModelDeploymentSp
 def _at_rest(state: RolloutState, obs: Observations) -> Decision:
     used = False
     if obs.action == "retry" and state.blocked_entry(obs.tracked_version):
-        state = replace(state, blocked=tuple(b for b in state.blocked if b.version != obs.tracked_version))
+        state = state.model_copy(
+            update={"blocked": tuple(b for b in state.blocked if b.version != obs.tracked_version)}
+        )
         used = True
     tracked = obs.tracked_version
     if tracked is None:
@@ -146,7 +148,9 @@ def _rolling_back(state: RolloutState, obs: Observations) -> Decision:
     if state.canary_weight and state.canary_version:  # the version rolled back to was recreated
         stable, failed = state.stable_version, state.canary_version
         if stable in obs.ready_versions:
-            return hold(replace(state, canary_weight=0), f"rolling back: all traffic to v{stable}", NEXT_SECONDS)
+            return hold(
+                state.model_copy(update={"canary_weight": 0}), f"rolling back: all traffic to v{stable}", NEXT_SECONDS
+            )
         return hold(state, f"rolling back: v{failed} serves until v{stable} is ready again", RECHECK_SECONDS)
     leftovers = obs.live_versions - {state.stable_version}
     if leftovers:

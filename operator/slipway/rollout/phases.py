@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
-Phase = Literal["Idle", "Progressing", "Paused", "Promoting", "Succeeded", "RollingBack", "RolledBack"]
+from slipway.api.rollout import Phase as Phase
 
 AT_REST: Final = frozenset({"Idle", "Succeeded", "RolledBack"})
 """Phases with no rollout under way: a new tracked version starts one."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 
 from slipway.api.common import parse_duration
@@ -38,7 +37,7 @@ def advance(
     analysis = fresh(state.analysis, started)
     if obs.measurements is not None:
         analysis = fold(analysis, obs.measurements, config)
-    state = replace(state, analysis=analysis)
+    state = state.model_copy(update={"analysis": analysis})
     if analysis.phase == "Failed":
         message = f"shadow v{version} ({shadow.percent}% mirrored): {explain(analysis, config)}"
         return state, rollback(state, obs, "AnalysisFailed", message)

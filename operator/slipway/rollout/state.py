@@ -1,13 +1,17 @@
-"""The rollout's state (what status keeps), what a pass observes, what the machine decides, and the shared moves."""
+"""The rollout's state (slipway.api.rollout), what a pass observes, what the machine decides, the shared moves."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from .analysis import AnalysisState, Measurement
+from slipway.api.rollout import Blocked as Blocked
+from slipway.api.rollout import Finished as Finished
+from slipway.api.rollout import RolloutState as RolloutState
+
+from .analysis import Measurement
 from .comparison import Comparison
 from .phases import Phase, Transition, transition
 
@@ -22,69 +26,6 @@ NEXT_SECONDS = 0.5
 """How soon to look again after a step completed (the next step starts at once)."""
 RECHECK_SECONDS = 1.0
 """How soon to look again while rolling back (the pass itself removed the children it waits on)."""
-
-
-@dataclass(frozen=True)
-class Blocked:
-    """A rolled-back version, not retried until the spec changes or the retry action."""
-
-    version: str
-    reason: str
-    at: datetime
-    message: str = ""
-
-
-@dataclass(frozen=True)
-class Finished:
-    """One finished rollout, for status.history."""
-
-    version: str
-    previous_version: str | None
-    outcome: Literal["Promoted", "RolledBack", "Aborted", "Superseded"]
-    reason: str
-    started_at: datetime | None
-    finished_at: datetime
-    message: str = ""
-
-
-@dataclass(frozen=True)
-class RolloutState:
-    """Everything the machine needs to resume a rollout; all of it lives in the ModelDeployment's status."""
-
-    phase: Phase = "Idle"
-    reason: str = ""
-    stable_version: str | None = None
-    canary_version: str | None = None
-    canary_weight: int = 0
-    mirror_percent: int = 0
-    current_step: int | None = None
-    step_started_at: datetime | None = None
-    rollout_started_at: datetime | None = None
-    promoted_at: datetime | None = None
-    analysis: AnalysisState | None = None
-    comparison: Comparison | None = None
-    blocked: tuple[Blocked, ...] = ()
-    history: tuple[Finished, ...] = ()
-    message: str = ""
-
-    @property
-    def previous_version(self) -> str | None:
-        """While Promoting: the version the promotion replaced (still up until the scale-down delay)."""
-        if self.phase != "Promoting":
-            return None
-        return self.replaced_version
-
-    @property
-    def replaced_version(self) -> str | None:
-        """The version the last promotion replaced, if the last finished rollout was that promotion."""
-        last = self.history[-1] if self.history else None
-        if last is None or last.outcome != "Promoted" or last.version != self.stable_version:
-            return None
-        return last.previous_version
-
-    def blocked_entry(self, version: str | None) -> Blocked | None:
-        """The block on a version, if it is blocked."""
-        return next((b for b in self.blocked if b.version == version), None)
 
 
 @dataclass(frozen=True)
@@ -165,7 +106,7 @@ def _serving_while_rolling_back(state: RolloutState) -> bool:
 
 def hold(state: RolloutState, message: str, requeue: float | None = None, *, action_used: bool = False) -> Decision:
     """Stay in the phase; say why."""
-    return Decision(replace(state, message=message), None, (), requeue, action_used)
+    return Decision(state.model_copy(update={"message": message}), None, (), requeue, action_used)
 
 
 def go(
@@ -181,7 +122,7 @@ def go(
 ) -> Decision:
     """Take the table's arrow (state.phase → target, reason), apply the changes, post one event."""
     arrow = transition(state.phase, target, reason)
-    new = replace(state, phase=target, reason=reason, message=message, **changes)  # type: ignore[arg-type]
+    new = state.model_copy(update={"phase": target, "reason": reason, "message": message, **changes})
     return Decision(new, arrow, (Note(reason, message, warning),), requeue, action_used)
 
 
@@ -198,13 +139,13 @@ def start(state: RolloutState, obs: Observations, version: str, reason: str = "R
             (
                 *history,
                 Finished(
-                    state.canary_version,
-                    state.stable_version,
-                    "Superseded",
-                    "Superseded",
-                    state.rollout_started_at,
-                    obs.now,
-                    f"v{version} is tracked now",
+                    version=state.canary_version,
+                    previous_version=state.stable_version,
+                    outcome="Superseded",
+                    reason="Superseded",
+                    started_at=state.rollout_started_at,
+                    finished_at=obs.now,
+                    message=f"v{version} is tracked now",
                 ),
             )
         )
@@ -230,7 +171,15 @@ def promote(
     """All traffic to the new version in one write; the old one stays up until the scale-down delay."""
     new = state.canary_version
     assert new is not None, "promote needs a canary"
-    entry = Finished(new, state.stable_version, "Promoted", reason, state.rollout_started_at, obs.now, message)
+    entry = Finished(
+        version=new,
+        previous_version=state.stable_version,
+        outcome="Promoted",
+        reason=reason,
+        started_at=state.rollout_started_at,
+        finished_at=obs.now,
+        message=message,
+    )
     return go(
         state,
         "Promoting",
@@ -268,10 +217,21 @@ def rollback(
         failed, stable = state.canary_version, state.stable_version
     assert failed is not None
     outcome: Literal["RolledBack", "Aborted"] = "Aborted" if reason == "Aborted" else "RolledBack"
-    entry = Finished(failed, stable, outcome, reason, state.rollout_started_at, obs.now, message)
+    entry = Finished(
+        version=failed,
+        previous_version=stable,
+        outcome=outcome,
+        reason=reason,
+        started_at=state.rollout_started_at,
+        finished_at=obs.now,
+        message=message,
+    )
     blocked = state.blocked
     if block:
-        blocked = (*(b for b in blocked if b.version != failed), Blocked(failed, reason, obs.now, message))
+        blocked = (
+            *(b for b in blocked if b.version != failed),
+            Blocked(version=failed, reason=reason, at=obs.now, message=message),
+        )
     return go(
         state,
         "RollingBack",
