@@ -287,7 +287,7 @@ def test_drift_alert_rolls_the_canary_back_through_alertmanager_and_reverts_the_
     metrics = op.metrics()
     assert metrics['slipway_alerts_total{result="rolled_back",source="alertmanager"}'] == 1
     # the operator's own count of its requests: the status writes of the rollout and the rollback among them
-    assert metrics['slipway_api_requests_total{verb="PATCH",kind="ModelDeployment/status"}'] >= 3
+    assert metrics['slipway_api_requests_total{kind="ModelDeployment/status",verb="PATCH"}'] >= 3
 
 
 def test_alert_after_promotion_within_the_window_goes_back_to_the_previous_version(
