@@ -25,3 +25,29 @@ def test_successes_are_dropped_and_failures_kept(caplog: pytest.LogCaptureFixtur
         "Handler 'deployment_event' failed with an exception. Will ignore.",
         "Timer 'tick' failed with an exception. Will retry.",
     ]
+
+
+def test_startup_handlers_run_in_dependency_order() -> None:
+    """kopf runs start-up handlers once each, in registration order: none may come before what it waits for.
+
+    Out of order, a handler raises "waiting for startup.configure" and kopf logs it at ERROR
+    ("Activity … failed temporarily") before retrying — alarming in a pod's log.
+    """
+    import kopf
+    from kopf._core.intents.causes import Activity
+
+    import slipway.handlers  # noqa: F401  (registers the handlers)
+
+    ids = [h.id for h in kopf.get_default_registry()._activities.get_handlers(activity=Activity.STARTUP)]
+    waits_for = {
+        "configure": ["check_rbac"],
+        "start_driver": ["configure"],
+        "start_registry_sync": ["configure"],
+        "start_notifier": ["configure"],
+        "start_trainingruns": ["configure"],
+        "start_alert_intake": ["configure", "start_driver", "start_registry_sync"],
+    }
+    assert set(waits_for) <= set(ids)
+    for handler, before in waits_for.items():
+        for needed in before:
+            assert ids.index(needed) < ids.index(handler), f"{needed} must be registered before {handler}: {ids}"
