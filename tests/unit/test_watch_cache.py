@@ -100,6 +100,26 @@ def test_copies_handed_out_are_the_callers_own():
     assert len(cache.get(*MD, "a", "team-a")["status"]["conditions"]) == 1
 
 
+def test_what_is_observed_is_copied_in_even_from_kopf_bodies():
+    import kopf
+
+    cache = WatchCache(KINDS)
+    cache.primed = True
+    raw_md, raw_isvc = obj(MD, "a", "1", team="x"), obj(ISVC, "a-v1", "1", team="x")
+    cache.observe(kopf.Body(raw_md))
+    cache.observe(kopf.Body(raw_isvc))
+    raw_md["status"]["conditions"][0]["status"] = "False"
+    raw_md["metadata"]["labels"]["team"] = "y"
+    raw_isvc["status"]["conditions"][0]["status"] = "False"
+    raw_isvc["metadata"]["labels"]["team"] = "y"
+    assert cache.get(*MD, "a", "team-a")["status"]["conditions"][0]["status"] == "True"
+    isvc = cache.get(*ISVC, "a-v1", "team-a")
+    assert isvc["status"]["conditions"][0]["status"] == "True" and isvc["metadata"]["labels"] == {"team": "x"}
+    listed = cache.list(*MD, "team-a", {"team": "x"})
+    listed[0]["metadata"]["labels"]["team"] = "z"
+    assert cache.list(*MD, "team-a", {"team": "x"})[0]["metadata"]["labels"] == {"team": "x"}
+
+
 def test_only_equality_selectors_are_answered_here():
     assert equality_selector(None) == {} and equality_selector("a=b, c==d") == {"a": "b", "c": "d"}
     for other in ("a!=b", "a in (b)", "a", "!a"):
@@ -141,3 +161,22 @@ def test_the_ownership_check_asks_the_cache_for_every_child_kind():
         kube.check_owned([child(ROUTE, "theirs", None)], "uid-1")
     cache.observe(child(ROUTE, "theirs", None), deleted=True)
     kube.check_owned([child(ROUTE, "theirs", None)], "uid-1")  # gone: free to create
+
+
+def test_deleting_a_child_asks_the_cache_whose_it_is():
+    deleted: list[str] = []
+
+    class Deletes(NoReads):
+        def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
+            deleted.append(f"{kind} {name}")
+            return True
+
+    cache = WatchCache(KINDS)
+    cache.primed = True
+    kube = Deletes(api_client=object(), cache=cache)  # type: ignore[arg-type]
+    cache.observe(child(HPA, "mine", "uid-1"))
+    cache.observe(child(HPA, "theirs", None))
+    assert kube.delete_owned(*HPA, "mine", "team-a", "uid-1") is True
+    assert kube.delete_owned(*HPA, "theirs", "team-a", "uid-1") is False  # someone else's: left alone
+    assert kube.delete_owned(*HPA, "absent", "team-a", "uid-1") is False  # gone already
+    assert deleted == ["HorizontalPodAutoscaler mine"]

@@ -169,8 +169,11 @@ class Kube:
     def delete_owned(
         self, api_version: str, kind: str, name: str, namespace: str | None, owner_uid: str | None
     ) -> bool:
-        """Delete one object only if it is owned by ``owner_uid``; False if it was gone or is someone else's."""
-        live = self.get(api_version, kind, name, namespace)
+        """Delete one object only if it is owned by ``owner_uid``; False if it was gone or is someone else's.
+
+        Whose it is comes from the watch cache for the kinds it holds (no read), as in :meth:`check_owned`.
+        """
+        live = self.observed_get(api_version, kind, name, namespace)
         if live is None or not owned_by(live, owner_uid):
             self.applied.forget((api_version, kind, namespace or "", name))
             return False

@@ -13,7 +13,6 @@ from typing import Any
 import kopf
 
 from slipway.api.names import GROUP, VERSION
-from slipway.clients.watch_cache import plain
 
 PREDICTOR_SUFFIX = "-predictor"
 """KServe names a version's predictor Deployment ``<InferenceService>-predictor``."""
@@ -22,7 +21,7 @@ PREDICTOR_SUFFIX = "-predictor"
 def _put(memo: Any, body: kopf.Body, keep: bool) -> None:
     cache = getattr(getattr(memo, "kube", None), "cache", None)
     if cache is not None:
-        cache.observe(plain(body), deleted=not keep)
+        cache.observe(body, deleted=not keep)  # it keeps a plain copy (trimmed for the children's kinds)
 
 
 def complete(memo: Any) -> None:
