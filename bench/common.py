@@ -219,3 +219,25 @@ def workqueue(text: str, name: str = "modeldeployment") -> dict[str, float]:
     ):
         out[key] = sum(v for labels, v in samples(text, metric) if labels.get("name") == name)
     return out
+
+
+def gc_pauses(text: str) -> str:
+    """The operator's garbage-collection pauses (``slipway_gc_pause_seconds``) in one line, or "" if not exported."""
+    parts = []
+
+    def of(generation: str, metric: str) -> float:
+        return sum(v for labels, v in samples(text, metric) if labels.get("generation") == generation)
+
+    for generation in ("0", "1", "2"):
+        count, total = of(generation, "slipway_gc_pause_seconds_count"), of(generation, "slipway_gc_pause_seconds_sum")
+        if not count:
+            continue
+        buckets = sorted(
+            (float(labels["le"]), v)
+            for labels, v in samples(text, "slipway_gc_pause_seconds_bucket")
+            if labels.get("generation") == generation and labels.get("le") not in (None, "+Inf")
+        )
+        bound = next((le for le, v in buckets if v >= count), None)
+        slowest = f"all ≤ {bound * 1000:g} ms" if bound is not None else "some > the largest bucket"
+        parts.append(f"gen {generation}: {count:.0f}, mean {total / count * 1000:.1f} ms, {slowest}")
+    return "; ".join(parts)

@@ -53,7 +53,9 @@ sys.path.insert(0, str(REPO / "operator"))
 import httpx  # noqa: E402
 from common import (  # noqa: E402
     free_port,
+    gc_pauses,
     install_crds,
+    operator_metrics,
     percentile,
     spawn_operator,
     stop_process,
@@ -365,6 +367,8 @@ class Samples:
     read: list[float] = field(default_factory=list)
     status: list[float] = field(default_factory=list)
     route: list[float] = field(default_factory=list)
+    gc: str = ""
+    """The operator's garbage-collection pauses over the run (operators that export them)."""
 
 
 def trial(
@@ -447,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
             out.read = [logged[md][0] for md in b.alert_names if md in logged]
             out.status = [logged[md][1] for md in b.alert_names if md in logged]
             out.route = [logged[md][2] for md in b.alert_names if md in logged]
+            with contextlib.suppress(Exception):
+                out.gc = gc_pauses(operator_metrics(b.port))
         monitoring.set_alert_webhooks(state, [])
         first = benches[0]
         print(f"{len(first.annotation_names)} annotation trials …", file=sys.stderr)
@@ -487,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
             print(row("  operator: alert arrival → object read", out.read))
             print(row("  operator: alert arrival → status write", out.status))
             print(row("  operator: alert arrival → route write", out.route))
+        if out.gc:
+            print(f"  operator's garbage-collection pauses over the run: {out.gc}")
     if annotation:
         print(row("annotation → kopf → full pass → route write", annotation))
     print(f"(p99 over fewer than 100 trials is the slowest trial; total {time.monotonic() - START:.0f}s)")

@@ -48,6 +48,7 @@ def test_startup_handlers_run_in_dependency_order() -> None:
         "start_alert_intake": ["configure", "start_driver", "start_registry_sync"],
     }
     assert set(waits_for) <= set(ids)
+    assert ids[-1] == "freeze_heap", f"the heap is frozen once everything start-up builds exists: {ids}"
     for handler, before in waits_for.items():
         for needed in before:
             assert ids.index(needed) < ids.index(handler), f"{needed} must be registered before {handler}: {ids}"
