@@ -21,7 +21,7 @@ reads its observations from memory
   (existence and owner, for the ownership check before a first apply).
 - **Held as JSON text.** Each object is kept as its JSON (a string), with its revision and
   labels beside it, and decoded afresh for each read (the caller's own copy, as fast as copying
-  a tree of dicts). A string is a third of the memory of the same object as dicts and lists, and
+  a tree of dicts). A string is a seventh of the memory of the same object as dicts and lists, and
   it is not a container: Python's cyclic garbage collector, which stops every thread while it
   walks all containers, never walks the cache (at ten thousand deployments, millions of dicts).
 - **Lists by label in O(matches).** Objects are indexed by namespace and by each label, so a
