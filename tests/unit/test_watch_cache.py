@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from slipway.clients.kube import Kube, NotOwned
-from slipway.clients.watch_cache import KINDS, WatchCache, equality_selector, plain
+from slipway.clients.watch_cache import KINDS, WatchCache, equality_selector
 
 MD = ("ml.slipway.dev/v1alpha1", "ModelDeployment")
 ISVC = ("serving.kserve.io/v1beta1", "InferenceService")
@@ -124,14 +124,6 @@ def test_only_equality_selectors_are_answered_here():
     assert equality_selector(None) == {} and equality_selector("a=b, c==d") == {"a": "b", "c": "d"}
     for other in ("a!=b", "a in (b)", "a", "!a"):
         assert equality_selector(other) is None, other
-
-
-def test_plain_turns_mapping_views_into_dicts():
-    class View(dict[str, Any]):
-        pass
-
-    out = plain(View(a=View(b=[View(c=1)]), d=(1, 2)))
-    assert out == {"a": {"b": [{"c": 1}]}, "d": [1, 2]} and type(out["a"]) is dict
 
 
 class NoReads(Kube):

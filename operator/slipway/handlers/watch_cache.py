@@ -21,7 +21,7 @@ PREDICTOR_SUFFIX = "-predictor"
 def _put(memo: Any, body: kopf.Body, keep: bool) -> None:
     cache = getattr(getattr(memo, "kube", None), "cache", None)
     if cache is not None:
-        cache.observe(body, deleted=not keep)  # it keeps a plain copy (trimmed for the children's kinds)
+        cache.observe(body, deleted=not keep)  # it keeps its JSON (trimmed for the children's kinds)
 
 
 def complete(memo: Any) -> None:
