@@ -205,6 +205,14 @@ def operator_metrics(port: int) -> str:
         return str(response.read().decode())
 
 
+def client_requests(text: str) -> Counter[tuple[str, str]]:
+    """The operator's own count of what its Kubernetes client sent (``slipway_api_requests_total``) by (verb, kind)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for labels, value in samples(text, "slipway_api_requests_total"):
+        counts[(labels["verb"], labels["kind"])] += int(value)
+    return counts
+
+
 def workqueue(text: str, name: str = "modeldeployment") -> dict[str, float]:
     """The work queue's ``slipway_workqueue_*`` series of one queue: adds, retries, depth, work and wait sums/counts."""
     out: dict[str, float] = {}

@@ -61,6 +61,7 @@ from common import (
     VERSION,
     RequestKey,
     apiserver_requests,
+    client_requests,
     cpu_seconds,
     free_port,
     install_crds,
@@ -326,6 +327,7 @@ class Result:
     hwm_kb: int = 0
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
     requests: Counter[RequestKey] = field(default_factory=Counter)
+    own: Counter[tuple[str, str]] = field(default_factory=Counter)
     queue: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
     polls: int = 0
@@ -379,7 +381,8 @@ def run_size(
             api.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "modeldeployments", model_deployment(i))
 
         requests0 = apiserver_requests(api.api)
-        queue0 = workqueue(operator_metrics(op.port))
+        metrics0 = operator_metrics(op.port)
+        queue0, own0 = workqueue(metrics0), client_requests(metrics0)
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         started = time.monotonic()
         result.create_seconds = api.in_parallel(pair, n)
@@ -409,7 +412,9 @@ def run_size(
         result.cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
         result.requests = apiserver_requests(api.api) - requests0
         if op.proc.poll() is None:
-            queue1 = workqueue(operator_metrics(op.port))
+            metrics1 = operator_metrics(op.port)
+            queue1 = workqueue(metrics1)
+            result.own = client_requests(metrics1) - own0
             result.queue = {k: queue1[k] - queue0.get(k, 0.0) for k in queue1}
             result.queue["depth"] = queue1["depth"]
         result.peak_kb = max(op.samples or [0])
@@ -455,6 +460,10 @@ def report(r: Result, concurrency: int) -> None:
     )
     for key, count in r.requests.most_common(16):
         print(f"    {request_name(key):60} {count:8d} {count / r.n:7.2f}/MD")
+    own = sum(r.own.values())
+    print(f"  of them the operator's own (slipway_api_requests_total): {own} ({own / r.n:.2f} per MD)")
+    for (verb, kind), count in r.own.most_common(8):
+        print(f"    {verb + ' ' + kind:60} {count:8d} {count / r.n:7.2f}/MD")
     q = r.queue
     if q.get("passes"):
         busy = q["work_seconds"] / (r.workers * elapsed) if elapsed else 0.0
@@ -514,8 +523,9 @@ def main(argv: list[str] | None = None) -> int:
         report(r, args.concurrency)
     summary = [
         {
-            **{k: v for k, v in r.__dict__.items() if k != "requests"},
+            **{k: v for k, v in r.__dict__.items() if k not in ("requests", "own")},
             "requests": {request_name(k): c for k, c in r.requests.items()},
+            "own": {f"{verb} {kind}": c for (verb, kind), c in r.own.items()},
         }
         for r in results
     ]

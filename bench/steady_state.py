@@ -54,6 +54,7 @@ from common import (
     VERSION,
     RequestKey,
     apiserver_requests,
+    client_requests,
     cpu_seconds,
     free_port,
     install_crds,
@@ -79,14 +80,6 @@ PHASES: tuple[tuple[str, dict[str, str]], ...] = (("baseline", {"SLIPWAY_REAPPLY
 
 
 # -- what is measured --------------------------------------------------------------------------
-
-
-def client_requests(text: str) -> Counter[tuple[str, str]]:
-    """The operator's own count of what its Kubernetes client sent (``slipway_api_requests_total``) by (verb, kind)."""
-    counts: Counter[tuple[str, str]] = Counter()
-    for labels, value in samples(text, "slipway_api_requests_total"):
-        counts[(labels["verb"], labels["kind"])] += int(value)
-    return counts
 
 
 def child_applies(text: str) -> Counter[tuple[str, str]]:
