@@ -151,6 +151,20 @@ def test_the_run_is_recorded_before_the_job_is_created():
     assert env["MLFLOW_RUN_ID"] == "r1"
 
 
+def test_a_job_created_by_a_pass_killed_before_its_status_write_is_recorded_with_its_event():
+    """Killed between the Job's apply and the status write: the next operator records the Job and says so once."""
+    kube, runs = FakeKube(), FakeRuns()
+    rec = reconciler(runs, kube)
+    first = run_pass(rec, body())
+    run_pass(rec, body(first.status))  # the Job is applied; this pass's status and event are lost
+    after = run_pass(rec, body(first.status), [job()])  # the watch sees it, no pod started yet
+    assert len(kube.applied) == 1, "the Job is not applied again"
+    assert after.status["jobName"] == "digits" and after.status["phase"] == "Pending"
+    assert [e.reason for e in after.events] == ["JobCreated"] and "created before a restart" in after.events[0].message
+    again = run_pass(rec, body(after.status), [job()])
+    assert again.events == [], "recorded once"
+
+
 def test_a_service_of_the_jobs_name_made_by_someone_else_is_not_adopted():
     """Several workers need a headless Service named like the Job: someone else's is named, nothing applied."""
     kube, runs = FakeKube(), FakeRuns()

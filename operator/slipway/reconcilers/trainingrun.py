@@ -7,7 +7,8 @@ progress lives in ``status`` and a pass can be repeated after a crash at any poi
    uid, so a run created just before a crash is found again) and record it — the Job is only
    created on a later pass, once the run id is in status; event ``RunCreated``;
 2. no Job: apply the headless Service (several workers) and the Job, built with that run id;
-   event ``JobCreated``. A Job of the same name that belongs to another object (an earlier
+   event ``JobCreated`` (a Job of ours that status does not name yet — its pass stopped before
+   the status write — is recorded the same way, its event posted then). A Job of the same name that belongs to another object (an earlier
    TrainingRun of that name being garbage-collected) is waited for, never adopted; so is a
    Service of the Job's name that is not this run's (``ChildNotOwned``, nothing applied);
 3. the Job runs: phase ``Running`` with its start time;
@@ -272,20 +273,22 @@ class TrainingRunReconciler:
         if not _owned_by(job, tr.metadata.uid):
             p.waiting("JobConflict", f"a Job named {job_name(tr)} that is not this TrainingRun's still exists")
             return
+        if not p.status.get("jobName"):  # created by a pass stopped before its status write (and event): record it
+            message = f"found Job {job_name(tr)} training into MLflow run {run_id} (created before a restart)"
+            p.condition("Trained", False, "JobCreated", message)
+            p.phase("Pending", "JobCreated", message)
+            p.event("JobCreated", message)
         p.status["jobName"] = job_name(tr)
         state = observe_job(job)
         if state.start_time:
             p.status["startTime"] = state.start_time
-        if state.phase == "pending":
-            if not p.status.get("phase"):  # the Job was created by a pass whose status write was lost
-                p.phase("Pending", "JobCreated", f"Job {job_name(tr)} is waiting for its pods to start")
-        elif state.phase == "running":
+        if state.phase == "running":  # pending: as recorded (JobCreated) until a pod starts
             message = f"training in Job {job_name(tr)}, logging to MLflow run {run_id}"
             p.condition("Trained", False, "Running", message)
             p.phase("Running", "Running", message)
         elif state.phase == "failed":
             await self._job_failed(tr, p, str(run_id), state)
-        else:
+        elif state.phase == "succeeded":
             await self._job_succeeded(tr, p, str(run_id), state)
 
     async def _create_run(self, tr: TrainingRun, p: Pass) -> None:
