@@ -8,9 +8,10 @@ progress lives in ``status`` and a pass can be repeated after a crash at any poi
    created on a later pass, once the run id is in status; event ``RunCreated``;
 2. no Job: apply the headless Service (several workers) and the Job, built with that run id;
    event ``JobCreated`` (a Job of ours that status does not name yet — its pass stopped before
-   the status write — is recorded the same way, its event posted then). A Job of the same name that belongs to another object (an earlier
-   TrainingRun of that name being garbage-collected) is waited for, never adopted; so is a
-   Service of the Job's name that is not this run's (``ChildNotOwned``, nothing applied);
+   the status write — is recorded the same way, its event posted then). A Job of the same name
+   that belongs to another object (an earlier TrainingRun of that name being garbage-collected)
+   is waited for, never adopted; so is a Service of the Job's name that is not this run's
+   (``ChildNotOwned``, nothing applied);
 3. the Job runs: phase ``Running`` with its start time;
 4. the Job failed (or is bound to: ``FailureTarget``): phase ``Failed`` with the Job's reason
    and message, plus the failed container's exit code; the MLflow run, if nobody ended it, is
